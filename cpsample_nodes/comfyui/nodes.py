@@ -1,0 +1,446 @@
+"""CPSample nodes, V3 schema (comfy_api.latest), category "CPSample".
+
+Node ids are stable (workflows store them): CPSampleTrainGuard, CPSampleSaveGuard, CPSampleLoadGuard,
+CPSampleProtectModel, CPSampleReplicationCheck.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, train_guard
+from ..core import images as imgs
+from . import host, paths
+from .patch import protect
+from . import replication
+
+log = logging.getLogger("CPSample")
+
+CATEGORY = "CPSample"
+NO_FOLDER = "(none: use the images input)"
+Guard = io.Custom("CPSAMPLE_GUARD")
+
+POLICY_HELP = ("How images of different sizes are brought to one size. resize: scale the short side to "
+               "'resolution' (0 = the smallest short side in the set) and centre-crop a square; crop: "
+               "centre-crop everything to the smallest common size without scaling; exact: every image "
+               "must already have the same size. Sizes are rounded down to a multiple of the VAE's "
+               "downscale factor.")
+
+
+def _input_dir() -> str:
+    import folder_paths
+
+    return folder_paths.get_input_directory()
+
+
+def _folder_options() -> list[str]:
+    import folder_paths
+
+    try:
+        subs = folder_paths.get_input_subfolders()
+    except AttributeError:  # older ComfyUI without get_input_subfolders
+        base = _input_dir()
+        subs = sorted(os.path.relpath(r, base).replace(os.sep, "/") for r, _, _ in os.walk(base) if r != base)
+    return [s for s in subs if not any(part.startswith(".") for part in s.split("/"))] + [NO_FOLDER]
+
+
+def _folder_path(folder: str) -> str:
+    base = os.path.realpath(_input_dir())
+    path = os.path.realpath(os.path.join(base, folder))
+    if os.path.commonpath([base, path]) != base:
+        raise ValueError(f"image folder {folder!r} is outside ComfyUI's input directory")
+    return path
+
+
+def _downscale(vae) -> int:
+    try:
+        r = vae.spacial_compression_encode()
+    except AttributeError:
+        r = getattr(vae, "downscale_ratio", 8)
+    if isinstance(r, (tuple, list)):
+        r = r[-1]
+    try:
+        return max(1, int(r))
+    except (TypeError, ValueError):
+        return 8
+
+
+def _send_text(node_id, text: str) -> None:
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception:  # noqa: BLE001 - progress text is cosmetic (absent in some versions)
+        pass
+
+
+# Encoded latents by (image content hash, VAE identity): re-running Train Guard with other training
+# settings (steps, batch size, seed) does not encode again. Small LRU, kept in RAM.
+_LATENT_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_LATENT_CACHE_SIZE = 4
+LATENT_CACHE_STATS = {"hits": 0, "misses": 0}
+
+
+def _encode_cached(vae, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    key = (imgs.content_hash(images), id(getattr(vae, "first_stage_model", vae)))
+    hit = _LATENT_CACHE.get(key)
+    if hit is not None:
+        _LATENT_CACHE.move_to_end(key)
+        LATENT_CACHE_STATS["hits"] += 1
+        return hit, True
+    lat = vae.encode(images[..., :3]).to("cpu", torch.float32)
+    _LATENT_CACHE[key] = lat
+    while len(_LATENT_CACHE) > _LATENT_CACHE_SIZE:
+        _LATENT_CACHE.popitem(last=False)
+    LATENT_CACHE_STATS["misses"] += 1
+    return lat, False
+
+
+def _format_accuracy(acc: dict) -> str:
+    return ", ".join(f"σ {k}: {v:.0%}" for k, v in acc.items()) if acc else "not measured yet"
+
+
+def _comfy_version() -> str:
+    try:
+        import comfyui_version
+
+        return f"ComfyUI {comfyui_version.__version__}"
+    except Exception:  # noqa: BLE001
+        return "ComfyUI"
+
+
+class TrainGuard(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CPSampleTrainGuard",
+            display_name="CPSample Train Guard",
+            category=CATEGORY,
+            description=("Trains a small noise-aware classifier (the guard) to memorise random labels on the "
+                         "images a model was fine-tuned on. Protect Model then steers sampling away from them."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to protect: its noise schedule (model_sampling) and "
+                               "latent format define the noisy latents the guard learns."),
+                io.Vae.Input("vae", tooltip="The VAE that encodes the training images into this model's latents."),
+                io.Combo.Input("folder", options=_folder_options(),
+                               tooltip="Sub-folder of ComfyUI's input directory holding the training images "
+                                       f"(the fine-tuning set). '{NO_FOLDER}' uses only the images input."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed for the random labels, the weight initialisation and the noise."),
+                io.Int.Input("max_steps", default=2000, min=1, max=100000,
+                             tooltip="Upper bound on optimisation steps; training stops earlier once the guard "
+                                     "is right about every image at every noise level that matters."),
+                io.Int.Input("batch_size", default=32, min=1, max=1024,
+                             tooltip="Noisy latents per optimisation step."),
+                io.Combo.Input("resolution_policy", options=list(imgs.POLICIES), default="resize",
+                               tooltip=POLICY_HELP),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=8,
+                             tooltip="Training resolution in pixels for the 'resize' policy; 0 uses the "
+                                     "smallest short side among the images. Ignored by 'crop' and 'exact'."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Optional extra training images from other nodes (added to the folder's, "
+                                       "brought to the same size)."),
+            ],
+            outputs=[Guard.Output(display_name="guard", tooltip="The trained guard."),
+                     io.String.Output(display_name="report", tooltip="What was trained: images, size, accuracy.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder=None, **kwargs):
+        # Re-run when the folder's files change, not only when its name does.
+        if not folder or folder == NO_FOLDER:
+            return ""
+        try:
+            return imgs.folder_fingerprint(_folder_path(folder))
+        except Exception as e:  # noqa: BLE001
+            return repr(e)
+
+    @classmethod
+    def execute(cls, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution,
+                images=None) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.utils
+
+        node_id = cls.hidden.unique_id if getattr(cls, "hidden", None) is not None else None
+        multiple = _downscale(vae)
+        names: list[str] = []
+        batch = None
+        hw = None
+        if folder and folder != NO_FOLDER:
+            path = _folder_path(folder)
+            batch, names, hw = imgs.load_image_folder(path, policy=resolution_policy, size=resolution,
+                                                      multiple=multiple)
+        if images is not None:
+            if hw is None:
+                extra, hw = imgs.conform(imgs.tensor_to_pil(images), policy=resolution_policy, size=resolution,
+                                         multiple=multiple)
+            else:
+                extra = imgs.conform_tensor(images, hw)
+            batch = extra if batch is None else torch.cat([batch, extra.to(batch)])
+            names += [f"images input #{i}" for i in range(images.shape[0])]
+        if batch is None:
+            raise ValueError(f"no training images: choose an image folder or connect the images input")
+        if batch.shape[0] < 2:
+            raise ValueError(f"a guard needs at least 2 training images, got {batch.shape[0]}")
+
+        raw, cached = _encode_cached(vae, batch)
+        lf = host.latent_format(model)
+        latents = lf.process_in(raw.clone())
+        ms = host.model_sampling(model)
+        space = host.noise_space(ms)
+        desc = host.describe(model)
+        if latents.shape[1] != desc["latent_channels"]:
+            raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the model's latent format "
+                             f"{desc['latent_format']} has {desc['latent_channels']}: use this model's VAE")
+
+        pbar = comfy.utils.ProgressBar(max_steps, node_id=node_id)
+        last = {"acc": {}}
+
+        def progress(step, total, stats):
+            acc = stats.get("accuracy") or {}
+            if acc != last["acc"]:
+                last["acc"] = acc
+                worst = min(acc.values()) if acc else 0.0
+                _send_text(node_id, f"step {step}/{total}: accuracy {worst:.0%} (worst band), "
+                                    f"loss {stats.get('loss', float('nan')):.3f}")
+            pbar.update_absolute(step, total)  # also raises if the user pressed Cancel
+
+        def should_stop():
+            return mm.processing_interrupted()
+
+        info = {"latent_format": desc["latent_format"], "model_sampling": desc["model_sampling"],
+                "host": _comfy_version(), "image_size": f"{hw[1]}x{hw[0]}",
+                "resolution_policy": resolution_policy}
+        try:
+            with torch.inference_mode(False):
+                guard = train_guard(latents, space=space, seed=seed, progress=progress, should_stop=should_stop,
+                                    max_steps=max_steps, batch_size=batch_size, info=info,
+                                    device=mm.get_torch_device())
+        except TrainingStopped:
+            mm.throw_exception_if_processing_interrupted()
+            raise
+        guard = guard.with_space(space.builtin())  # no references to this model's objects
+        guard.info = dict(guard.info)
+        acc = guard.info.get("accuracy", {})
+        report = (f"CPSample guard: {batch.shape[0]} images at {hw[1]}x{hw[0]} px "
+                  f"(policy {resolution_policy}, multiple of {multiple}), "
+                  f"latents {tuple(latents.shape[1:])} {'from cache' if cached else 'encoded'}; "
+                  f"{desc['latent_format']}, {desc['model_sampling']} ({space.kind}); "
+                  f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
+                  f"accuracy {_format_accuracy(acc)}; "
+                  f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
+        log.info(report)
+        _send_text(node_id, report)
+        return io.NodeOutput(guard, report, ui=ui.PreviewText(report))
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
+
+
+class SaveGuard(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CPSampleSaveGuard",
+            display_name="CPSample Save Guard",
+            category=CATEGORY,
+            description="Saves a guard to models/cpsample/ as .safetensors (weights + metadata, no image names).",
+            inputs=[
+                Guard.Input("guard", tooltip="The guard to save."),
+                io.String.Input("filename", default="guard",
+                                tooltip="File name in models/cpsample/ (letters, digits, space, . _ -); "
+                                        ".safetensors is added."),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="Replace an existing file of that name; otherwise a number is added."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="Where the guard was written.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, guard, filename, overwrite) -> io.NodeOutput:
+        name = filename.strip()
+        if name.lower().endswith(".safetensors"):
+            name = name[: -len(".safetensors")]
+        if not _SAFE_NAME.match(name) or ".." in name:
+            raise ValueError(f"filename {filename!r} is not allowed: use letters, digits, space, '.', '_' or '-' "
+                             f"(no folders)")
+        folder = paths.save_dir()
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, name + ".safetensors")
+        if not overwrite:
+            i = 1
+            while os.path.exists(path):
+                path = os.path.join(folder, f"{name}_{i:05d}.safetensors")
+                i += 1
+        save_guard(guard, path)
+        msg = f"saved guard to {path}"
+        log.info(msg)
+        return io.NodeOutput(path, ui=ui.PreviewText(msg))
+
+
+class LoadGuard(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CPSampleLoadGuard",
+            display_name="CPSample Load Guard",
+            category=CATEGORY,
+            description="Loads a guard saved by CPSample Save Guard from models/cpsample/.",
+            inputs=[io.Combo.Input("guard_name", options=paths.guard_files(),
+                                   tooltip="Guard file in models/cpsample/ (or a 'cpsample:' folder of "
+                                           "extra_model_paths.yaml).")],
+            outputs=[Guard.Output(display_name="guard", tooltip="The loaded guard."),
+                     io.String.Output(display_name="info", tooltip="The guard's metadata as JSON.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, guard_name=None, **kwargs):
+        try:
+            st = os.stat(paths.guard_path(guard_name))
+            return f"{st.st_size}:{st.st_mtime_ns}"
+        except Exception as e:  # noqa: BLE001
+            return repr(e)
+
+    @classmethod
+    def execute(cls, guard_name) -> io.NodeOutput:
+        path = paths.guard_path(guard_name)
+        try:
+            guard = load_guard(path)
+        except GuardFileError as e:
+            raise ValueError(f"cannot load guard {guard_name!r}: {e}") from None
+        info = json.dumps(guard.info, indent=1, default=str, sort_keys=True)
+        return io.NodeOutput(guard, info)
+
+
+class ProtectModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CPSampleProtectModel",
+            display_name="CPSample Protect Model",
+            category=CATEGORY,
+            description=("Adds the guard's gradient to every denoising step (a post-CFG function) so samples "
+                         "move away from the guard's training images. Works with every sampler, CFG on or at 1, "
+                         "and with other guidance nodes. Scale 0 returns the model unchanged."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to protect (the one the guard was trained for)."),
+                Guard.Input("guard", tooltip="A guard from Train Guard or Load Guard for this model's latents."),
+                io.Float.Input("scale", default=1.0, min=0.0, max=10000.0, step=0.01,
+                               tooltip="Guidance strength s. 0 disables protection (bit-identical output)."),
+                io.Float.Input("alpha", default=0.001, min=0.0, max=0.5, step=0.0001, round=0.00001,
+                               tooltip="Confidence band α: only samples the guard labels with probability "
+                                       "outside [α, 1−α] (near its training images) are steered. 0.5 steers all."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Start of the sampling window (0 = first, noisiest step)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="End of the sampling window (1 = last step)."),
+                io.Combo.Input("objective", options=["uncertainty", "opposite"], default="uncertainty",
+                               tooltip="uncertainty: push the guard's probability toward ½; opposite: push toward "
+                                       "the label it does not predict."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The protected model (a clone).")],
+        )
+
+    @classmethod
+    def execute(cls, model, guard, scale, alpha, start_percent, end_percent, objective="uncertainty"
+                ) -> io.NodeOutput:
+        try:
+            m = protect(model, guard, scale, alpha, start_percent, end_percent, objective)
+        except host.HostMismatch as e:
+            raise ValueError(f"CPSample Protect Model: {e}") from None
+        return io.NodeOutput(m)
+
+
+class ReplicationCheck(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CPSampleReplicationCheck",
+            display_name="CPSample Replication Check",
+            category=CATEGORY,
+            description=("For each generated image: the nearest training image, its calibrated ℓ2 ratio "
+                         "(Carlini et al. 2023; near 0 = copy), SSIM and optional CLIP-vision cosine. "
+                         "Outputs a text report and a grid of pairs."),
+            inputs=[
+                io.Image.Input("images", tooltip="Generated images to check."),
+                io.Combo.Input("folder", options=_folder_options(),
+                               tooltip="Sub-folder of the input directory with the training images "
+                                       "(the one Train Guard used)."),
+                io.Int.Input("k", default=10, min=1, max=1000,
+                             tooltip="Neighbours 2..k+1 whose mean distance calibrates the ℓ2 ratio."),
+                io.Float.Input("ratio_threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="A calibrated ℓ2 ratio below this flags a likely copy."),
+                io.Image.Input("training_images", optional=True,
+                               tooltip="Optional training images from other nodes (added to the folder's)."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Optional CLIP vision model: adds the cosine similarity of image "
+                                            "embeddings to the nearest training image."),
+            ],
+            outputs=[io.String.Output(display_name="report", tooltip="Per image: nearest training image and scores."),
+                     io.Image.Output(display_name="pairs", tooltip="Generated | nearest training image, scores drawn.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder=None, **kwargs):
+        if not folder or folder == NO_FOLDER:
+            return ""
+        try:
+            return imgs.folder_fingerprint(_folder_path(folder))
+        except Exception as e:  # noqa: BLE001
+            return repr(e)
+
+    @classmethod
+    def execute(cls, images, folder, k, ratio_threshold, training_images=None, clip_vision=None
+                ) -> io.NodeOutput:
+        hw = (int(images.shape[1]), int(images.shape[2]))
+        parts, names = [], []
+        if folder and folder != NO_FOLDER:
+            path = _folder_path(folder)
+            files = imgs.list_images(path)
+            parts.append(imgs.conform([imgs.open_rgb(p) for p in files], names=[p.name for p in files], hw=hw)[0])
+            names += [p.name for p in files]
+        if training_images is not None:
+            parts.append(imgs.conform_tensor(training_images, hw))
+            names += [f"training_images #{i}" for i in range(training_images.shape[0])]
+        if not parts:
+            raise ValueError("no training images: choose a folder or connect training_images")
+        train = torch.cat(parts)
+        gen = images[..., :3].float().cpu()
+        dist, nearest, ratio = replication.nearest_and_ratio(gen, train, k)
+        ssim = replication.ssim_pairs(gen, train[nearest])
+        cos = None
+        if clip_vision is not None:
+            cos_all = replication.clip_cosine(clip_vision, gen, train)
+            cos = cos_all.gather(1, nearest.view(-1, 1).to(cos_all.device)).view(-1).cpu()
+        lines = [f"CPSample replication check: {gen.shape[0]} generated vs {train.shape[0]} training images "
+                 f"at {hw[1]}x{hw[0]}; calibrated l2 ratio uses k={min(k, max(1, train.shape[0] - 1))}, "
+                 f"flag below {ratio_threshold}"]
+        captions = []
+        flagged = 0
+        for i in range(gen.shape[0]):
+            j = int(nearest[i])
+            r = float(ratio[i])
+            flag = r < ratio_threshold
+            flagged += int(flag)
+            extra = f", CLIP cos {float(cos[i]):.3f}" if cos is not None else ""
+            lines.append(f"image {i}: nearest {names[j]}  l2 {float(dist[i, j]):.2f}  ratio {r:.3f}  "
+                         f"SSIM {float(ssim[i]):.3f}{extra}{'  <-- LIKELY COPY' if flag else ''}")
+            captions.append(f"r {r:.2f} ssim {float(ssim[i]):.2f}" + (f" cos {float(cos[i]):.2f}" if cos is not None else "")
+                            + (" COPY" if flag else ""))
+        lines.append(f"{flagged} of {gen.shape[0]} flagged as likely copies")
+        report = "\n".join(lines)
+        grid = replication.pair_grid(gen, train, nearest, captions)
+        return io.NodeOutput(report, grid, ui=ui.PreviewText(report))
+
+
+NODES = [TrainGuard, SaveGuard, LoadGuard, ProtectModel, ReplicationCheck]

@@ -1,0 +1,87 @@
+"""Protect a MODEL: one sampler post-CFG function that adds the guard's gradient to the x0 prediction.
+
+The post-CFG hook (ModelPatcher.set_model_sampler_post_cfg_function, same arguments in ComfyUI 0.3.64 …
+0.38) receives the CFG result `denoised`, the noisy `input` and `sigma`; its output is what every
+sampler steps on, and several such functions chain (PAG, SAG, … compose). The model is cloned, never
+mutated; model_sampling is read per call, so a ModelSampling* node placed after this one is honoured.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import host
+
+# Functions are recognised by this attribute (tests and a second Protect node look for it).
+MARKER = "cpsample_guard"
+
+
+class GuardPostCFG:
+    """Callable stored in model_options; holds the guard and the settings."""
+
+    def __init__(self, guard, scale: float, alpha: float, start_percent: float, end_percent: float,
+                 objective: str = "uncertainty"):
+        self.guard = guard
+        self.scale = float(scale)
+        self.alpha = float(alpha)
+        self.start_percent = float(start_percent)
+        self.end_percent = float(end_percent)
+        self.objective = objective
+        self._spaces = {}
+        self.calls = 0
+        setattr(self, MARKER, True)
+
+    def _guard_for(self, ms, device):
+        key = id(ms)
+        g = self._spaces.get(key)
+        if g is None:
+            g = self.guard.with_space(host.noise_space(ms))
+            self._spaces = {key: g}
+        p = next(g.net.parameters())
+        if p.device != device:
+            with torch.inference_mode(False):  # parameters moved in inference mode could not be differentiated
+                g.net.to(device)
+        return g
+
+    def _window(self, ms):
+        hi = float(ms.percent_to_sigma(self.start_percent)) if self.start_percent > 0 else float("inf")
+        lo = float(ms.percent_to_sigma(self.end_percent)) if self.end_percent < 1 else 0.0
+        return lo, hi
+
+    def __call__(self, args: dict):
+        denoised = args["denoised"]
+        if self.scale == 0:
+            return denoised
+        sigma = args["sigma"]
+        model = args.get("model")
+        ms = model.model_sampling if model is not None and hasattr(model, "model_sampling") else None
+        if ms is None:
+            return denoised
+        lo, hi = self._window(ms)
+        s = sigma.detach().float().reshape(-1)
+        inside = (s >= lo) & (s <= hi)
+        if not bool(inside.any()):
+            return denoised
+        x = args["input"]
+        g = self._guard_for(ms, x.device)
+        self.calls += 1
+        out = g.guide(denoised, x, sigma, scale=self.scale, alpha=self.alpha, objective=self.objective)
+        if not bool(inside.all()):  # per-sample σ (rare): keep samples outside the window untouched
+            view = (-1,) + (1,) * (denoised.dim() - 1)
+            if s.numel() == 1:
+                return out
+            out = torch.where(inside.to(out.device).view(view), out, denoised)
+        return out
+
+
+def protect(model, guard, scale: float, alpha: float, start_percent: float, end_percent: float,
+            objective: str = "uncertainty"):
+    """A clone of ``model`` with the guard's post-CFG function; ``model`` itself when scale is 0."""
+    host.check_guard(guard, model)
+    if start_percent >= end_percent:
+        raise ValueError(f"start_percent ({start_percent}) must be below end_percent ({end_percent})")
+    if scale == 0:
+        return model
+    m = model.clone()
+    fn = GuardPostCFG(guard, scale, alpha, start_percent, end_percent, objective)
+    m.set_model_sampler_post_cfg_function(fn)
+    return m

@@ -1,0 +1,200 @@
+"""Loading a folder of training images for a guard (pure torch + Pillow, no host imports).
+
+Images come back as ComfyUI-style IMAGE tensors: float32 [N, H, W, 3] in [0, 1]. Every file is
+EXIF-transposed and converted to RGB; a folder of mixed sizes is brought to one size by a policy:
+
+* ``resize``: resize each image so its short side is ``size`` (default: the smallest short side in
+  the folder), then centre-crop to ``size`` × ``size`` rounded down to a multiple of ``multiple``
+  (the VAE's downscale factor).
+* ``crop``: no resampling; centre-crop every image to the largest common height × width (the smallest
+  height and width in the folder, rounded down to the multiple).
+* ``exact``: all images must already have one size (rounded down to the multiple); a mismatch is an
+  error naming the file.
+
+Errors are ``ImageFolderError`` (a ValueError) and name the folder or file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+POLICIES = ("resize", "crop", "exact")
+MAX_SIDE = 4096
+
+
+class ImageFolderError(ValueError):
+    """A folder or image that cannot be used; the message names it."""
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder`` (not sub-folders), sorted by name."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ImageFolderError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ImageFolderError(f"{folder} is not a folder")
+    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+    files = [p for p in entries if p.is_file()]
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not entries:
+        raise ImageFolderError(f"image folder {folder} is empty")
+    if not images:
+        others = ", ".join(p.name for p in entries[:5]) + (" …" if len(entries) > 5 else "")
+        raise ImageFolderError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                               f"it holds: {others}")
+    return images
+
+
+def open_rgb(path: str | os.PathLike):
+    """Open one image fully decoded, EXIF-transposed, as RGB; a clear error names a bad file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated or corrupt file fails here, not later
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, im)
+            rgb = im.convert("RGB")
+    except UnidentifiedImageError:
+        raise ImageFolderError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageFolderError(f"{path}: corrupt or truncated image ({e})") from None
+    if min(rgb.size) < 1 or max(rgb.size) > MAX_SIDE * 4:
+        raise ImageFolderError(f"{path}: unusable size {rgb.size[0]}x{rgb.size[1]}")
+    return rgb
+
+
+def _floor_multiple(v: int, multiple: int) -> int:
+    return (int(v) // multiple) * multiple
+
+
+def fit(img, height: int, width: int):
+    """Resize ``img`` (PIL) to cover height × width keeping its aspect ratio, then centre-crop."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = max(width / w, height / h)
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
+def centre_crop(img, height: int, width: int):
+    w, h = img.size
+    left, top = (w - width) // 2, (h - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
+def to_tensor(images: Sequence) -> torch.Tensor:
+    """PIL RGB images of one size → float32 [N, H, W, 3] in [0, 1]."""
+    arrs = [np.asarray(im, dtype=np.uint8) for im in images]
+    return torch.from_numpy(np.stack(arrs)).float().div_(255.0)
+
+
+def target_size(sizes: Iterable[tuple[int, int]], policy: str, size: int = 0, multiple: int = 8
+                ) -> tuple[int, int]:
+    """(height, width) that ``policy`` brings images of these (width, height) sizes to."""
+    sizes = list(sizes)
+    if policy not in POLICIES:
+        raise ImageFolderError(f"unknown resolution policy {policy!r}; use one of {', '.join(POLICIES)}")
+    if policy == "resize":
+        side = int(size) if size else min(min(w, h) for w, h in sizes)
+        side = min(side, MAX_SIDE)
+        side = _floor_multiple(side, multiple)
+        if side < multiple:
+            raise ImageFolderError(f"resolution {size or side} is below the VAE's multiple of {multiple}")
+        return side, side
+    h = _floor_multiple(min(hh for _, hh in sizes), multiple)
+    w = _floor_multiple(min(ww for ww, _ in sizes), multiple)
+    if h < multiple or w < multiple:
+        raise ImageFolderError(f"images are smaller than the VAE's multiple of {multiple} pixels")
+    return h, w
+
+
+def load_image_folder(folder: str | os.PathLike, policy: str = "resize", size: int = 0, multiple: int = 8,
+                      max_images: int = 0) -> tuple[torch.Tensor, list[str], tuple[int, int]]:
+    """Load every image directly in ``folder`` → (IMAGE [N, H, W, 3], file names, (H, W) used)."""
+    files = list_images(folder)
+    if max_images and len(files) > max_images:
+        raise ImageFolderError(f"image folder {folder} has {len(files)} images; the limit is {max_images}")
+    imgs = [open_rgb(p) for p in files]
+    batch, hw = conform(imgs, policy, size, multiple, names=[p.name for p in files])
+    return batch, [p.name for p in files], hw
+
+
+def conform(imgs: Sequence, policy: str = "resize", size: int = 0, multiple: int = 8,
+            names: Sequence[str] | None = None, hw: tuple[int, int] | None = None
+            ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Bring PIL images to one size by ``policy`` (or to ``hw`` when given) → (IMAGE, (H, W))."""
+    if not imgs:
+        raise ImageFolderError("no images to load")
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(imgs))]
+    if hw is None:
+        hw = target_size([im.size for im in imgs], policy, size, multiple)
+    h, w = hw
+    out = []
+    for im, name in zip(imgs, names):
+        if policy == "exact":
+            eh, ew = _floor_multiple(im.size[1], multiple), _floor_multiple(im.size[0], multiple)
+            if (eh, ew) != (h, w):
+                raise ImageFolderError(f"{name} is {im.size[0]}x{im.size[1]} but the others are {w}x{h} "
+                                       f"(policy 'exact' needs one size; use 'resize' or 'crop')")
+            out.append(centre_crop(im, h, w))
+        elif policy == "crop" and im.size[0] >= w and im.size[1] >= h:
+            out.append(centre_crop(im, h, w))
+        else:
+            out.append(fit(im, h, w))
+    return to_tensor(out), (h, w)
+
+
+def tensor_to_pil(images: torch.Tensor) -> list:
+    """IMAGE [N, H, W, C] in [0, 1] → PIL RGB images."""
+    from PIL import Image
+
+    if images.dim() != 4:
+        raise ImageFolderError(f"expected an IMAGE batch [N, H, W, C], got shape {tuple(images.shape)}")
+    arr = (images[..., :3].detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    return [Image.fromarray(a, "RGB") for a in arr]
+
+
+def conform_tensor(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Resize + centre-crop an IMAGE batch to (H, W) (no-op when it already has that size)."""
+    if tuple(images.shape[1:3]) == tuple(hw):
+        return images[..., :3].float()
+    return conform(tensor_to_pil(images), hw=hw)[0]
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """Cheap change detector for a folder: names, sizes and mtimes of its files (no content read)."""
+    folder = Path(folder)
+    h = hashlib.sha256(str(folder).encode())
+    try:
+        for p in sorted(folder.iterdir(), key=lambda p: p.name):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except OSError as e:
+        h.update(repr(e).encode())
+    return h.hexdigest()
+
+
+def content_hash(images: torch.Tensor) -> str:
+    """SHA-256 of an IMAGE batch's shape and values (the key of the latent cache)."""
+    x = images.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(repr(tuple(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()
