@@ -1,0 +1,239 @@
+"""Fine-tune memorisation benchmark, end to end.
+
+    python -m benchmarks.finetune.run                    # full size: 500 samples per setting, (α, s) sweep
+    python -m benchmarks.finetune.run --preset demo      # reduced size (what demo.py runs)
+
+Trains (or loads from benchmarks/finetune/cache/) the digit classifier, the pretrained and the fine-tuned
+diffusion model and the guard, samples with and without the guard from the same seeds, and prints / writes
+the metrics table (JSON + text) and compare.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from cpsample_nodes.core import NoiseSpace, load_guard, save_guard, train_guard
+from cpsample_nodes.core import metrics as M
+
+from . import pipeline as P
+from .diffusion import SIGMA_MAX, SIGMA_MIN, Progress
+from .evaluate import generate, mia, sample_metrics, summarize_real
+from .figure import compare_png
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (alpha, scale) settings; the first is the headline shown in compare.png unless --headline is given.
+SWEEPS = {
+    "demo": [(0.001, 1.0), (0.01, 1.0), (0.001, 0.3)],
+    "full": [(0.001, 0.3), (0.001, 1.0), (0.001, 3.0), (0.01, 1.0), (0.1, 1.0), (0.25, 1.0), (0.5, 1.0)],
+}
+
+
+def threads() -> int:
+    n = int(os.environ.get("CPSAMPLE_THREADS", "1"))
+    torch.set_num_threads(max(1, n))
+    return n
+
+
+def get_guard(cfg: P.Config, split, guard_opts: dict):
+    space = NoiseSpace.vp(SIGMA_MIN, SIGMA_MAX)
+    key = P._key({"data": P.pretrain_key(cfg), "steps": cfg.guard_steps, "opts": guard_opts, "seed": 0})
+    path = P.CACHE / f"guard-{key}.safetensors"
+    if path.exists():
+        print(f"[cache] guard: {path.name}", flush=True)
+        return load_guard(str(path)), True
+    bar = Progress(cfg.guard_steps, "train guard (core train_guard)")
+    last = [0]
+
+    def progress(step, total, stats):
+        bar.update(step - last[0], loss=f"{stats['loss']:.3f}")
+        last[0] = step
+
+    t0 = time.time()
+    guard = train_guard(split.finetune, space=space, seed=0, max_steps=cfg.guard_steps, progress=progress,
+                        info={"benchmark": "finetune digits"}, **guard_opts)
+    bar.close()
+    print(f"[done] guard in {time.time() - t0:.0f}s, steps {guard.info.get('steps')}, "
+          f"accuracy {guard.info.get('accuracy')}, memorised {guard.info.get('memorised')}", flush=True)
+    P.CACHE.mkdir(parents=True, exist_ok=True)
+    save_guard(guard, str(path))
+    return guard, False
+
+
+def goal(base: dict, row: dict) -> dict:
+    b, r = base["replication_l2"], row["replication_l2"]
+    cut = (b / r) if r > 0 else (float("inf") if b > 0 else float("nan"))
+    return {
+        "replication_cut": cut,
+        "cut_ge_10x": bool(cut >= 10.0),
+        "quality_drop_points": 100.0 * (base["quality_share"] - row["quality_share"]),
+        "quality_within_5": bool(100.0 * (base["quality_share"] - row["quality_share"]) <= 5.0),
+        "mia_not_significant": bool(row["mia"]["p"] > 0.05),
+    }
+
+
+def fmt_table(rows: list[tuple[str, dict]]) -> str:
+    head = (f"{'setting':<28}{'repl l2':>8}{'repl ssim':>10}{'quality':>8}{'FD clf':>8}{'NN used':>8}"
+            f"{'spread':>7}{'MIA t':>8}{'MIA p':>8}  goal")
+    lines = [head, "-" * len(head)]
+    for name, m in rows:
+        mi = m.get("mia")
+        g = m.get("goal")
+        gs = ""
+        if g is not None:
+            gs = (f"cut {'inf' if g['replication_cut'] == float('inf') else format(g['replication_cut'], '.1f')}x"
+                  f" {'Y' if g['cut_ge_10x'] else 'n'}/{'Y' if g['quality_within_5'] else 'n'}/"
+                  f"{'Y' if g['mia_not_significant'] else 'n'}")
+        lines.append(
+            f"{name:<28}{100 * m['replication_l2']:>7.1f}%{100 * m['replication_ssim']:>9.1f}%"
+            f"{100 * m['quality_share']:>7.1f}%{m['frechet_clf']:>8.1f}{m['distinct_nn']:>5d}/16"
+            f"{m['spread']:>7.2f}{(mi['t'] if mi else float('nan')):>8.2f}{(mi['p'] if mi else float('nan')):>8.3f}  {gs}")
+    return "\n".join(lines)
+
+
+def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt: Path, out_png: Path,
+        guide_opts: dict | None = None, guard_opts: dict | None = None, ancestral: bool = False,
+        with_pretrained: bool = True) -> dict:
+    t_start = time.time()
+    nthreads = threads()
+    guide_opts = dict(guide_opts or {})
+    guard_opts = dict(guard_opts or {})
+    timings: dict[str, float] = {}
+
+    def tick(name, t0):
+        timings[name] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    split = P.get_split(cfg)
+    clf = P.get_classifier(cfg, split)
+    tick("classifier", t0)
+    t0 = time.time()
+    P.get_pretrained(cfg, split)
+    tick("pretrain", t0)
+    t0 = time.time()
+    model = P.get_finetuned(cfg, split)
+    tick("finetune", t0)
+    t0 = time.time()
+    guard, _ = get_guard(cfg, split, guard_opts)
+    tick("guard", t0)
+
+    ref = summarize_real(split, clf)
+    _, _, ref_feats = __import__("benchmarks.finetune.classifier", fromlist=["classify"]).classify(clf, split.heldout)
+    mia_kw = dict(sigmas=cfg.mia_sigmas, draws=cfg.mia_draws)
+    rows: list[tuple[str, dict]] = []
+    results: dict = {"reference_real_heldout": ref}
+
+    t0 = time.time()
+    if with_pretrained:
+        pre = P.get_pretrained(cfg, split)
+        s = generate(pre, cfg.n_samples, cfg.sample_seed, cfg.sample_steps, ancestral=ancestral)
+        m = sample_metrics(s, split, clf, ref_feats)
+        m["mia"] = mia(pre, split, **mia_kw)
+        rows.append(("pretrained (before fine-tune)", m))
+    s_base = generate(model, cfg.n_samples, cfg.sample_seed, cfg.sample_steps, ancestral=ancestral)
+    base = sample_metrics(s_base, split, clf, ref_feats)
+    base["mia"] = mia(model, split, **mia_kw)
+    rows.append(("fine-tuned, unguarded", base))
+    tick("sample_unguarded", t0)
+
+    guarded = []
+    bar = Progress(len(sweep), "guarded sampling sweep")
+    t0 = time.time()
+    for alpha, scale in sweep:
+        s = generate(model, cfg.n_samples, cfg.sample_seed, cfg.sample_steps, guard=guard, scale=scale,
+                     alpha=alpha, ancestral=ancestral, **guide_opts)
+        m = sample_metrics(s, split, clf, ref_feats)
+        m["mia"] = mia(model, split, guard=guard, scale=scale, alpha=alpha, **mia_kw, **guide_opts)
+        m["goal"] = goal(base, m)
+        m["alpha"], m["scale"] = alpha, scale
+        guarded.append((s, m))
+        rows.append((f"guarded a={alpha:g} s={scale:g}", m))
+        bar.update(1)
+    bar.close()
+    tick("sample_guarded_sweep", t0)
+
+    table = fmt_table(rows)
+    # headline: the first sweep entry
+    s_head, m_head = guarded[0]
+    compare_png(out_png, split.finetune, s_base, base["nn_index"], base_rep_flags(s_base, split),
+                s_head, m_head["nn_index"], base_rep_flags(s_head, split),
+                guarded_title=f"guarded a={m_head['alpha']:g} s={m_head['scale']:g}")
+    timings["total"] = round(time.time() - t_start, 1)
+
+    def clean(m):
+        return {k: v for k, v in m.items() if k != "nn_index"}
+
+    results.update({
+        "command": "python -m benchmarks.finetune.run " + " ".join(sys.argv[1:]),
+        "config": asdict(cfg),
+        "sampler": f"{'Euler ancestral' if ancestral else 'Euler'}, Karras rho=7, {cfg.sample_steps} steps, "
+                   f"sigma {SIGMA_MIN}..{SIGMA_MAX}",
+        "guide_options": guide_opts, "guard_options": guard_opts,
+        "guard_info": {k: v for k, v in guard.info.items() if k not in ("created", "dataset_digest")},
+        "metric_notes": {
+            "replication_l2": f"share with calibrated l2 ratio (nearest / mean of next {5}) < 1/3 vs the 16 fine-tune images",
+            "replication_ssim": "share with max SSIM (kornia, 7-tap Gaussian window, data range 2) > 0.9",
+            "quality_share": "share the digit CNN (trained on the pretrain split) reads with confidence >= 0.9",
+            "frechet_clf": "Frechet distance in the digit CNN's 64-d features vs 300 held-out real digits",
+            "mia": "Matsumoto et al. loss test, members = 16 fine-tune images, non-members = 16 held-out; "
+                   f"loss = mean ||eps - eps_hat||^2 over sigma {list(cfg.mia_sigmas)} x {cfg.mia_draws} draws; "
+                   "Welch t, one-sided p (members lower)",
+        },
+        "rows": [{"setting": n, **clean(m)} for n, m in rows],
+        "timings_s": timings, "threads": nthreads, "machine": platform.machine(),
+        "torch": torch.__version__,
+    })
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=1, default=float))
+    out_txt.write_text(table + "\n")
+    print()
+    print(table)
+    print(f"\nreference (real held-out digits): {json.dumps({k: round(v, 3) for k, v in ref.items()})}")
+    print(f"timings (s): {timings}")
+    print(f"wrote {out_json}, {out_txt}, {out_png}")
+    return results
+
+
+def base_rep_flags(samples, split):
+    return M.calibrated_l2_ratio(samples, split.finetune, k=5) < M.REPLICA_L2_RATIO
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=["full", "demo", "smoke"], default="full")
+    ap.add_argument("--sweep", default=None, help="alpha:scale pairs, comma separated, e.g. 0.001:1,0.01:3")
+    ap.add_argument("--objective", default=None, help="guide() objective (core default if omitted)")
+    ap.add_argument("--max-step", default=None, help="guide() max_step (float or 'none'; core default if omitted)")
+    ap.add_argument("--negatives", default=None, help="train_guard negatives (core default if omitted)")
+    ap.add_argument("--ancestral", action="store_true", help="Euler ancestral instead of Euler")
+    ap.add_argument("--n-samples", type=int, default=None)
+    ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/finetune or demo/out/demo)")
+    ap.add_argument("--png", default=None)
+    a = ap.parse_args(argv)
+    cfg = {"full": P.FULL, "demo": P.DEMO, "smoke": P.SMOKE}[a.preset]
+    if a.n_samples:
+        cfg = replace(cfg, n_samples=a.n_samples)
+    sweep = SWEEPS.get(a.preset, [(0.001, 1.0)])
+    if a.sweep:
+        sweep = [tuple(float(v) for v in p.split(":")) for p in a.sweep.split(",")]
+    guide_opts = {}
+    if a.objective:
+        guide_opts["objective"] = a.objective
+    if a.max_step is not None:
+        guide_opts["max_step"] = None if a.max_step.lower() == "none" else float(a.max_step)
+    guard_opts = {"negatives": a.negatives} if a.negatives else {}
+    stem = Path(a.out) if a.out else (ROOT / ("benchmarks/results/finetune" if a.preset == "full" else "demo/out/demo"))
+    png = Path(a.png) if a.png else (ROOT / "demo/out/compare.png" if a.preset == "demo" else stem.with_suffix(".png"))
+    run(cfg, sweep, stem.with_suffix(".json"), stem.with_suffix(".txt"), png, guide_opts, guard_opts, a.ancestral)
+
+
+if __name__ == "__main__":
+    main()
