@@ -1,0 +1,109 @@
+"""The guard: a trained network plus its noise space, and the CPSample guidance term."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .network import GuardConfig, GuardNet
+from .noise import NoiseSpace, as_sigma
+
+Tensor = torch.Tensor
+OBJECTIVES = ("uncertainty", "opposite")
+
+
+class Guard(nn.Module):
+    """A trained guard. ``info`` holds what was recorded at training (see ``files.py``)."""
+
+    def __init__(self, net: GuardNet, space: NoiseSpace, info: dict[str, Any] | None = None):
+        super().__init__()
+        self.net = net
+        self.space = space
+        self.info: dict[str, Any] = dict(info or {})
+
+    @property
+    def config(self) -> GuardConfig:
+        return self.net.config
+
+    @property
+    def latent_channels(self) -> int:
+        return self.net.config.in_channels
+
+    def with_space(self, space: NoiseSpace) -> "Guard":
+        """The same network seen through another space of the same kind (a host's own noising)."""
+        if space.kind != self.space.kind:
+            raise ValueError(f"this guard was trained for a {self.space.kind} model, not a {space.kind} one")
+        return Guard(self.net, space, self.info)
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected latents shaped [B, C, H, W], got {tuple(x.shape)}")
+        if x.shape[1] != self.latent_channels:
+            raise ValueError(f"this guard takes {self.latent_channels}-channel latents, got {x.shape[1]} channels")
+
+    def _param(self) -> Tensor:
+        return next(self.net.parameters())
+
+    def logit(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """Logit of label 1 for noisy latents x at σ (differentiable)."""
+        self._check(x)
+        p = self._param()
+        s = as_sigma(sigma, x.shape[0], x).to(p.device, torch.float32)
+        return self.net(self.space.model_input(x.to(p.device, p.dtype), s), s)
+
+    @torch.no_grad()
+    def probability(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """p(label 1) for noisy latents x [B, C, H, W] at σ ([B] or scalar) → float32 [B]."""
+        with torch.inference_mode(False):
+            return torch.sigmoid(self.logit(x, sigma)).float()
+
+    def guide(self, denoised: Tensor, x: Tensor, sigma: Tensor | float, scale: float = 1.0,
+              alpha: float = 0.001, objective: str = "uncertainty", max_step: float | None = 1.0
+              ) -> Tensor:
+        """CPSample guidance on an x0 prediction.
+
+        ``denoised + scale·w(σ)·∇ₓ objective`` for the items whose p lies outside [α, 1−α]; the
+        gradient goes through the guard only. objective "uncertainty" is log p(1−p) (pushes toward
+        p = ½ and vanishes there); "opposite" is the log-probability of the label the guard does
+        not currently predict. ``max_step`` caps each item's change at max_step·σ per element
+        (root mean square), i.e. within the noise that is still there; None disables the cap.
+        Returns ``denoised`` itself when scale is 0 or no item is confident.
+        """
+        if scale == 0:
+            return denoised
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not 0 <= alpha <= 0.5:
+            raise ValueError(f"alpha must lie in [0, 0.5], got {alpha}")
+        self._check(x)
+        dev = self._param().device
+        # Hosts call this under torch.inference_mode(): leave it, and clone so the inputs are
+        # normal tensors that autograd can record.
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = x.detach().to(dev, torch.float32).clone().requires_grad_(True)
+            sig = as_sigma(sigma, x.shape[0], xg).detach().clone()
+            logit = self.logit(xg, sig)
+            if objective == "uncertainty":
+                obj = F.logsigmoid(logit) + F.logsigmoid(-logit)
+            else:
+                obj = torch.where(logit > 0, F.logsigmoid(-logit), F.logsigmoid(logit))
+            (grad,) = torch.autograd.grad(obj.sum(), xg)
+        with torch.no_grad():
+            p = torch.sigmoid(logit.detach())
+            confident = (p < alpha) | (p > 1 - alpha)
+            finite = torch.isfinite(grad).flatten(1).all(1) & torch.isfinite(logit.detach())
+            active = confident & finite
+            if not bool(active.any()):
+                return denoised
+            view = (-1,) + (1,) * (x.dim() - 1)
+            grad = torch.where(active.view(view), grad, torch.zeros((), device=dev))
+            step = scale * self.space.weight(sig).view(view) * grad
+            if max_step is not None:
+                rms = step.flatten(1).pow(2).mean(1).sqrt()
+                cap = max_step * sig
+                step = step * (cap / rms.clamp_min(1e-12)).clamp(max=1.0).view(view)
+            step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+            return denoised + step.to(denoised.device, denoised.dtype)

@@ -1,0 +1,195 @@
+"""Training a guard: fit random binary labels on noisy latents until it has memorised them."""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import torch
+from torch.nn import functional as F
+
+from .guard import Guard
+from .network import GuardConfig, GuardNet
+from .noise import NoiseSpace
+
+Tensor = torch.Tensor
+ProgressFn = Callable[[int, int, dict], None]
+
+
+class TrainingStopped(Exception):
+    """Raised when ``should_stop()`` asked training to end (a cancel, not a failure)."""
+
+
+def dataset_digest(latents: Tensor) -> str:
+    """One SHA-256 over the whole training set (shape and float32 values), never per image."""
+    x = latents.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(repr(tuple(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()
+
+
+def random_labels(n: int, seed: int) -> Tensor:
+    """Balanced random binary labels (⌊n/2⌋ zeros, ⌈n/2⌉ ones) in an order drawn from seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    labels = torch.cat([torch.zeros(n // 2), torch.ones(n - n // 2)])
+    return labels[torch.randperm(n, generator=g)]
+
+
+def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator) -> Tensor:
+    """Half from the model's own schedule (uniform progress), half log-uniform over the range
+    where memorising is possible, which is where the guard has to be confident."""
+    u = torch.rand(n, generator=g)
+    schedule = space.percent_to_sigma(u)
+    lo = math.log(space.sigma_min)
+    hi = math.log(min(space.memorisable_max, space.sigma_max))
+    low = torch.exp(lo + (hi - lo) * torch.rand(n, generator=g))
+    pick = torch.rand(n, generator=g) < 0.5
+    return torch.where(pick, schedule, low).float()
+
+
+NEGATIVES = ("none", "gaussian", "mix")
+
+
+def make_negatives(kind: str, x_all: Tensor, n: int, g: torch.Generator) -> Tensor | None:
+    """Latents that are not training images, on which the guard is taught to say ½.
+
+    "gaussian": noise with the training latents' per-channel mean and std; "mix": blends of two
+    training latents. Without them a guard that memorised random labels is as confident on a
+    novel latent as on its training images, so its gradient would push every sample.
+    """
+    if kind == "none" or n == 0:
+        return None
+    if kind == "gaussian":
+        mean = x_all.mean(dim=(0, 2, 3), keepdim=True)
+        std = x_all.std(dim=(0, 2, 3), keepdim=True)
+        shape = (n, *x_all.shape[1:])
+        return mean + std * torch.randn(shape, generator=g).to(x_all)
+    if kind == "mix":
+        i = torch.randint(0, x_all.shape[0], (n,), generator=g)
+        j = torch.randint(0, x_all.shape[0], (n,), generator=g)
+        w = (0.25 + 0.5 * torch.rand(n, generator=g)).to(x_all).view(-1, 1, 1, 1)
+        blend = w * x_all[i] + (1 - w) * x_all[j]
+        # keep the norm of a single latent so the guard cannot use contrast to spot blends
+        scale = x_all[i].flatten(1).norm(dim=1) / blend.flatten(1).norm(dim=1).clamp_min(1e-6)
+        return blend * scale.view(-1, 1, 1, 1)
+    raise ValueError(f"negatives must be one of {NEGATIVES}, got {kind!r}")
+
+
+def _band_sigmas(band: tuple[float, float], k: int) -> Tensor:
+    lo, hi = math.log(band[0]), math.log(band[1])
+    return torch.exp(torch.linspace(lo, hi, k + 2)[1:-1])
+
+
+@torch.no_grad()
+def band_accuracy(guard: Guard, latents: Tensor, labels: Tensor, space: NoiseSpace,
+                  g: torch.Generator, per_band: int = 2, batch_size: int = 64) -> dict[str, float]:
+    """Accuracy on every training latent at ``per_band`` noise levels inside each σ band."""
+    out: dict[str, float] = {}
+    n = latents.shape[0]
+    for band in space.bands():
+        correct = 0
+        for s in _band_sigmas(band, per_band):
+            for i in range(0, n, batch_size):
+                x0 = latents[i:i + batch_size]
+                eps = torch.randn(x0.shape, generator=g).to(x0)
+                sig = torch.full((x0.shape[0],), float(s), device=x0.device)
+                logit = guard.logit(space.noise(x0, sig, eps), sig)
+                correct += int(((logit > 0).float() == labels[i:i + batch_size]).sum())
+        out[NoiseSpace.band_label(band)] = correct / (n * per_band)
+    return out
+
+
+def required_bands(space: NoiseSpace) -> list[str]:
+    return [NoiseSpace.band_label(b) for b in space.bands() if b[1] <= space.memorisable_max + 1e-9]
+
+
+def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: ProgressFn | None = None,
+                should_stop: Callable[[], bool] | None = None, max_steps: int = 3000,
+                batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
+                eval_every: int = 50, negatives: str = "none", negative_fraction: float = 0.5,
+                config: GuardConfig | None = None,
+                info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
+    """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
+
+    Stops early once accuracy is at least ``target_accuracy`` in every σ band where memorising is
+    possible (σ ≤ 1 for vp, σ ≤ 0.5 for flow). ``progress(step, total, stats)`` gets the loss and
+    the accuracy per band; ``should_stop()`` returning True raises ``TrainingStopped``.
+    """
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
+        raise ValueError(f"latents must be a tensor shaped [N, C, H, W], got "
+                         f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
+    n = latents.shape[0]
+    if n < 2:
+        raise ValueError(f"a guard needs at least 2 training images, got {n}")
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents contain NaN or infinite values")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    if max_steps < 1 or batch_size < 1:
+        raise ValueError(f"max_steps and batch_size must be positive, got {max_steps}, {batch_size}")
+    device = torch.device(device) if device is not None else latents.device
+    # Hosts run nodes under inference mode; parameters made there cannot be trained.
+    with torch.inference_mode(False), torch.enable_grad():
+        x_all = latents.detach().to(device, torch.float32).clone()
+        labels = random_labels(n, seed).to(device)
+        torch.manual_seed(seed)  # weight init
+        cfg = config or GuardConfig(in_channels=x_all.shape[1])
+        if cfg.in_channels != x_all.shape[1]:
+            raise ValueError(f"config expects {cfg.in_channels} channels, latents have {x_all.shape[1]}")
+        guard = Guard(GuardNet(cfg).to(device), space)
+        opt = torch.optim.AdamW(guard.net.parameters(), lr=lr, weight_decay=0.0)
+        g = torch.Generator().manual_seed(seed + 1)
+        g_eval = torch.Generator().manual_seed(seed + 2)
+        required = required_bands(space)
+        accuracy: dict[str, float] = {}
+        loss_avg = float("nan")
+        started = time.monotonic()
+        step = 0
+        for step in range(1, max_steps + 1):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"guard training stopped at step {step - 1} of {max_steps}")
+            idx = torch.randint(0, n, (batch_size,), generator=g)
+            x0 = x_all[idx]
+            sig = sample_sigmas(space, len(idx), g).to(device)
+            target = labels[idx]
+            neg = make_negatives(negatives, x_all, int(round(batch_size * negative_fraction)), g)
+            if neg is not None:
+                x0 = torch.cat([x0, neg])
+                sig = torch.cat([sig, sample_sigmas(space, len(neg), g).to(device)])
+                target = torch.cat([target, torch.full((len(neg),), 0.5, device=device)])
+            eps = torch.randn(x0.shape, generator=g).to(device)
+            logit = guard.logit(space.noise(x0, sig, eps), sig)
+            loss = F.binary_cross_entropy_with_logits(logit, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = float(loss.detach())
+            loss_avg = lv if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * lv
+            done = False
+            if step % eval_every == 0 or step == max_steps:
+                accuracy = band_accuracy(guard, x_all, labels, space, g_eval)
+                done = all(accuracy[b] >= target_accuracy for b in required)
+            if progress is not None:
+                progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(accuracy)})
+            if done:
+                break
+        guard.net.eval()
+        guard.info = {
+            "label_seed": int(seed),
+            "negatives": negatives,
+            "n_images": int(n),
+            "dataset_digest": dataset_digest(latents),
+            "accuracy": accuracy,
+            "required_bands": required,
+            "memorised": all(accuracy.get(b, 0.0) >= target_accuracy for b in required),
+            "steps": step,
+            "train_seconds": round(time.monotonic() - started, 2),
+            "latent_shape": list(latents.shape[1:]),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(info or {}),
+        }
+        for p in guard.net.parameters():
+            p.requires_grad_(False)
+        return guard
