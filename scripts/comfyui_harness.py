@@ -284,7 +284,8 @@ def output_images(entry: dict, layout: dict, node_id: str | None = None) -> list
         if node_id is not None and nid != node_id:
             continue
         for im in o.get("images", []):
-            base = layout["output"] if im.get("type") == "output" else layout["temp"]
+            # ComfyUI puts its temp files in <--temp-directory>/temp
+            base = layout["output"] if im.get("type") == "output" else Path(layout["temp"]) / "temp"
             out.append(Path(base) / im.get("subfolder", "") / im["filename"])
     return out
 

@@ -133,7 +133,7 @@ class TrainGuard(io.ComfyNode):
                 io.Combo.Input("folder", options=_folder_options(),
                                tooltip="Sub-folder of ComfyUI's input directory holding the training images "
                                        f"(the fine-tuning set). '{NO_FOLDER}' uses only the images input."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed for the random labels, the weight initialisation and the noise."),
                 io.Int.Input("max_steps", default=2000, min=1, max=100000,
                              tooltip="Upper bound on optimisation steps; training stops earlier once the guard "

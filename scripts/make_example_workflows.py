@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Write the UI-format example workflows in example_workflows/ from compact graph specs.
+
+Widget order and output slots come from a running ComfyUI's /object_info, so the files match what the
+frontend saves. Run with the project venv (starts the offline test ComfyUI itself):
+
+    .venv/bin/python scripts/make_example_workflows.py            # writes example_workflows/*.json
+    .venv/bin/python scripts/make_example_workflows.py --url http://127.0.0.1:8188   # use a running server
+
+Thumbnails (example_workflows/*.png) come from scripts/workflow_thumbnails.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfyui_harness as H  # noqa: E402
+
+OUT = H.REPO / "example_workflows"
+CKPT = "tiny-sd15.safetensors"
+LORA = "tiny-sd15-lora.safetensors"
+FOLDER = "cpsample_demo"
+GUARD_FILE = "cpsample_demo_guard.safetensors"
+
+# Each node: id, type, pos, widgets {name: value}, links {input_name: (src_id, src_slot)}, optional title.
+TRAIN = {
+    "title": "CPSample: train a guard on a folder of fine-tuning images",
+    "nodes": [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 160], widgets={"ckpt_name": CKPT}),
+        dict(id=2, type="CPSampleTrainGuard", pos=[420, 120],
+             widgets={"folder": FOLDER, "seed": 0, "max_steps": 400, "batch_size": 32,
+                      "resolution_policy": "resize", "resolution": 0},
+             links={"model": (1, 0), "vae": (1, 2)}),
+        dict(id=3, type="CPSampleSaveGuard", pos=[840, 120],
+             widgets={"filename": GUARD_FILE[:-len(".safetensors")], "overwrite": True}, links={"guard": (2, 0)}),
+        dict(id=4, type="PreviewAny", pos=[840, 320], links={"source": (2, 1)}, title="Training report"),
+        dict(id=5, type="MarkdownNote", pos=[40, 400], size=[340, 200], widgets={"text": (
+            "Put the images your model was fine-tuned on in a sub-folder of ComfyUI's **input** folder and "
+            "pick it in *folder*. The guard learns random labels on them; training stops early once it is "
+            "confident on every image. Then use **CPSample Protect Model** with the saved guard.")}),
+    ],
+}
+
+PROTECTED = {
+    "title": "CPSample: protected txt2img (with a LoRA)",
+    "nodes": [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 200], widgets={"ckpt_name": CKPT}),
+        dict(id=2, type="LoraLoader", pos=[380, 200],
+             widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
+             links={"model": (1, 0), "clip": (1, 1)}),
+        dict(id=3, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": GUARD_FILE}),
+        dict(id=4, type="CPSampleProtectModel", pos=[740, 20],
+             widgets={"scale": 1.0, "alpha": 0.001, "start_percent": 0.0, "end_percent": 1.0,
+                      "objective": "uncertainty"},
+             links={"model": (2, 0), "guard": (3, 0)}),
+        dict(id=5, type="CLIPTextEncode", pos=[740, 300], widgets={"text": "a photo of a red house by a lake"},
+             links={"clip": (2, 1)}, title="Positive"),
+        dict(id=6, type="CLIPTextEncode", pos=[740, 500], widgets={"text": "blurry"}, links={"clip": (2, 1)},
+             title="Negative"),
+        dict(id=7, type="EmptyLatentImage", pos=[740, 700], widgets={"width": 64, "height": 64, "batch_size": 2}),
+        dict(id=8, type="KSampler", pos=[1100, 200],
+             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+                      "denoise": 1.0},
+             links={"model": (4, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0)}),
+        dict(id=9, type="VAEDecode", pos=[1460, 200], links={"samples": (8, 0), "vae": (1, 2)}),
+        dict(id=10, type="SaveImage", pos=[1820, 200], widgets={"filename_prefix": "cpsample_protected"},
+             links={"images": (9, 0)}),
+        dict(id=11, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (
+            "**Protected sampling.** The guard comes from the *train a guard* example (or your own, in "
+            "models/cpsample). Protect Model goes after the LoRA, on the model that was fine-tuned. "
+            "*scale* is the guidance strength (0 = off, bit-identical); *alpha* the confidence band: only "
+            "samples the guard is sure about (near a training image) are steered.")}),
+    ],
+}
+
+REPLICATION = {
+    "title": "CPSample: check generated images for copies of the training images",
+    "nodes": [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 200], widgets={"ckpt_name": CKPT}),
+        dict(id=2, type="CLIPTextEncode", pos=[380, 120], widgets={"text": "a photo of a red house by a lake"},
+             links={"clip": (1, 1)}, title="Positive"),
+        dict(id=3, type="CLIPTextEncode", pos=[380, 340], widgets={"text": ""}, links={"clip": (1, 1)},
+             title="Negative"),
+        dict(id=4, type="EmptyLatentImage", pos=[380, 540], widgets={"width": 64, "height": 64, "batch_size": 4}),
+        dict(id=5, type="KSampler", pos=[740, 200],
+             widgets={"seed": 7, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+                      "denoise": 1.0},
+             links={"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}),
+        dict(id=6, type="VAEDecode", pos=[1100, 200], links={"samples": (5, 0), "vae": (1, 2)}),
+        dict(id=7, type="CPSampleReplicationCheck", pos=[1460, 200],
+             widgets={"folder": FOLDER, "k": 5, "ratio_threshold": 0.5}, links={"images": (6, 0)}),
+        dict(id=8, type="PreviewImage", pos=[1820, 120], links={"images": (7, 1)}, title="Generated | nearest"),
+        dict(id=9, type="PreviewAny", pos=[1820, 460], links={"source": (7, 0)}, title="Replication report"),
+        dict(id=10, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (
+            "**Replication check.** Compares each generated image with the training images in *folder*: "
+            "the calibrated l2 ratio (Carlini et al. 2023) is near 0 for a copy and about 1 otherwise; SSIM "
+            "is 1 for identical images. Connect a CLIP vision model to add embedding cosine similarity. "
+            "Swap the sampler's model for a protected one to compare.")}),
+    ],
+}
+
+WORKFLOWS = {"cpsample_train_guard": TRAIN, "cpsample_protected_txt2img": PROTECTED,
+             "cpsample_replication_check": REPLICATION}
+
+FRONTEND_WIDGET_NODES = {"MarkdownNote": ["text"], "Note": ["text"]}
+
+
+def _inputs_in_order(info: dict) -> list[tuple[str, list]]:
+    specs = {}
+    for sec in ("required", "optional"):
+        specs.update(info["input"].get(sec) or {})
+    order = []
+    io = info.get("input_order") or {}
+    for sec in ("required", "optional"):
+        order += io.get(sec, list((info["input"].get(sec) or {}).keys()))
+    return [(n, specs[n]) for n in order]
+
+
+def build_ui(spec: dict, object_info: dict) -> dict:
+    nodes_out, links_out = [], []
+    link_id = 0
+    by_id = {n["id"]: n for n in spec["nodes"]}
+    out_links: dict[tuple, list] = {}
+    # links first (ids in node order)
+    pending = []
+    for n in spec["nodes"]:
+        for name, (src, slot) in (n.get("links") or {}).items():
+            link_id += 1
+            pending.append((link_id, src, slot, n["id"], name))
+            out_links.setdefault((src, slot), []).append(link_id)
+    # execution order: a simple topological order
+    order, seen = [], set()
+
+    def visit(nid):
+        if nid in seen:
+            return
+        seen.add(nid)
+        for (src, _s) in (by_id[nid].get("links") or {}).values():
+            visit(src)
+        order.append(nid)
+
+    for n in spec["nodes"]:
+        visit(n["id"])
+    for n in spec["nodes"]:
+        ntype = n["type"]
+        node = {"id": n["id"], "type": ntype, "pos": n["pos"], "flags": {}, "order": order.index(n["id"]),
+                "mode": 0, "inputs": [], "outputs": [], "properties": {"Node name for S&R": ntype}}
+        if n.get("title"):
+            node["title"] = n["title"]
+        if ntype in FRONTEND_WIDGET_NODES:
+            node["widgets_values"] = [n["widgets"][k] for k in FRONTEND_WIDGET_NODES[ntype]]
+            node["size"] = n.get("size", [320, 160])
+            node["color"], node["bgcolor"] = "#432", "#653"
+            nodes_out.append(node)
+            continue
+        info = object_info[ntype]
+        wv = []
+        n_widgets = 0
+        for name, ispec in _inputs_in_order(info):
+            if H._is_widget(ispec):
+                n_widgets += 1
+                if name in (n.get("widgets") or {}):
+                    val = n["widgets"][name]
+                else:
+                    opts = ispec[1] if len(ispec) > 1 and isinstance(ispec[1], dict) else {}
+                    val = opts.get("default", ispec[0][0] if isinstance(ispec[0], list) and ispec[0] else None)
+                wv.append(val)
+                if H._extra_widget_values(name, ispec):
+                    wv.append("fixed")
+                if name in (n.get("links") or {}):
+                    link = next(l for l in pending if l[3] == n["id"] and l[4] == name)
+                    node["inputs"].append({"name": name, "type": ispec[0] if isinstance(ispec[0], str) else "COMBO",
+                                           "widget": {"name": name}, "link": link[0]})
+            else:
+                link = next((l for l in pending if l[3] == n["id"] and l[4] == name), None)
+                entry = {"name": name, "type": ispec[0] if isinstance(ispec[0], str) else "COMBO",
+                         "link": link[0] if link else None}
+                if link is None and name in (info["input"].get("optional") or {}):
+                    entry["shape"] = 7  # the frontend draws optional inputs hollow
+                node["inputs"].append(entry)
+        for slot, (otype, oname) in enumerate(zip(info["output"], info["output_name"])):
+            node["outputs"].append({"name": oname, "type": otype if isinstance(otype, str) else "COMBO",
+                                    "links": out_links.get((n["id"], slot), []), "slot_index": slot})
+        if wv:
+            node["widgets_values"] = wv
+        rows = max(len([i for i in node["inputs"] if "widget" not in i]), len(node["outputs"]))
+        node["size"] = n.get("size", [320, 46 + 22 * rows + 26 * n_widgets])
+        nodes_out.append(node)
+    for lid, src, slot, dst, name in pending:
+        dst_node = next(x for x in nodes_out if x["id"] == dst)
+        dst_slot = next(i for i, inp in enumerate(dst_node["inputs"]) if inp["name"] == name)
+        src_node = next(x for x in nodes_out if x["id"] == src)
+        links_out.append([lid, src, slot, dst, dst_slot, src_node["outputs"][slot]["type"]])
+    return {"last_node_id": max(n["id"] for n in nodes_out), "last_link_id": link_id, "nodes": nodes_out,
+            "links": links_out, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "cpsample_title": spec["title"]},
+            "version": 0.4}
+
+
+def write_all(object_info: dict, out_dir: Path = OUT) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, spec in WORKFLOWS.items():
+        p = out_dir / f"{name}.json"
+        p.write_text(json.dumps(build_ui(spec, object_info), indent=1) + "\n")
+        paths.append(p)
+    return paths
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="use this running ComfyUI instead of starting one")
+    a = ap.parse_args()
+    if a.url:
+        import urllib.request
+        with urllib.request.urlopen(a.url.rstrip("/") + "/object_info") as r:
+            info = json.loads(r.read())
+    else:
+        import comfyui_env
+        env = comfyui_env.ensure()
+        root = Path(tempfile.mkdtemp(prefix="cpsample_wf_"))
+        layout = H.make_layout(root, Path(env["checkpoint"]), demo_only=True)
+        server = H.ComfyServer(layout, env["python"], env["comfyui"]).start()
+        try:
+            info = server.object_info()
+        finally:
+            server.stop()
+    for p in write_all(info):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Fixtures that run the pack inside a real ComfyUI (0.3.75, offline, CPU) — no mocks.
+
+The environment comes from scripts/comfyui_env.py (built once into .cache/comfyui/, minutes the first
+time, instant after). One server per test session, on a free port, in a temporary base directory:
+
+    base/custom_nodes/CPSample -> this repo        (the pack as users install it)
+    shared_models/{checkpoints,loras,cpsample_extra} via --extra-model-paths-config
+    input/cpsample_demo, cpsample_mixed, cpsample_empty, cpsample_noimages, cpsample_corrupt, cpsample_copy.png
+    output/, temp/, user/, comfyui.log
+
+Set CPSAMPLE_REQUIRE_COMFYUI=1 (CI) to fail instead of skipping when the environment cannot be built.
+Set CPSAMPLE_KEEP_COMFYUI=1 to keep the temporary directory (its path is printed).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import comfyui_env  # noqa: E402
+import comfyui_harness as H  # noqa: E402
+
+
+def _make_guard_file(path: Path, channels: int, kind: str, latent_format: str) -> None:
+    """A tiny real guard file (few steps) for mismatch tests, written with the project's own core."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from cpsample_nodes.core import NoiseSpace, save_guard, train_guard
+
+    space = NoiseSpace.flow() if kind == "flow" else NoiseSpace.vp()
+    lat = torch.randn(4, channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    guard = train_guard(lat, space=space, seed=0, max_steps=2, batch_size=4,
+                        info={"latent_format": latent_format, "model_sampling": "test"})
+    save_guard(guard, path)
+
+
+@pytest.fixture(scope="session")
+def comfy_env():
+    t0 = time.time()
+    try:
+        env = comfyui_env.ensure()
+    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+        if os.environ.get("CPSAMPLE_REQUIRE_COMFYUI"):
+            raise
+        pytest.skip(f"cannot build the offline ComfyUI test environment (scripts/comfyui_env.py): {e}")
+    env["build_s"] = round(time.time() - t0, 1)
+    return env
+
+
+@pytest.fixture(scope="session")
+def comfy_layout(comfy_env, tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfyui")
+    layout = H.make_layout(root, Path(comfy_env["checkpoint"]))
+    # A copy of a training image at the top of the input dir (LoadImage lists only that level).
+    shutil.copy(layout["folders"]["demo"] / "train_03.png", layout["input"] / "cpsample_copy.png")
+    # Guards that must be refused on the SD1.5 model (shown in the dropdown through the yaml folder).
+    _make_guard_file(layout["extra_guards"] / "flux16_guard.safetensors", 16, "flow", "Flux")
+    _make_guard_file(layout["extra_guards"] / "sdxl_guard.safetensors", 4, "vp", "SDXL")
+    (layout["extra_guards"] / "not_a_guard.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    yield layout
+    if os.environ.get("CPSAMPLE_KEEP_COMFYUI"):
+        print(f"\nComfyUI test directory kept: {root}")
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_env, comfy_layout):
+    server = H.ComfyServer(comfy_layout, comfy_env["python"], comfy_env["comfyui"])
+    server.start(timeout=240)
+    print(f"\nComfyUI {comfy_env['comfyui_version']} at {server.url} (startup {server.startup_s:.1f} s), "
+          f"log {server.log_path}")
+    yield server
+    server.stop()
+    if os.environ.get("CPSAMPLE_KEEP_COMFYUI") or os.environ.get("CI"):
+        tail = server.log()[-4000:]
+        print(f"\n--- ComfyUI log tail ({server.log_path}) ---\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy):
+    return comfy.object_info()
+
+
+@pytest.fixture
+def run_prompt(comfy):
+    """Queue an API prompt; return the /history entry, asserting it finished as expected."""
+
+    def run(prompt: dict, expect: str = "success", timeout: float = 300) -> dict:
+        entry = comfy.run(prompt, timeout=timeout)
+        status = entry["status"]["status_str"]
+        if status != expect:
+            err = H.history_error(entry)
+            detail = (f"{err.get('node_type')} (node {err.get('node_id')}): {err.get('exception_type')}: "
+                      f"{err.get('exception_message')}\n{''.join(err.get('traceback') or [])}" if err else entry)
+            raise AssertionError(f"prompt finished with {status!r}, expected {expect!r}: {detail}\n"
+                                 f"log tail:\n{comfy.log()[-3000:]}")
+        return entry
+
+    return run
+
+
+def ui_text(entry: dict, node_id: str) -> str:
+    """Text a node showed in the UI (PreviewAny / PreviewText)."""
+    out = entry["outputs"].get(str(node_id), {})
+    text = out.get("text")
+    if isinstance(text, (list, tuple)):
+        return "\n".join(str(t) for t in text)
+    return str(text or "")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: runs a real ComfyUI server (slow, needs .cache/comfyui)")

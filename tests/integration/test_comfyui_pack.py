@@ -1,0 +1,334 @@
+"""The CPSample pack inside a real ComfyUI 0.3.75 server (CPU, tiny random SD1.5-shaped model)."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import comfyui_harness as H
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_IDS = ["CPSampleTrainGuard", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
+            "CPSampleReplicationCheck"]
+EXAMPLES = ["cpsample_train_guard", "cpsample_protected_txt2img", "cpsample_replication_check"]
+CKPT = "tiny-sd15.safetensors"
+DEMO_GUARD = "cpsample_demo_guard.safetensors"
+
+pytestmark = pytest.mark.integration
+
+
+def ui_text(entry: dict, node_id) -> str:
+    text = entry["outputs"].get(str(node_id), {}).get("text")
+    if isinstance(text, (list, tuple)):
+        return "\n".join(str(t) for t in text)
+    return str(text or "")
+
+
+MAX_TEST_STEPS = 12
+
+
+def cap_training(prompt: dict) -> dict:
+    """Examples ship with max_steps for real use; on this 2-core CPU the tests cap them (the only change)."""
+    for node in prompt.values():
+        if node["class_type"] == "CPSampleTrainGuard":
+            node["inputs"]["max_steps"] = min(node["inputs"]["max_steps"], MAX_TEST_STEPS)
+    return prompt
+
+
+def train_prompt(folder: str, steps: int = 3, policy: str = "resize", resolution: int = 0, seed: int = 0,
+                 batch: int = 8) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "2": {"class_type": "CPSampleTrainGuard",
+              "inputs": {"model": ["1", 0], "vae": ["1", 2], "folder": folder, "seed": seed, "max_steps": steps,
+                         "batch_size": batch, "resolution_policy": policy, "resolution": resolution}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+
+
+def sample_prompt(prefix: str, guard: str | None = None, scale: float = 1.0, alpha: float = 0.5,
+                  cfg: float = 5.0, seed: int = 3, steps: int = 4, sampler: str = "euler") -> dict:
+    """txt2img that saves the final latent (exact comparison), optionally through Protect Model."""
+    p = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red house"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "6": {"class_type": "KSampler",
+              "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+                         "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
+                         "scheduler": "normal", "denoise": 1.0}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}},
+    }
+    if guard is not None:
+        p["10"] = {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": guard}}
+        p["11"] = {"class_type": "CPSampleProtectModel",
+                   "inputs": {"model": ["1", 0], "guard": ["10", 0], "scale": scale, "alpha": alpha,
+                              "start_percent": 0.0, "end_percent": 1.0, "objective": "uncertainty"}}
+        p["6"]["inputs"]["model"] = ["11", 0]
+    return p
+
+
+def saved_latent(comfy_layout, prefix: str) -> torch.Tensor:
+    files = sorted((Path(comfy_layout["output"]) / "latents").glob(f"{prefix}_*.latent"))
+    assert files, f"no latent saved for {prefix}"
+    return load_file(str(files[-1]))["latent_tensor"]
+
+
+def error_of(entry: dict) -> dict:
+    err = H.history_error(entry)
+    assert err is not None, f"no execution_error in {entry['status']}"
+    return err
+
+
+def assert_still_serving(comfy, run_prompt):
+    assert comfy.alive()
+    assert comfy.get("/system_stats")["system"]["comfyui_version"]
+    entry = run_prompt({"1": {"class_type": "PreviewAny", "inputs": {"source": "still serving"}}})
+    assert ui_text(entry, 1) == "still serving"
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+def test_pack_imports_without_errors(comfy):
+    log = comfy.log()
+    assert re.search(r"seconds: .*custom_nodes[/\\]CPSample\s*$", log, re.M), log[-3000:]
+    bad = [l for l in log.splitlines() if "CPSample" in l and ("IMPORT FAILED" in l or "Error" in l or "Cannot import" in l)]
+    assert not bad, bad
+    assert "comfy_entrypoint" not in log, log[-3000:]
+    assert comfy.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
+
+
+def test_object_info_lists_every_node_with_tooltips(object_info):
+    for nid in NODE_IDS:
+        assert nid in object_info, f"{nid} missing from /object_info"
+        info = object_info[nid]
+        assert info["category"] == "CPSample"
+        assert info["display_name"].startswith("CPSample ")
+        inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        assert inputs, nid
+        for name, spec in inputs.items():
+            opts = spec[1] if len(spec) > 1 else {}
+            assert opts.get("tooltip"), f"{nid}.{name} has no tooltip"
+    train = object_info["CPSampleTrainGuard"]
+    assert train["output"] == ["CPSAMPLE_GUARD", "STRING"]
+    req = train["input"]["required"]
+    assert {"model", "vae", "folder", "seed", "max_steps", "batch_size", "resolution_policy"} <= set(req)
+    assert "images" in train["input"]["optional"]
+    folders = req["folder"][0] if isinstance(req["folder"][0], list) else req["folder"][1]["options"]
+    assert "cpsample_demo" in folders and "cpsample_empty" in folders
+    assert object_info["CPSampleProtectModel"]["output"] == ["MODEL"]
+    assert object_info["CPSampleReplicationCheck"]["output"] == ["STRING", "IMAGE"]
+    assert "clip_vision" in object_info["CPSampleReplicationCheck"]["input"]["optional"]
+    guards = object_info["CPSampleLoadGuard"]["input"]["required"]["guard_name"]
+    options = guards[0] if isinstance(guards[0], list) else guards[1]["options"]
+    # from the extra_model_paths.yaml `cpsample:` folder; non-.safetensors files are not listed
+    assert "flux16_guard.safetensors" in options
+
+
+# ------------------------------------------------------------------------------------------- examples
+
+@pytest.fixture(scope="session")
+def trained_demo_guard(comfy, comfy_layout, object_info):
+    """Runs example_workflows/cpsample_train_guard.json (converted from UI format) once."""
+    wf = json.loads((REPO / "example_workflows" / "cpsample_train_guard.json").read_text())
+    prompt = H.ui_to_api(wf, object_info)
+    cap_training(prompt)
+    entry = comfy.run(prompt, timeout=400)
+    assert entry["status"]["status_str"] == "success", H.history_error(entry)
+    return entry
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_workflow_runs(name, comfy, comfy_layout, object_info, trained_demo_guard, run_prompt):
+    wf = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+    assert wf["nodes"] and wf["links"] is not None
+    assert (REPO / "example_workflows" / f"{name}.png").is_file(), "thumbnail missing"
+    prompt = H.ui_to_api(wf, object_info)
+    cap_training(prompt)
+    types = {n["class_type"] for n in prompt.values()}
+    if name == "cpsample_train_guard":
+        entry = trained_demo_guard
+        guard = Path(comfy_layout["guards"]) / DEMO_GUARD
+        assert guard.is_file(), f"guard not saved in models/cpsample: {list(Path(comfy_layout['models']).rglob('*'))}"
+        report = ui_text(entry, next(k for k, v in prompt.items() if v["class_type"] == "PreviewAny"))
+        assert "8 images at 64x64" in report, report
+    else:
+        entry = run_prompt(prompt)
+    if name == "cpsample_protected_txt2img":
+        assert {"LoraLoader", "CPSampleProtectModel", "CPSampleLoadGuard"} <= types
+        images = H.output_images(entry, comfy_layout)
+        assert len(images) == 2 and all(p.is_file() for p in images)
+    if name == "cpsample_replication_check":
+        rep_id = next(k for k, v in prompt.items() if v["class_type"] == "PreviewAny")
+        report = ui_text(entry, rep_id)
+        assert report.count("nearest train_") == 4, report
+        grid = H.output_images(entry, comfy_layout)
+        assert grid, entry["outputs"]
+
+
+def test_ui_to_api_conversion_matches_widgets(object_info):
+    wf = json.loads((REPO / "example_workflows" / "cpsample_protected_txt2img.json").read_text())
+    api = H.ui_to_api(wf, object_info)
+    ks = next(v for v in api.values() if v["class_type"] == "KSampler")["inputs"]
+    assert ks["seed"] == 42 and ks["steps"] == 8 and ks["sampler_name"] == "euler" and ks["denoise"] == 1.0
+    prot = next(v for v in api.values() if v["class_type"] == "CPSampleProtectModel")["inputs"]
+    assert prot["alpha"] == 0.001 and prot["objective"] == "uncertainty"
+    assert isinstance(prot["model"], list) and isinstance(prot["guard"], list)
+
+
+# ------------------------------------------------------------------------------------------- guard files
+
+def test_trained_guard_saved_and_loads_back(comfy, comfy_layout, trained_demo_guard, run_prompt):
+    path = Path(comfy_layout["guards"]) / DEMO_GUARD
+    assert path.is_file()
+    entry = run_prompt({"1": {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": DEMO_GUARD}},
+                        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})
+    info = json.loads(ui_text(entry, 2))
+    assert info["latent_format"] == "SD15"
+    assert info["model_sampling"] == "ModelSamplingDiscrete+EPS"
+    assert info["n_images"] == 8 and info["image_size"] == "64x64"
+    assert "train_00" not in json.dumps(info)  # no image names in the file
+
+
+def test_save_guard_numbers_instead_of_overwriting(comfy, comfy_layout, run_prompt):
+    p = train_prompt("cpsample_demo", steps=3)
+    p["4"] = {"class_type": "CPSampleSaveGuard", "inputs": {"guard": ["2", 0], "filename": "numbered",
+                                                              "overwrite": False}}
+    run_prompt(p)
+    p["4"]["inputs"]["filename"] = "numbered.safetensors"  # new input value: the node runs again
+    run_prompt(p)
+    names = sorted(x.name for x in Path(comfy_layout["guards"]).glob("numbered*.safetensors"))
+    assert names == ["numbered.safetensors", "numbered_00001.safetensors"], names
+
+
+# ------------------------------------------------------------------------------------------- protection
+
+def test_protected_differs_and_scale_zero_is_bit_identical(comfy, comfy_layout, trained_demo_guard, run_prompt):
+    run_prompt(sample_prompt("plain"))
+    run_prompt(sample_prompt("prot", guard=DEMO_GUARD, scale=5.0, alpha=0.5))
+    run_prompt(sample_prompt("zero", guard=DEMO_GUARD, scale=0.0, alpha=0.5))
+    plain, prot, zero = (saved_latent(comfy_layout, k) for k in ("plain", "prot", "zero"))
+    assert torch.isfinite(prot).all()
+    assert not torch.equal(plain, prot), "protection changed nothing"
+    assert torch.equal(plain, zero), "scale 0 must be bit-identical to the unprotected model"
+
+
+@pytest.mark.parametrize("cfg,sampler", [(1.0, "euler"), (4.0, "dpmpp_2m")])
+def test_protection_acts_with_cfg_one_and_other_samplers(cfg, sampler, comfy, comfy_layout, trained_demo_guard,
+                                                         run_prompt):
+    tag = f"c{int(cfg)}{sampler}"
+    run_prompt(sample_prompt(f"plain_{tag}", cfg=cfg, sampler=sampler))
+    run_prompt(sample_prompt(f"prot_{tag}", guard=DEMO_GUARD, scale=5.0, alpha=0.5, cfg=cfg, sampler=sampler))
+    a, b = saved_latent(comfy_layout, f"plain_{tag}"), saved_latent(comfy_layout, f"prot_{tag}")
+    assert torch.isfinite(b).all() and not torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------- training details
+
+def test_latents_cached_across_training_settings(comfy, run_prompt):
+    first = ui_text(run_prompt(train_prompt("cpsample_mixed", steps=2, seed=1)), 3)
+    second = ui_text(run_prompt(train_prompt("cpsample_mixed", steps=3, seed=2, batch=4)), 3)
+    assert "encoded" in first or "from cache" in first
+    assert "from cache" in second, second
+
+
+def test_mixed_sizes_resize_policy_reports_size(comfy, run_prompt):
+    report = ui_text(run_prompt(train_prompt("cpsample_mixed", steps=2, resolution=40)), 3)
+    assert "4 images at 40x40" in report, report
+    report = ui_text(run_prompt(train_prompt("cpsample_mixed", steps=2, policy="crop")), 3)
+    assert "4 images at 64x64" in report, report
+
+
+def test_exact_policy_names_the_odd_image(comfy, run_prompt):
+    entry = run_prompt(train_prompt("cpsample_mixed", steps=2, policy="exact"), expect="error")
+    msg = error_of(entry)["exception_message"]
+    assert "img_1.png" in msg and "80x64" in msg, msg
+
+
+def test_cancel_stops_training(comfy, run_prompt):
+    pid = comfy.queue(train_prompt("cpsample_demo", steps=100000, seed=5))
+    t0 = time.time()
+    while time.time() - t0 < 60:  # wait until it is running
+        q = comfy.get("/queue")
+        if any(item[1] == pid for item in q.get("queue_running", [])):
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)
+    t1 = time.time()
+    comfy.interrupt()
+    entry = comfy.wait(pid, timeout=60)
+    assert time.time() - t1 < 10
+    assert entry["status"]["status_str"] == "error"
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    assert_still_serving(comfy, run_prompt)
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+
+@pytest.mark.parametrize("folder,needle", [
+    ("cpsample_empty", "is empty"),
+    ("cpsample_noimages", "has no images"),
+    ("cpsample_corrupt", "broken.png"),
+])
+def test_bad_folders_fail_clearly(folder, needle, comfy, run_prompt):
+    entry = run_prompt(train_prompt(folder, steps=2), expect="error")
+    err = error_of(entry)
+    assert err["node_type"] == "CPSampleTrainGuard"
+    assert needle in err["exception_message"] and folder in err["exception_message"], err["exception_message"]
+    assert_still_serving(comfy, run_prompt)
+
+
+@pytest.mark.parametrize("guard,needle", [
+    ("flux16_guard.safetensors", "16-channel"),
+    ("sdxl_guard.safetensors", "SDXL"),
+])
+def test_mismatched_guard_refused(guard, needle, comfy, run_prompt):
+    entry = run_prompt(sample_prompt("mismatch", guard=guard, scale=1.0), expect="error")
+    err = error_of(entry)
+    assert err["node_type"] == "CPSampleProtectModel", err
+    assert needle in err["exception_message"] and "SD15" in err["exception_message"], err["exception_message"]
+    assert_still_serving(comfy, run_prompt)
+
+
+def test_not_a_guard_file_fails_clearly(comfy, run_prompt):
+    entry = run_prompt({"1": {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": "not_a_guard.safetensors"}},
+                        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}, expect="error")
+    assert "not_a_guard.safetensors" in error_of(entry)["exception_message"]
+    assert_still_serving(comfy, run_prompt)
+
+
+def test_unknown_folder_fails_clearly(comfy, run_prompt):
+    # Rejected at validation (HTTP 400) where the ComfyUI version checks combo values, else at execution.
+    try:
+        entry = run_prompt(train_prompt("no_such_folder", steps=2), expect="error")
+    except H.PromptError as e:
+        assert e.status == 400 and "no_such_folder" in json.dumps(e.body)
+    else:
+        assert "no_such_folder" in error_of(entry)["exception_message"]
+    assert_still_serving(comfy, run_prompt)
+
+
+# ------------------------------------------------------------------------------------------- replication
+
+def test_replication_check_flags_an_exact_copy(comfy, comfy_layout, run_prompt):
+    entry = run_prompt({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "cpsample_copy.png"}},
+        "2": {"class_type": "CPSampleReplicationCheck",
+              "inputs": {"images": ["1", 0], "folder": "cpsample_demo", "k": 5, "ratio_threshold": 0.5}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
+    })
+    report = ui_text(entry, 3)
+    assert "nearest train_03.png" in report and "LIKELY COPY" in report, report
+    assert re.search(r"ratio 0\.000\s+SSIM 1\.000", report), report
+    assert "1 of 1 flagged" in report
+    grid = H.output_images(entry, comfy_layout, "4")
+    assert len(grid) == 1 and grid[0].is_file()
