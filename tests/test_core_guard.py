@@ -1,0 +1,235 @@
+"""Guard core: network shapes, noise spaces, training, guidance."""
+import math
+
+import pytest
+import torch
+
+from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace, TrainingStopped, random_labels, train_guard
+
+
+def test_network_any_size_and_channels():
+    for ch in (1, 4, 16):
+        net = GuardNet(GuardConfig(in_channels=ch))
+        for h, w in ((1, 1), (7, 13), (64, 40)):
+            out = net(torch.randn(3, ch, h, w), torch.rand(3) + 0.01)
+            assert out.shape == (3,) and torch.isfinite(out).all()
+
+
+def test_default_network_is_small():
+    net = GuardNet(GuardConfig(in_channels=16))
+    n = sum(p.numel() for p in net.parameters())
+    assert n <= 3_000_000
+    assert n * 4 <= 12 * 1024 * 1024
+
+
+def test_noise_spaces_formulas():
+    x0, eps = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    s = torch.tensor([0.5, 2.0])
+    vp = NoiseSpace.vp()
+    x = vp.noise(x0, s, eps)
+    assert torch.allclose(x, x0 + s.view(-1, 1, 1, 1) * eps)
+    assert torch.allclose(vp.model_input(x, s), x / torch.sqrt(s.view(-1, 1, 1, 1) ** 2 + 1))
+    assert torch.allclose(vp.weight(s), s**2)
+    fl = NoiseSpace.flow()
+    s2 = torch.tensor([0.2, 0.9])
+    assert torch.allclose(fl.noise(x0, s2, eps), (1 - s2.view(-1, 1, 1, 1)) * x0 + s2.view(-1, 1, 1, 1) * eps)
+    assert torch.allclose(fl.model_input(x, s2), x)
+    assert torch.allclose(fl.weight(s2), s2**2 / (1 - s2))
+    # schedule ends
+    p = vp.percent_to_sigma(torch.tensor([0.0, 1.0]))
+    assert math.isclose(float(p[0]), vp.sigma_max, rel_tol=1e-5) and math.isclose(float(p[1]), vp.sigma_min, rel_tol=1e-5)
+
+
+def test_host_space_uses_host_functions():
+    calls = {"n": 0, "i": 0}
+
+    def noise_scaling(sigma, noise, latent):
+        calls["n"] += 1
+        return latent + sigma.view(-1, 1, 1, 1) * noise
+
+    def calculate_input(sigma, x):
+        calls["i"] += 1
+        return x / (sigma.view(-1, 1, 1, 1) ** 2 + 1) ** 0.5
+
+    def percent_to_sigma(p):
+        return math.exp(math.log(10.0) + (math.log(0.05) - math.log(10.0)) * p)
+
+    sp = NoiseSpace.from_host("vp", noise_scaling, calculate_input, percent_to_sigma, name="EPS")
+    assert math.isclose(sp.sigma_max, percent_to_sigma(1e-3), rel_tol=1e-9)
+    x0 = torch.randn(4, 4, 4, 4)
+    sp.noise(x0, torch.ones(4), torch.randn_like(x0))
+    sp.model_input(x0, torch.ones(4))
+    assert calls == {"n": 1, "i": 1}
+    mid = float(sp.percent_to_sigma(torch.tensor([0.5])))
+    assert math.isclose(mid, percent_to_sigma(0.5), rel_tol=1e-3)
+    with pytest.raises(ValueError, match="kind"):
+        NoiseSpace.from_host("edm", noise_scaling, calculate_input, percent_to_sigma)
+
+
+def test_labels_balanced_and_seeded():
+    a, b = random_labels(11, 3), random_labels(11, 3)
+    assert torch.equal(a, b)
+    assert int(a.sum()) == 6
+    assert not torch.equal(random_labels(64, 0), random_labels(64, 1))
+
+
+def test_training_memorises_and_reports(small_guard):
+    guard, latents = small_guard
+    info = guard.info
+    assert info["memorised"], info
+    for band in info["required_bands"]:
+        assert info["accuracy"][band] >= 0.99
+    assert info["n_images"] == 8 and info["label_seed"] == 0
+    labels = random_labels(8, 0)
+    p = guard.probability(latents + 0.05 * torch.randn_like(latents), 0.05)
+    assert torch.equal((p > 0.5).float(), labels)
+    # a novel latent is far less certain than the training ones
+    novel = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    conf_train = (p - 0.5).abs().min()
+    conf_novel = (guard.probability(novel, 0.05) - 0.5).abs().median()
+    assert conf_novel < conf_train
+
+
+def test_training_deterministic_and_progress():
+    lat = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    seen = []
+    a = train_guard(lat, NoiseSpace.vp(), seed=5, max_steps=20, eval_every=10,
+                    progress=lambda s, t, st: seen.append((s, t, st)))
+    b = train_guard(lat, NoiseSpace.vp(), seed=5, max_steps=20, eval_every=10)
+    for pa, pb in zip(a.net.parameters(), b.net.parameters()):
+        assert torch.equal(pa, pb)
+    assert [s for s, _, _ in seen] == list(range(1, 21))
+    assert all(t == 20 for _, t, _ in seen)
+    assert math.isfinite(seen[-1][2]["loss"]) and set(seen[-1][2]["accuracy"]) == {
+        NoiseSpace.band_label(bd) for bd in NoiseSpace.vp().bands()}
+    c = train_guard(lat, NoiseSpace.vp(), seed=6, max_steps=20, eval_every=10)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.net.parameters(), c.net.parameters()))
+
+
+def test_training_stops_on_request():
+    lat = torch.randn(4, 4, 4, 4)
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(TrainingStopped, match="step 3"):
+        train_guard(lat, NoiseSpace.vp(), max_steps=100, should_stop=stop)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (torch.randn(1, 4, 8, 8), "at least 2"),
+    (torch.randn(4, 8, 8), r"\[N, C, H, W\]"),
+    (torch.full((2, 4, 8, 8), float("nan")), "NaN"),
+])
+def test_training_rejects_bad_latents(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        train_guard(bad, NoiseSpace.vp(), max_steps=2)
+
+
+def test_training_under_inference_mode_flow():
+    lat = torch.randn(4, 16, 6, 10)
+    with torch.inference_mode():
+        g = train_guard(lat, NoiseSpace.flow(), max_steps=5)
+    assert g.latent_channels == 16
+    assert g.info["required_bands"] == ["0.001-0.1", "0.1-0.25", "0.25-0.5"]
+
+
+# ---- guidance -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_guide_shapes_dtypes(small_guard, dtype):
+    guard, latents = small_guard
+    x = (latents[:3] + 0.2 * torch.randn(3, 4, 8, 8)).to(dtype)
+    den = latents[:3].to(dtype)
+    out = guard.guide(den, x, torch.tensor([0.2, 0.2, 0.2]), scale=50, alpha=0.3)
+    assert out.shape == den.shape and out.dtype == dtype
+    assert torch.isfinite(out.float()).all()
+    assert not torch.equal(out, den)
+
+
+def test_guide_odd_sizes(small_guard):
+    guard, _ = small_guard
+    for h, w in ((5, 9), (17, 3)):
+        x = torch.randn(2, 4, h, w)
+        out = guard.guide(x.clone(), x, 0.5, scale=10, alpha=0.5)
+        assert out.shape == x.shape
+
+
+def test_scale_zero_returns_input_itself(small_guard):
+    guard, latents = small_guard
+    den = latents.clone()
+    assert guard.guide(den, latents, 0.3, scale=0) is den
+
+
+def test_alpha_gates_per_item(small_guard):
+    guard, latents = small_guard
+    sig = torch.full((2,), 0.1)
+    x = torch.stack([latents[0] + 0.1 * torch.randn(4, 8, 8), torch.zeros(4, 8, 8)])
+    p = guard.probability(x, sig)
+    conf = (p - 0.5).abs()
+    assert conf[0] > conf[1]
+    alpha = float(0.5 - (conf[0] + conf[1]) / 2)  # between the two confidences
+    den = torch.zeros_like(x)
+    out = guard.guide(den, x, sig, scale=100, alpha=alpha)
+    assert not torch.equal(out[0], den[0])
+    assert torch.equal(out[1], den[1])
+    # α = 0 guides nothing at all
+    assert guard.guide(den, x, sig, scale=100, alpha=0.0) is den
+
+
+def test_guide_moves_toward_uncertainty(small_guard):
+    guard, latents = small_guard
+    sig = torch.full((8,), 0.3)
+    x = latents + 0.3 * torch.randn_like(latents)
+    p0 = guard.probability(x, sig)
+    out = guard.guide(latents.clone(), x, sig, scale=1000, alpha=0.5, max_step=None)
+    # step x toward the guided prediction, as a sampler would
+    x1 = x + (out - latents) * 0.05
+    p1 = guard.probability(x1, sig)
+    assert ((p1 - 0.5).abs() < (p0 - 0.5).abs()).all()
+
+
+def test_guide_step_cap(small_guard):
+    guard, latents = small_guard
+    sig = torch.full((8,), 0.2)
+    x = latents + 0.2 * torch.randn_like(latents)
+    out = guard.guide(latents.clone(), x, sig, scale=1e6, alpha=0.5, max_step=1.0)
+    rms = (out - latents).flatten(1).pow(2).mean(1).sqrt()
+    assert (rms <= 0.2 * 1.0 + 1e-5).all() and (rms > 0).any()
+
+
+def test_guide_inside_inference_mode(small_guard):
+    guard, latents = small_guard
+    with torch.inference_mode():
+        x = latents + 0.1 * torch.randn_like(latents)
+        den = latents.clone()
+        sig = torch.full((8,), 0.1)
+        out = guard.guide(den, x, sig, scale=100, alpha=0.5)
+        assert x.is_inference() and out.is_inference()
+    assert not torch.equal(out, den)
+
+
+def test_no_nan_escapes(small_guard):
+    guard, latents = small_guard
+    x = latents.clone()
+    x[1] = float("nan")
+    den = latents.clone()
+    out = guard.guide(den, x, 0.1, scale=100, alpha=0.5)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], den[1])
+
+
+def test_guide_rejects_wrong_channels(small_guard):
+    guard, _ = small_guard
+    x = torch.randn(1, 16, 8, 8)
+    with pytest.raises(ValueError, match="4-channel"):
+        guard.guide(x, x, 0.5, scale=1)
+
+
+def test_with_space_checks_kind(small_guard):
+    guard, _ = small_guard
+    assert isinstance(guard.with_space(NoiseSpace.vp(0.03, 10)), Guard)
+    with pytest.raises(ValueError, match="vp"):
+        guard.with_space(NoiseSpace.flow())
