@@ -152,8 +152,9 @@ class PromptError(RuntimeError):
 
 class ComfyServer:
     def __init__(self, layout: dict, python: Path, comfy_dir: Path, port: int | None = None,
-                 listen: str = "127.0.0.1", extra_args: tuple = ()):
+                 listen: str = "127.0.0.1", extra_args: tuple = (), threads: int | None = None):
         self.layout, self.python, self.comfy_dir = layout, Path(python), Path(comfy_dir)
+        self.threads = threads
         self.port = port or free_port()
         self.listen = listen
         self.extra_args = list(extra_args)
@@ -180,6 +181,10 @@ class ComfyServer:
         env.pop("PYTHONPATH", None)
         env.pop("VIRTUAL_ENV", None)
         env["PYTHONUNBUFFERED"] = "1"
+        if self.threads:
+            # On a small shared CPU, libgomp's spin-waiting threads in torch's CUDA wheel make tiny ops
+            # several times slower under load; one thread is faster there.
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("DO_NOT_TRACK", "1")

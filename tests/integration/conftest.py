@@ -10,6 +10,8 @@ time, instant after). One server per test session, on a free port, in a temporar
 
 Set CPSAMPLE_REQUIRE_COMFYUI=1 (CI) to fail instead of skipping when the environment cannot be built.
 Set CPSAMPLE_KEEP_COMFYUI=1 to keep the temporary directory (its path is printed).
+The server runs with OMP_NUM_THREADS=1 (CPSAMPLE_COMFY_THREADS=N to change, 0 for torch's default): on a
+shared 2-core machine torch's libgomp threads spin and make the tiny test ops 4x slower.
 """
 from __future__ import annotations
 
@@ -30,16 +32,16 @@ import comfyui_harness as H  # noqa: E402
 
 
 def _make_guard_file(path: Path, channels: int, kind: str, latent_format: str) -> None:
-    """A tiny real guard file (few steps) for mismatch tests, written with the project's own core."""
+    """A real (untrained) guard file for mismatch tests, written with the project's own core."""
     import torch
 
     sys.path.insert(0, str(REPO))
-    from cpsample_nodes.core import NoiseSpace, save_guard, train_guard
+    from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace, save_guard
 
     space = NoiseSpace.flow() if kind == "flow" else NoiseSpace.vp()
-    lat = torch.randn(4, channels, 8, 8, generator=torch.Generator().manual_seed(0))
-    guard = train_guard(lat, space=space, seed=0, max_steps=2, batch_size=4,
-                        info={"latent_format": latent_format, "model_sampling": "test"})
+    torch.manual_seed(0)
+    guard = Guard(GuardNet(GuardConfig(in_channels=channels)), space,
+                  info={"latent_format": latent_format, "model_sampling": "test", "n_images": 4})
     save_guard(guard, path)
 
 
@@ -73,7 +75,8 @@ def comfy_layout(comfy_env, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def comfy(comfy_env, comfy_layout):
-    server = H.ComfyServer(comfy_layout, comfy_env["python"], comfy_env["comfyui"])
+    threads = int(os.environ.get("CPSAMPLE_COMFY_THREADS", "1"))  # 0 = torch's default
+    server = H.ComfyServer(comfy_layout, comfy_env["python"], comfy_env["comfyui"], threads=threads or None)
     server.start(timeout=240)
     print(f"\nComfyUI {comfy_env['comfyui_version']} at {server.url} (startup {server.startup_s:.1f} s), "
           f"log {server.log_path}")

@@ -333,3 +333,36 @@ def test_replication_check_flags_an_exact_copy(comfy, comfy_layout, run_prompt):
     assert "1 of 1 flagged" in report
     grid = H.output_images(entry, comfy_layout, "4")
     assert len(grid) == 1 and grid[0].is_file()
+
+
+def test_protection_composes_with_another_post_cfg_node(comfy, comfy_layout, trained_demo_guard, run_prompt):
+    """PAG (a built-in post-CFG user) before Protect Model: both run; the guard still changes the result."""
+    def with_pag(prefix, guard):
+        p = sample_prompt(prefix, guard=guard, scale=5.0, alpha=0.5)
+        p["20"] = {"class_type": "PerturbedAttentionGuidance", "inputs": {"model": ["1", 0], "scale": 2.0}}
+        if guard:
+            p["11"]["inputs"]["model"] = ["20", 0]
+        else:
+            p["6"]["inputs"]["model"] = ["20", 0]
+        return p
+
+    run_prompt(with_pag("pag_only", None))
+    run_prompt(with_pag("pag_prot", DEMO_GUARD))
+    a, b = saved_latent(comfy_layout, "pag_only"), saved_latent(comfy_layout, "pag_prot")
+    assert torch.isfinite(b).all() and not torch.equal(a, b)
+
+
+def test_train_guard_takes_extra_images_input(comfy, run_prompt):
+    p = train_prompt("cpsample_demo", steps=2)
+    p["5"] = {"class_type": "LoadImage", "inputs": {"image": "cpsample_copy.png"}}
+    p["2"]["inputs"]["images"] = ["5", 0]
+    assert "9 images at 64x64" in ui_text(run_prompt(p), 3)
+    p["2"]["inputs"]["folder"] = "(none: use the images input)"
+    entry = run_prompt(p, expect="error")
+    assert "at least 2 training images" in error_of(entry)["exception_message"]
+    assert_still_serving(comfy, run_prompt)
+
+
+def test_templates_route_lists_examples(comfy):
+    templates = comfy.get("/workflow_templates")
+    assert sorted(templates.get("CPSample", [])) == sorted(EXAMPLES), templates
