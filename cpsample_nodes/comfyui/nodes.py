@@ -89,8 +89,22 @@ _LATENT_CACHE_SIZE = 4
 LATENT_CACHE_STATS = {"hits": 0, "misses": 0}
 
 
+def _vae_key(vae) -> tuple:
+    """Identity of a VAE for the cache: the object plus a cheap weight fingerprint, so a new VAE that
+    happens to reuse a freed object's address does not hit the old entry."""
+    module = getattr(vae, "first_stage_model", vae)
+    fp = []
+    try:
+        params = list(module.parameters())
+        for p in (params[:2] + params[-2:]) if params else []:
+            fp.append((tuple(p.shape), float(p.detach().double().sum())))
+    except Exception:  # noqa: BLE001
+        pass
+    return (id(module), tuple(fp))
+
+
 def _encode_cached(vae, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    key = (imgs.content_hash(images), id(getattr(vae, "first_stage_model", vae)))
+    key = (imgs.content_hash(images), _vae_key(vae))
     hit = _LATENT_CACHE.get(key)
     if hit is not None:
         _LATENT_CACHE.move_to_end(key)
