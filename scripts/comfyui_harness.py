@@ -124,12 +124,18 @@ def make_layout(root: Path, checkpoint: Path, demo_only: bool = False) -> dict:
     lora_link = shared / "loras" / lora.name
     if lora.exists() and not lora_link.exists():
         lora_link.symlink_to(lora)
+    (shared / "clip_vision").mkdir(parents=True, exist_ok=True)
+    clip_vision = checkpoint.with_name("tiny-clip-vision-vitl.safetensors")
+    cv_link = shared / "clip_vision" / clip_vision.name
+    if clip_vision.exists() and not cv_link.exists():
+        cv_link.symlink_to(clip_vision)
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text(
         "cpsample_tests:\n"
         f"  base_path: {shared}\n"
         "  checkpoints: checkpoints\n"
         "  loras: loras\n"
+        "  clip_vision: clip_vision\n"
         "  cpsample: cpsample_extra\n")
     dirs = {name: root / name for name in ("input", "output", "temp", "user")}
     for d in dirs.values():
@@ -137,7 +143,7 @@ def make_layout(root: Path, checkpoint: Path, demo_only: bool = False) -> dict:
     folders = make_image_folders(dirs["input"], demo_only=demo_only)
     return {"root": root, "base": base, "yaml": yaml, "models": base / "models",
             "guards": base / "models" / "cpsample", "extra_guards": shared / "cpsample_extra",
-            "checkpoint": checkpoint.name, "lora": lora.name, "folders": folders, **dirs}
+            "checkpoint": checkpoint.name, "lora": lora.name, "clip_vision": clip_vision.name, "folders": folders, **dirs}
 
 
 # --------------------------------------------------------------------------------------------- server

@@ -12,6 +12,7 @@ Run with the ComfyUI venv's python (it uses comfy's own classes for the exact ke
 * VAE: TAESD-shaped (detected by `taesd_decoder.1.weight`), random weights, vae_scale 1 / vae_shift 0.
 * `<out stem>-lora.safetensors` next to it: a rank-4 LoRA on one attention projection (kohya key names),
   so workflows can put a LoraLoader in the graph.
+* with --clip-vision PATH: a random CLIP-vision ViT-L/14 (fp16, ~600 MB) for CLIP_VISION inputs.
 
 Deterministic (seeded). Never committed: it lives in `.cache/comfyui/`. Images it makes are noise; that is
 all tests need (shapes, model detection, sampling hooks, determinism).
@@ -104,12 +105,35 @@ def build(comfy_root: Path, out: Path) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.0f} MB) and {lora_path.name} in {time.time() - t0:.1f} s")
 
 
+def build_clip_vision(comfy_root: Path, out: Path) -> None:
+    """Random-weight CLIP-vision ViT-L/14 (ComfyUI's clip_vision_config_vitl.json; the smallest config its
+    loader detects), fp16, for the Replication Check's optional CLIP_VISION input. ~600 MB."""
+    t0 = time.time()
+    import torch
+    from safetensors.torch import save_file
+    import comfy.clip_vision
+
+    gen = torch.Generator().manual_seed(4321)
+    cv = comfy.clip_vision.ClipVisionModel(str(comfy_root / "comfy" / "clip_vision_config_vitl.json"))
+    sd = _randomise({k: v for k, v in cv.get_sd().items()}, gen, 0.02)
+    del cv
+    sd = {k: (v.half() if torch.is_floating_point(v) else v).contiguous() for k, v in sd.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    save_file(sd, str(tmp), metadata={"cpsample": "tiny random CLIP-vision test model"})
+    os.replace(tmp, out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.0f} MB) in {time.time() - t0:.1f} s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--comfyui", required=True, type=Path, help="ComfyUI root (has main.py, comfy/)")
     ap.add_argument("--out", required=True, type=Path, help="checkpoint path (.safetensors)")
+    ap.add_argument("--clip-vision", type=Path, help="also write a random CLIP-vision ViT-L model here")
     a = ap.parse_args()
     build(a.comfyui.resolve(), a.out.resolve())
+    if a.clip_vision:
+        build_clip_vision(a.comfyui.resolve(), a.clip_vision.resolve())
     return 0
 
 

@@ -366,3 +366,18 @@ def test_train_guard_takes_extra_images_input(comfy, run_prompt):
 def test_templates_route_lists_examples(comfy):
     templates = comfy.get("/workflow_templates")
     assert sorted(templates.get("CPSample", [])) == sorted(EXAMPLES), templates
+
+
+def test_replication_check_with_clip_vision(comfy, comfy_layout, run_prompt):
+    """The optional CLIP_VISION input (random ViT-L): an exact copy has embedding cosine 1."""
+    entry = run_prompt({
+        "1": {"class_type": "LoadImage", "inputs": {"image": "cpsample_copy.png"}},
+        "5": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": comfy_layout["clip_vision"]}},
+        "2": {"class_type": "CPSampleReplicationCheck",
+              "inputs": {"images": ["1", 0], "folder": "cpsample_demo", "k": 5, "ratio_threshold": 0.333,
+                         "ssim_threshold": 0.9, "clip_vision": ["5", 0]}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    })
+    report = ui_text(entry, 3)
+    m = re.search(r"nearest train_03\.png .*CLIP cos (-?[0-9.]+)", report)
+    assert m and abs(float(m.group(1)) - 1.0) < 1e-2, report
