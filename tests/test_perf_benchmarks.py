@@ -1,0 +1,41 @@
+"""Smoke tests for the cost benchmarks (issue 5). No timings are asserted."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import training_cost  # noqa: E402
+
+
+def test_smooth_latents_are_seeded_and_standardised():
+    a = training_cost.smooth_latents(3, 4, 32, seed=5)
+    b = training_cost.smooth_latents(3, 4, 32, seed=5)
+    assert a.shape == (3, 4, 32, 32) and torch.equal(a, b)
+    std = a.flatten(1).std(dim=1)
+    assert torch.allclose(std, torch.ones(3), atol=1e-4)
+
+
+def test_training_worker_reports_steps_memory_and_file_size():
+    r = training_cost.run_worker(["--worker", "train", "--n", "2", "--channels", "4", "--side", "16",
+                                  "--max-steps", "2", "--time-cap", "0", "--threads", "1"], timeout=300)
+    assert "error" not in r, r.get("error")
+    assert r["steps"] == 2 and r["memorised"] is False and r["stopped"].startswith("step cap")
+    assert r["file_bytes"] > 1_000_000 and r["peak_rss_mb"] >= r["rss_before_mb"]
+
+
+def test_guide_worker_reports_memory():
+    r = training_cost.run_worker(["--worker", "guide", "--channels", "16", "--side", "16", "--threads", "1"],
+                                 timeout=300)
+    assert "error" not in r, r.get("error")
+    assert r["peak_rss_mb"] > 0 and r["guide_ms"] > 0
+
+
+def test_overhead_without_comfyui_says_so_and_exits_2(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--comfyui", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "ComfyUI not found" in p.stderr and "comfyui_env.py" in p.stderr
