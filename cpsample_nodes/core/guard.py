@@ -13,6 +13,10 @@ from .noise import NoiseSpace, as_sigma
 
 Tensor = torch.Tensor
 OBJECTIVES = ("uncertainty", "opposite")
+INPUTS = ("noisy", "denoised")
+# Defaults chosen on benchmarks/mixture.py (docs/protection.md).
+DEFAULT_SCALE = 1000.0
+DEFAULT_ALPHA = 0.01
 
 
 class Guard(nn.Module):
@@ -60,9 +64,9 @@ class Guard(nn.Module):
         with torch.inference_mode(False):
             return torch.sigmoid(self.logit(x, sigma)).float()
 
-    def guide(self, denoised: Tensor, x: Tensor, sigma: Tensor | float, scale: float = 1.0,
-              alpha: float = 0.001, objective: str = "uncertainty", max_step: float | None = 1.0
-              ) -> Tensor:
+    def guide(self, denoised: Tensor, x: Tensor, sigma: Tensor | float, scale: float = DEFAULT_SCALE,
+              alpha: float = DEFAULT_ALPHA, objective: str = "uncertainty", max_step: float | None = 1.0,
+              guard_input: str = "denoised") -> Tensor:
         """CPSample guidance on an x0 prediction.
 
         ``denoised + scale·w(σ)·∇ₓ objective`` for the items whose p lies outside [α, 1−α]; the
@@ -70,6 +74,10 @@ class Guard(nn.Module):
         p = ½ and vanishes there); "opposite" is the log-probability of the label the guard does
         not currently predict. ``max_step`` caps each item's change at max_step·σ per element
         (root mean square), i.e. within the noise that is still there; None disables the cap.
+        ``guard_input`` "noisy" is the paper's form: the guard reads the noisy latent x at σ and the
+        gradient is ∇ₓ. "denoised" reads the model's x0 prediction as a clean latent (σ = the
+        space's σ_min) and steps along ∇ over x0, which sees where a trajectory is heading while σ
+        is still too high for the guard to tell noisy latents apart.
         Returns ``denoised`` itself when scale is 0 or no item is confident.
         """
         if scale == 0:
@@ -78,14 +86,18 @@ class Guard(nn.Module):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if not 0 <= alpha <= 0.5:
             raise ValueError(f"alpha must lie in [0, 0.5], got {alpha}")
+        if guard_input not in INPUTS:
+            raise ValueError(f"guard_input must be one of {INPUTS}, got {guard_input!r}")
         self._check(x)
         dev = self._param().device
         # Hosts call this under torch.inference_mode(): leave it, and clone so the inputs are
         # normal tensors that autograd can record.
         with torch.inference_mode(False), torch.enable_grad():
-            xg = x.detach().to(dev, torch.float32).clone().requires_grad_(True)
+            source = x if guard_input == "noisy" else denoised
+            xg = source.detach().to(dev, torch.float32).clone().requires_grad_(True)
             sig = as_sigma(sigma, x.shape[0], xg).detach().clone()
-            logit = self.logit(xg, sig)
+            read_sigma = sig if guard_input == "noisy" else torch.full_like(sig, self.space.sigma_min)
+            logit = self.logit(xg, read_sigma)
             if objective == "uncertainty":
                 obj = F.logsigmoid(logit) + F.logsigmoid(-logit)
             else:

@@ -84,10 +84,13 @@ def _band_sigmas(band: tuple[float, float], k: int) -> Tensor:
 
 @torch.no_grad()
 def band_accuracy(guard: Guard, latents: Tensor, labels: Tensor, space: NoiseSpace,
-                  g: torch.Generator, per_band: int = 2, batch_size: int = 64) -> dict[str, float]:
-    """Accuracy on every training latent at ``per_band`` noise levels inside each σ band."""
+                  g: torch.Generator, per_band: int = 2, batch_size: int = 64,
+                  confidence: float = 0.5) -> dict[str, float]:
+    """Share of training latents classified right with p(true label) ≥ ``confidence`` (0.5:
+    plain accuracy), at ``per_band`` noise levels inside each σ band."""
     out: dict[str, float] = {}
     n = latents.shape[0]
+    margin = math.log(confidence / (1 - confidence)) if confidence > 0.5 else 0.0
     for band in space.bands():
         correct = 0
         for s in _band_sigmas(band, per_band):
@@ -96,7 +99,8 @@ def band_accuracy(guard: Guard, latents: Tensor, labels: Tensor, space: NoiseSpa
                 eps = torch.randn(x0.shape, generator=g).to(x0)
                 sig = torch.full((x0.shape[0],), float(s), device=x0.device)
                 logit = guard.logit(space.noise(x0, sig, eps), sig)
-                correct += int(((logit > 0).float() == labels[i:i + batch_size]).sum())
+                signed = torch.where(labels[i:i + batch_size] > 0.5, logit, -logit)
+                correct += int((signed > margin).sum())
         out[NoiseSpace.band_label(band)] = correct / (n * per_band)
     return out
 
@@ -108,13 +112,17 @@ def required_bands(space: NoiseSpace) -> list[str]:
 def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, max_steps: int = 3000,
                 batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
-                eval_every: int = 50, negatives: str = "none", negative_fraction: float = 0.5,
+                confidence: float = 0.99, eval_every: int = 50, negatives: str = "gaussian",
+                negative_fraction: float = 0.5,
                 config: GuardConfig | None = None,
                 info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
     """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
 
-    Stops early once accuracy is at least ``target_accuracy`` in every σ band where memorising is
-    possible (σ ≤ 1 for vp, σ ≤ 0.5 for flow). ``progress(step, total, stats)`` gets the loss and
+    Stops early once, in every σ band where memorising is possible (σ ≤ 1 for vp, σ ≤ 0.5 for
+    flow), at least ``target_accuracy`` of the training latents are classified right, and right
+    with p ≥ ``confidence``: guidance only acts where the guard is confident, so a guard that is
+    merely right is not done. ``negatives`` adds latents that are not training images with the
+    target ½ (see ``make_negatives``), so the guard is confident only near its training images. ``progress(step, total, stats)`` gets the loss and
     the accuracy per band; ``should_stop()`` returning True raises ``TrainingStopped``.
     """
     if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
@@ -144,6 +152,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         g_eval = torch.Generator().manual_seed(seed + 2)
         required = required_bands(space)
         accuracy: dict[str, float] = {}
+        confident: dict[str, float] = {}
         loss_avg = float("nan")
         started = time.monotonic()
         step = 0
@@ -169,10 +178,14 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             loss_avg = lv if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * lv
             done = False
             if step % eval_every == 0 or step == max_steps:
+                state = g_eval.get_state()
                 accuracy = band_accuracy(guard, x_all, labels, space, g_eval)
-                done = all(accuracy[b] >= target_accuracy for b in required)
+                g_eval.set_state(state)  # same noise for both counts
+                confident = band_accuracy(guard, x_all, labels, space, g_eval, confidence=confidence)
+                done = all(min(accuracy[b], confident[b]) >= target_accuracy for b in required)
             if progress is not None:
-                progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(accuracy)})
+                progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(accuracy),
+                                           "confident": dict(confident)})
             if done:
                 break
         guard.net.eval()
@@ -182,8 +195,11 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             "n_images": int(n),
             "dataset_digest": dataset_digest(latents),
             "accuracy": accuracy,
+            "confident": confident,
+            "confidence": confidence,
             "required_bands": required,
-            "memorised": all(accuracy.get(b, 0.0) >= target_accuracy for b in required),
+            "memorised": all(min(accuracy.get(b, 0.0), confident.get(b, 0.0)) >= target_accuracy
+                             for b in required),
             "steps": step,
             "train_seconds": round(time.monotonic() - started, 2),
             "latent_shape": list(latents.shape[1:]),
