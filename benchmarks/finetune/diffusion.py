@@ -82,11 +82,17 @@ class Progress:
 
 def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: int = 128, lr: float = 2e-3,
                    seed: int = 0, desc: str = "train", ema: Optional[nn.Module] = None,
-                   ema_decay: float = 0.999, hflip: bool = False) -> list[float]:
-    """Adam + cosine decay on the epsilon loss. Returns the loss history (per step)."""
+                   ema_decay: float = 0.999, constant_lr: bool = False,
+                   callback: Optional[Callable[[int, nn.Module, Optional[nn.Module]], None]] = None) -> list[float]:
+    """AdamW on the epsilon loss, one-cycle schedule, or (constant_lr) a constant rate after 20 warm-up steps
+    so that the first N steps of a longer run equal an N-step run. ``callback(step, model, ema)`` runs after
+    every step. Returns the loss history (per step)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    if constant_lr:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 20))
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     model.train()
     hist: list[float] = []
     bar = Progress(steps, desc)
@@ -108,6 +114,8 @@ def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: in
         hist.append(v)
         run = v if run is None else 0.98 * run + 0.02 * v
         bar.update(1, loss=f"{run:.4f}")
+        if callback is not None:
+            callback(step + 1, model, ema)
     bar.close()
     model.eval()
     return hist

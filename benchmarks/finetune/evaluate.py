@@ -16,11 +16,17 @@ from .diffusion import EpsDenoiser, karras_sigmas, sample_euler, SIGMA_MAX, SIGM
 L2_K = 5  # calibrated ℓ2: nearest fine-tune image vs the mean of the next 5 (of 15 others)
 
 
-def make_guide(guard, scale: float, alpha: float, **opts):
+def make_guide(guard, scale: float, alpha: float, sigma_range: Optional[tuple] = None, **opts):
+    """guide(denoised, x, sigma) for the sampler; with sigma_range=(lo, hi) the guard acts only on steps
+    whose sigma lies in [lo, hi] (a sampler-side window, like ComfyUI's start/end percent)."""
     if guard is None or scale == 0:
         return None
 
     def fn(den, x, sig):
+        if sigma_range is not None:
+            s0 = float(sig.reshape(-1)[0])
+            if not (sigma_range[0] <= s0 <= sigma_range[1]):
+                return den
         return guard.guide(den, x, sig, scale=scale, alpha=alpha, **opts)
 
     return fn

@@ -28,10 +28,11 @@ class Config:
     n_heldout: int = 300
     split_seed: int = 0
     unet_ch: tuple = (32, 64, 96)
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 800
     pretrain_lr: float = 2e-3
-    finetune_steps: int = 1200
+    finetune_steps: int = 500
     finetune_lr: float = 1e-3
+    finetune_batch: int = 32
     batch: int = 128
     ema_decay: float = 0.995
     classifier_steps: int = 400
@@ -45,8 +46,9 @@ class Config:
 
 
 FULL = Config()
-DEMO = Config(name="demo", pretrain_steps=600, finetune_steps=700, classifier_steps=250, n_samples=160,
-              guard_steps=600)
+DEMO = Config(name="demo", batch=64, pretrain_steps=300, finetune_steps=300, finetune_lr=1e-3, ema_decay=0.97,
+              classifier_steps=150,
+              n_samples=128, mia_draws=4, guard_steps=300)
 
 
 def _key(d: dict) -> str:
@@ -84,8 +86,9 @@ def pretrain_key(cfg: Config) -> str:
                                              "pretrain_steps", "pretrain_lr", "batch", "ema_decay")})
 
 
-def finetune_key(cfg: Config) -> str:
-    return _key({"pre": pretrain_key(cfg), "steps": cfg.finetune_steps, "lr": cfg.finetune_lr})
+def finetune_key(cfg: Config, steps: int | None = None) -> str:
+    return _key({"pre": pretrain_key(cfg), "steps": cfg.finetune_steps if steps is None else steps,
+                 "lr": cfg.finetune_lr, "batch": cfg.finetune_batch, "schedule": "constant"})
 
 
 def get_pretrained(cfg: Config, split: DigitSplit) -> EpsDenoiser:
@@ -103,14 +106,39 @@ def get_pretrained(cfg: Config, split: DigitSplit) -> EpsDenoiser:
     return m.eval()
 
 
+def finetune_snapshots(cfg: Config, split: DigitSplit, steps: int, every: int) -> None:
+    """Fine-tune for `steps` and cache the EMA weights every `every` steps (constant learning rate, so the
+    snapshot at step N is exactly what an N-step fine-tune gives)."""
+    m = get_pretrained(cfg, split)
+    m.train()
+    ema = copy.deepcopy(m)
+
+    def cb(step, model, ema_model):
+        if step % every == 0:
+            path = CACHE / f"finetune-{finetune_key(cfg, step)}.pt"
+            if not path.exists():
+                torch.save(ema_model.state_dict(), path)
+
+    train_denoiser(m, split.finetune, steps, cfg.finetune_batch, cfg.finetune_lr, seed=2,
+                   desc=f"fine-tune diffusion on {split.finetune.shape[0]} images", ema=ema,
+                   ema_decay=cfg.ema_decay, constant_lr=True, callback=cb)
+
+
+def load_finetuned(cfg: Config, steps: int) -> EpsDenoiser:
+    m = _new_model(cfg)
+    m.load_state_dict(torch.load(CACHE / f"finetune-{finetune_key(cfg, steps)}.pt", map_location="cpu",
+                                 weights_only=True))
+    return m.eval()
+
+
 def get_finetuned(cfg: Config, split: DigitSplit) -> EpsDenoiser:
     def build():
         m = get_pretrained(cfg, split)
         m.train()
         ema = copy.deepcopy(m)
-        train_denoiser(m, split.finetune, cfg.finetune_steps, min(cfg.batch, 64), cfg.finetune_lr, seed=2,
+        train_denoiser(m, split.finetune, cfg.finetune_steps, cfg.finetune_batch, cfg.finetune_lr, seed=2,
                        desc=f"fine-tune diffusion on {split.finetune.shape[0]} images", ema=ema,
-                       ema_decay=cfg.ema_decay)
+                       ema_decay=cfg.ema_decay, constant_lr=True)
         return ema.state_dict()
 
     m = _new_model(cfg)

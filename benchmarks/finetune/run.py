@@ -31,9 +31,13 @@ from .figure import compare_png
 ROOT = Path(__file__).resolve().parents[2]
 
 # (alpha, scale) settings; the first is the headline shown in compare.png unless --headline is given.
+N, D = {"guard_input": "noisy"}, {"guard_input": "denoised"}
+# (alpha, scale[, guide() options]); (None, None) = the core's guide() defaults. The first entry is the one
+# shown in compare.png.
 SWEEPS = {
-    "demo": [(0.001, 1.0), (0.01, 1.0), (0.001, 0.3)],
-    "full": [(0.001, 0.3), (0.001, 1.0), (0.001, 3.0), (0.01, 1.0), (0.1, 1.0), (0.25, 1.0), (0.5, 1.0)],
+    "demo": [(None, None), (0.5, 30.0, N)],
+    "full": [(None, None), (0.001, 1.0, N), (0.5, 10.0, N), (0.5, 30.0, N), (0.5, 100.0, N),
+             (0.01, 100.0, D), (0.001, 1000.0, D), (0.5, 100.0, D)],
 }
 
 
@@ -45,7 +49,11 @@ def threads() -> int:
 
 def get_guard(cfg: P.Config, split, guard_opts: dict):
     space = NoiseSpace.vp(SIGMA_MIN, SIGMA_MAX)
-    key = P._key({"data": P.pretrain_key(cfg), "steps": cfg.guard_steps, "opts": guard_opts, "seed": 0})
+    import cpsample_nodes.core.network as _n
+    import cpsample_nodes.core.training as _t
+    core = P._key({"src": [Path(m.__file__).read_text() for m in (_n, _t)]})  # retrain when the core changes
+    key = P._key({"data": P.pretrain_key(cfg), "steps": cfg.guard_steps, "opts": guard_opts, "seed": 0,
+                  "core": core})
     path = P.CACHE / f"guard-{key}.safetensors"
     if path.exists():
         print(f"[cache] guard: {path.name}", flush=True)
@@ -147,15 +155,23 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     guarded = []
     bar = Progress(len(sweep), "guarded sampling sweep")
     t0 = time.time()
-    for alpha, scale in sweep:
+    defaults = guide_defaults()
+    for entry in sweep:
+        alpha, scale = entry[0], entry[1]
+        opts = {**guide_opts, **(entry[2] if len(entry) > 2 else {})}
+        label = "core defaults" if alpha is None else f"a={alpha:g} s={scale:g}"
+        if alpha is None:
+            alpha, scale = defaults["alpha"], defaults["scale"]
+        if "guard_input" in opts:
+            label += f" {opts['guard_input']}"
         s = generate(model, cfg.n_samples, cfg.sample_seed, cfg.sample_steps, guard=guard, scale=scale,
-                     alpha=alpha, ancestral=ancestral, **guide_opts)
+                     alpha=alpha, ancestral=ancestral, **opts)
         m = sample_metrics(s, split, clf, ref_feats)
-        m["mia"] = mia(model, split, guard=guard, scale=scale, alpha=alpha, **mia_kw, **guide_opts)
+        m["mia"] = mia(model, split, guard=guard, scale=scale, alpha=alpha, **mia_kw, **opts)
         m["goal"] = goal(base, m)
-        m["alpha"], m["scale"] = alpha, scale
+        m["alpha"], m["scale"], m["guide_options"] = alpha, scale, opts
         guarded.append((s, m))
-        rows.append((f"guarded a={alpha:g} s={scale:g}", m))
+        rows.append((f"guarded {label}", m))
         bar.update(1)
     bar.close()
     tick("sample_guarded_sweep", t0)
@@ -165,7 +181,7 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     s_head, m_head = guarded[0]
     compare_png(out_png, split.finetune, s_base, base["nn_index"], base_rep_flags(s_base, split),
                 s_head, m_head["nn_index"], base_rep_flags(s_head, split),
-                guarded_title=f"guarded a={m_head['alpha']:g} s={m_head['scale']:g}")
+                guarded_title=f"guarded {rows[len(rows) - len(guarded)][0][8:]}")
     timings["total"] = round(time.time() - t_start, 1)
 
     def clean(m):
@@ -176,7 +192,8 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
         "config": asdict(cfg),
         "sampler": f"{'Euler ancestral' if ancestral else 'Euler'}, Karras rho=7, {cfg.sample_steps} steps, "
                    f"sigma {SIGMA_MIN}..{SIGMA_MAX}",
-        "guide_options": guide_opts, "guard_options": guard_opts,
+        "guide_options": guide_opts, "guard_options": guard_opts, "guide_defaults": defaults,
+        "core": core_version(),
         "guard_info": {k: v for k, v in guard.info.items() if k not in ("created", "dataset_digest")},
         "metric_notes": {
             "replication_l2": f"share with calibrated l2 ratio (nearest / mean of next {5}) < 1/3 vs the 16 fine-tune images",
@@ -202,6 +219,30 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     return results
 
 
+def guide_defaults() -> dict:
+    """The keyword defaults of the core's Guard.guide (they are the core owner's to tune)."""
+    import inspect
+
+    from cpsample_nodes.core import Guard
+
+    return {k: v.default for k, v in inspect.signature(Guard.guide).parameters.items()
+            if v.default is not inspect.Parameter.empty}
+
+
+def core_version() -> dict:
+    """Git commit and the core files that differ from it, so a result names the guard code it ran."""
+    import subprocess
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "core_files_modified": git("status", "--porcelain", "cpsample_nodes/core").splitlines()}
+
+
 def base_rep_flags(samples, split):
     return M.calibrated_l2_ratio(samples, split.finetune, k=5) < M.REPLICA_L2_RATIO
 
@@ -212,6 +253,7 @@ def main(argv=None):
     ap.add_argument("--sweep", default=None, help="alpha:scale pairs, comma separated, e.g. 0.001:1,0.01:3")
     ap.add_argument("--objective", default=None, help="guide() objective (core default if omitted)")
     ap.add_argument("--max-step", default=None, help="guide() max_step (float or 'none'; core default if omitted)")
+    ap.add_argument("--guard-input", default=None, help="guide() guard_input ('noisy' = paper form, 'denoised')")
     ap.add_argument("--negatives", default=None, help="train_guard negatives (core default if omitted)")
     ap.add_argument("--ancestral", action="store_true", help="Euler ancestral instead of Euler")
     ap.add_argument("--n-samples", type=int, default=None)
@@ -223,12 +265,15 @@ def main(argv=None):
         cfg = replace(cfg, n_samples=a.n_samples)
     sweep = SWEEPS.get(a.preset, [(0.001, 1.0)])
     if a.sweep:
-        sweep = [tuple(float(v) for v in p.split(":")) for p in a.sweep.split(",")]
+        sweep = [(None, None) if p == "defaults" else tuple(float(v) for v in p.split(":"))
+                 for p in a.sweep.split(",")]
     guide_opts = {}
     if a.objective:
         guide_opts["objective"] = a.objective
     if a.max_step is not None:
         guide_opts["max_step"] = None if a.max_step.lower() == "none" else float(a.max_step)
+    if a.guard_input:
+        guide_opts["guard_input"] = a.guard_input
     guard_opts = {"negatives": a.negatives} if a.negatives else {}
     stem = Path(a.out) if a.out else (ROOT / ("benchmarks/results/finetune" if a.preset == "full" else "demo/out/demo"))
     png = Path(a.png) if a.png else (ROOT / "demo/out/compare.png" if a.preset == "demo" else stem.with_suffix(".png"))
