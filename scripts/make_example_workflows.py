@@ -67,7 +67,7 @@ PROTECTED = {
                       "denoise": 1.0},
              links={"model": (4, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0)}),
         dict(id=9, type="VAEDecode", pos=[1460, 200], links={"samples": (8, 0), "vae": (1, 2)}),
-        dict(id=10, type="SaveImage", pos=[1820, 200], widgets={"filename_prefix": "cpsample_protected"},
+        dict(id=10, type="SaveImage", pos=[1820, 200], size=[340, 340], widgets={"filename_prefix": "cpsample_protected"},
              links={"images": (9, 0)}),
         dict(id=11, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (
             "**Protected sampling.** The guard comes from the *train a guard* example (or your own, in "
@@ -93,8 +93,10 @@ REPLICATION = {
         dict(id=6, type="VAEDecode", pos=[1100, 200], links={"samples": (5, 0), "vae": (1, 2)}),
         dict(id=7, type="CPSampleReplicationCheck", pos=[1460, 200],
              widgets={"folder": FOLDER, "k": 5, "ratio_threshold": 0.333, "ssim_threshold": 0.9}, links={"images": (6, 0)}),
-        dict(id=8, type="PreviewImage", pos=[1820, 120], links={"images": (7, 1)}, title="Generated | nearest"),
-        dict(id=9, type="PreviewAny", pos=[1820, 460], links={"source": (7, 0)}, title="Replication report"),
+        dict(id=8, type="PreviewImage", pos=[1820, 0], size=[340, 400], links={"images": (7, 1)},
+             title="Generated | nearest"),
+        dict(id=9, type="PreviewAny", pos=[1820, 440], size=[440, 300], links={"source": (7, 0)},
+             title="Replication report"),
         dict(id=10, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (
             "**Replication check.** Compares each generated image with the training images in *folder*: "
             "the calibrated l2 ratio (Carlini et al. 2023) is near 0 for a copy and about 1 otherwise; SSIM "

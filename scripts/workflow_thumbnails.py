@@ -56,7 +56,8 @@ async def _evaluate(call, expr: str):
     return res.get("result", {}).get("value")
 
 
-async def shoot(url: str, workflows: list[Path], out_dir: Path, width: int, height: int) -> list[Path]:
+async def shoot(url: str, workflows: list[Path], out_dir: Path, width: int, height: int,
+                queue: tuple = (), server=None) -> list[Path]:
     import aiohttp
 
     chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -114,6 +115,27 @@ async def shoot(url: str, workflows: list[Path], out_dir: Path, width: int, heig
                 out.write_bytes(base64.b64decode(shot["data"]))
                 written.append(out)
                 print(out, flush=True)
+                if wf_path.stem in queue:
+                    # Queue it the way the Run button does: the frontend converts its own graph.
+                    before = set((server.get("/history") or {}).keys())
+                    await _evaluate(call, "(async () => { await window.app.queuePrompt(0, 1); return true; })()")
+                    t1 = time.time()
+                    while True:
+                        new = set((server.get("/history") or {}).keys()) - before
+                        if new:
+                            entry = server.wait(new.pop(), timeout=600)
+                            status = entry["status"]["status_str"]
+                            print(f"  queued from the frontend: {status}", flush=True)
+                            if status != "success":
+                                raise RuntimeError(f"{wf_path.name} failed when queued from the frontend: "
+                                                   f"{H.history_error(entry)}")
+                            await asyncio.sleep(2.0)  # let the previews arrive, then shoot again with results
+                            shot = await call("Page.captureScreenshot", format="png")
+                            out.write_bytes(base64.b64decode(shot["data"]))
+                            break
+                        if time.time() - t1 > 60:
+                            raise RuntimeError(f"{wf_path.name}: nothing was queued from the frontend")
+                        await asyncio.sleep(0.5)
         finally:
             await ws.close()
             await session.close()
@@ -132,11 +154,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=EXAMPLES)
     ap.add_argument("--width", type=int, default=1600)
     ap.add_argument("--height", type=int, default=900)
+    ap.add_argument("--queue", action="store_true",
+                    help="also press Run (app.queuePrompt) on the sampling examples and check they succeed")
     a = ap.parse_args()
     env = comfyui_env.ensure()
     root = Path(tempfile.mkdtemp(prefix="cpsample_thumbs_"))
     layout = H.make_layout(root, Path(env["checkpoint"]), demo_only=True)
-    server = H.ComfyServer(layout, env["python"], env["comfyui"]).start()
+    server = H.ComfyServer(layout, env["python"], env["comfyui"], threads=1).start()
     try:
         # Skip the first-run template browser.
         for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False)):
@@ -152,7 +176,8 @@ def main() -> int:
         server.run(train)
         workflows = sorted(EXAMPLES.glob("*.json"))
         a.out.mkdir(parents=True, exist_ok=True)
-        asyncio.run(shoot(server.url, workflows, a.out, a.width, a.height))
+        queue = ("cpsample_protected_txt2img", "cpsample_replication_check") if a.queue else ()
+        asyncio.run(shoot(server.url, workflows, a.out, a.width, a.height, queue=queue, server=server))
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
