@@ -17,7 +17,11 @@ from comfy_api.latest import io, ui
 from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, train_guard
 from ..core import images as imgs
 from . import host, paths
-from .patch import protect
+from .patch import GUARD_INPUTS, protect
+from ..core import guard as _core_guard
+
+DEFAULT_SCALE = float(getattr(_core_guard, "DEFAULT_SCALE", 1000.0))
+DEFAULT_ALPHA = float(getattr(_core_guard, "DEFAULT_ALPHA", 0.01))
 from . import replication
 
 log = logging.getLogger("CPSample")
@@ -349,9 +353,10 @@ class ProtectModel(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to protect (the one the guard was trained for)."),
                 Guard.Input("guard", tooltip="A guard from Train Guard or Load Guard for this model's latents."),
-                io.Float.Input("scale", default=1.0, min=0.0, max=10000.0, step=0.01,
-                               tooltip="Guidance strength s. 0 disables protection (bit-identical output)."),
-                io.Float.Input("alpha", default=0.001, min=0.0, max=0.5, step=0.0001, round=0.00001,
+                io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100000.0, step=1.0,
+                               tooltip="Guidance strength s. 0 disables protection (bit-identical output). Each "
+                                       "step's change is capped at the noise still present (σ RMS)."),
+                io.Float.Input("alpha", default=DEFAULT_ALPHA, min=0.0, max=0.5, step=0.0001, round=0.00001,
                                tooltip="Confidence band α: only samples the guard labels with probability "
                                        "outside [α, 1−α] (near its training images) are steered. 0.5 steers all."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
@@ -361,15 +366,18 @@ class ProtectModel(io.ComfyNode):
                 io.Combo.Input("objective", options=["uncertainty", "opposite"], default="uncertainty",
                                tooltip="uncertainty: push the guard's probability toward ½; opposite: push toward "
                                        "the label it does not predict."),
+                io.Combo.Input("guard_input", options=list(GUARD_INPUTS), default=GUARD_INPUTS[0],
+                               tooltip="denoised: the guard reads the model's x0 prediction (sees early where a "
+                                       "sample is heading); noisy: the paper's form, the noisy latent at σ."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The protected model (a clone).")],
         )
 
     @classmethod
-    def execute(cls, model, guard, scale, alpha, start_percent, end_percent, objective="uncertainty"
-                ) -> io.NodeOutput:
+    def execute(cls, model, guard, scale, alpha, start_percent, end_percent, objective="uncertainty",
+                guard_input=None) -> io.NodeOutput:
         try:
-            m = protect(model, guard, scale, alpha, start_percent, end_percent, objective)
+            m = protect(model, guard, scale, alpha, start_percent, end_percent, objective, guard_input)
         except host.HostMismatch as e:
             raise ValueError(f"CPSample Protect Model: {e}") from None
         return io.NodeOutput(m)

@@ -7,9 +7,18 @@ mutated; model_sampling is read per call, so a ModelSampling* node placed after 
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from . import host
+from ..core import guard as _core_guard
+
+# What the guard reads: the core's options, default first ("denoised" = the x0 prediction).
+GUARD_INPUTS = tuple(getattr(_core_guard, "INPUTS", ("noisy",)))
+if "denoised" in GUARD_INPUTS:
+    GUARD_INPUTS = ("denoised",) + tuple(i for i in GUARD_INPUTS if i != "denoised")
+_GUIDE_TAKES_INPUT = "guard_input" in inspect.signature(_core_guard.Guard.guide).parameters
 
 # Functions are recognised by this attribute (tests and a second Protect node look for it).
 MARKER = "cpsample_guard"
@@ -19,8 +28,9 @@ class GuardPostCFG:
     """Callable stored in model_options; holds the guard and the settings."""
 
     def __init__(self, guard, scale: float, alpha: float, start_percent: float, end_percent: float,
-                 objective: str = "uncertainty"):
+                 objective: str = "uncertainty", guard_input: str | None = None):
         self.guard = guard
+        self.guard_input = guard_input
         self.scale = float(scale)
         self.alpha = float(alpha)
         self.start_percent = float(start_percent)
@@ -64,7 +74,8 @@ class GuardPostCFG:
         x = args["input"]
         g = self._guard_for(ms, x.device)
         self.calls += 1
-        out = g.guide(denoised, x, sigma, scale=self.scale, alpha=self.alpha, objective=self.objective)
+        kw = {"guard_input": self.guard_input} if (self.guard_input and _GUIDE_TAKES_INPUT) else {}
+        out = g.guide(denoised, x, sigma, scale=self.scale, alpha=self.alpha, objective=self.objective, **kw)
         if not bool(inside.all()):  # per-sample σ (rare): keep samples outside the window untouched
             view = (-1,) + (1,) * (denoised.dim() - 1)
             if s.numel() == 1:
@@ -74,7 +85,7 @@ class GuardPostCFG:
 
 
 def protect(model, guard, scale: float, alpha: float, start_percent: float, end_percent: float,
-            objective: str = "uncertainty"):
+            objective: str = "uncertainty", guard_input: str | None = None):
     """A clone of ``model`` with the guard's post-CFG function; ``model`` itself when scale is 0."""
     host.check_guard(guard, model)
     if start_percent >= end_percent:
@@ -82,6 +93,8 @@ def protect(model, guard, scale: float, alpha: float, start_percent: float, end_
     if scale == 0:
         return model
     m = model.clone()
-    fn = GuardPostCFG(guard, scale, alpha, start_percent, end_percent, objective)
+    if guard_input is not None and guard_input not in GUARD_INPUTS:
+        raise ValueError(f"guard_input must be one of {', '.join(GUARD_INPUTS)}, got {guard_input!r}")
+    fn = GuardPostCFG(guard, scale, alpha, start_percent, end_percent, objective, guard_input)
     m.set_model_sampler_post_cfg_function(fn)
     return m

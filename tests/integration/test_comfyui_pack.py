@@ -53,7 +53,8 @@ def train_prompt(folder: str, steps: int = 3, policy: str = "resize", resolution
 
 
 def sample_prompt(prefix: str, guard: str | None = None, scale: float = 1.0, alpha: float = 0.5,
-                  cfg: float = 5.0, seed: int = 3, steps: int = 4, sampler: str = "euler") -> dict:
+                  cfg: float = 5.0, seed: int = 3, steps: int = 4, sampler: str = "euler",
+                  guard_input: str = "denoised") -> dict:
     """txt2img that saves the final latent (exact comparison), optionally through Protect Model."""
     p = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
@@ -70,7 +71,8 @@ def sample_prompt(prefix: str, guard: str | None = None, scale: float = 1.0, alp
         p["10"] = {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": guard}}
         p["11"] = {"class_type": "CPSampleProtectModel",
                    "inputs": {"model": ["1", 0], "guard": ["10", 0], "scale": scale, "alpha": alpha,
-                              "start_percent": 0.0, "end_percent": 1.0, "objective": "uncertainty"}}
+                              "start_percent": 0.0, "end_percent": 1.0, "objective": "uncertainty",
+                              "guard_input": guard_input}}
         p["6"]["inputs"]["model"] = ["11", 0]
     return p
 
@@ -179,7 +181,7 @@ def test_ui_to_api_conversion_matches_widgets(object_info):
     ks = next(v for v in api.values() if v["class_type"] == "KSampler")["inputs"]
     assert ks["seed"] == 42 and ks["steps"] == 8 and ks["sampler_name"] == "euler" and ks["denoise"] == 1.0
     prot = next(v for v in api.values() if v["class_type"] == "CPSampleProtectModel")["inputs"]
-    assert prot["alpha"] == 0.001 and prot["objective"] == "uncertainty"
+    assert prot["alpha"] == 0.01 and prot["objective"] == "uncertainty" and prot["guard_input"] == "denoised"
     assert isinstance(prot["model"], list) and isinstance(prot["guard"], list)
 
 
@@ -220,12 +222,14 @@ def test_protected_differs_and_scale_zero_is_bit_identical(comfy, comfy_layout, 
     assert torch.equal(plain, zero), "scale 0 must be bit-identical to the unprotected model"
 
 
-@pytest.mark.parametrize("cfg,sampler", [(1.0, "euler"), (4.0, "dpmpp_2m")])
-def test_protection_acts_with_cfg_one_and_other_samplers(cfg, sampler, comfy, comfy_layout, trained_demo_guard,
-                                                         run_prompt):
-    tag = f"c{int(cfg)}{sampler}"
+@pytest.mark.parametrize("cfg,sampler,guard_input", [(1.0, "euler", "denoised"), (4.0, "dpmpp_2m", "denoised"),
+                                                     (5.0, "euler", "noisy")])
+def test_protection_acts_with_cfg_one_and_other_samplers(cfg, sampler, guard_input, comfy, comfy_layout,
+                                                         trained_demo_guard, run_prompt):
+    tag = f"c{int(cfg)}{sampler}{guard_input}"
     run_prompt(sample_prompt(f"plain_{tag}", cfg=cfg, sampler=sampler))
-    run_prompt(sample_prompt(f"prot_{tag}", guard=DEMO_GUARD, scale=5.0, alpha=0.5, cfg=cfg, sampler=sampler))
+    run_prompt(sample_prompt(f"prot_{tag}", guard=DEMO_GUARD, scale=5.0, alpha=0.5, cfg=cfg, sampler=sampler,
+                             guard_input=guard_input))
     a, b = saved_latent(comfy_layout, f"plain_{tag}"), saved_latent(comfy_layout, f"prot_{tag}")
     assert torch.isfinite(b).all() and not torch.equal(a, b)
 
