@@ -5,6 +5,7 @@ CPSampleProtectModel, CPSampleReplicationCheck.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from .patch import GUARD_INPUTS, protect
 from ..core import guard as _core_guard
 
 DEFAULT_SCALE = float(getattr(_core_guard, "DEFAULT_SCALE", 1000.0))
+DEFAULT_MAX_STEPS = int(inspect.signature(train_guard).parameters["max_steps"].default)
 DEFAULT_ALPHA = float(getattr(_core_guard, "DEFAULT_ALPHA", 0.01))
 from . import replication
 
@@ -153,7 +155,7 @@ class TrainGuard(io.ComfyNode):
                                        f"(the fine-tuning set). '{NO_FOLDER}' uses only the images input."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed for the random labels, the weight initialisation and the noise."),
-                io.Int.Input("max_steps", default=2000, min=1, max=100000,
+                io.Int.Input("max_steps", default=DEFAULT_MAX_STEPS, min=1, max=100000,
                              tooltip="Upper bound on optimisation steps; training stops earlier once the guard "
                                      "is right about every image at every noise level that matters."),
                 io.Int.Input("batch_size", default=32, min=1, max=1024,
