@@ -105,7 +105,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samplers", default="euler,euler_a")
-    ap.add_argument("--grid", default="", help="settings to sweep, e.g. 'alpha=0.001,scale=100,max_step=1;...'")
+    ap.add_argument("--grid", default="", help="settings to sweep, e.g. 'alpha=0.001,scale=100,max_step=1;;...' "
+                                                "(an empty item: the defaults)")
     ap.add_argument("--quick", action="store_true", help="fewer samples and settings")
     ap.add_argument("--retrain", action="store_true", help="train the guard even if a cached one exists")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -133,7 +134,9 @@ def main() -> None:
     train_s = time.time() - t0
 
     if args.grid:
-        grid = [dict((kv.split("=")[0], _parse(kv.split("=")[1])) for kv in item.split(",")) for item in args.grid.split(";")]
+        # "k=v,k=v;k=v;..." — an empty item means the defaults of Guard.guide
+        grid = [dict((kv.split("=", 1)[0], _parse(kv.split("=", 1)[1])) for kv in item.split(",") if kv)
+                for item in args.grid.split(";")]
     elif args.quick:
         grid = [{}, {"guard_input": "noisy", "alpha": 0.001, "scale": 100, "max_step": None}]
     else:

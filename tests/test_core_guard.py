@@ -172,11 +172,25 @@ def test_alpha_gates_per_item(small_guard):
     assert conf[0] > conf[1]
     alpha = float(0.5 - (conf[0] + conf[1]) / 2)  # between the two confidences
     den = torch.zeros_like(x)
-    out = guard.guide(den, x, sig, scale=100, alpha=alpha)
+    out = guard.guide(den, x, sig, scale=100, alpha=alpha, guard_input="noisy")
     assert not torch.equal(out[0], den[0])
     assert torch.equal(out[1], den[1])
     # α = 0 guides nothing at all
-    assert guard.guide(den, x, sig, scale=100, alpha=0.0) is den
+    assert guard.guide(den, x, sig, scale=100, alpha=0.0, guard_input="noisy") is den
+
+
+def test_alpha_gates_on_the_prediction(small_guard):
+    """Default form: the guard reads the x0 prediction (at the space's σ_min), not x."""
+    guard, latents = small_guard
+    den = torch.stack([latents[0], torch.zeros(4, 8, 8)])
+    x = torch.randn(2, 4, 8, 8) * 3  # the noisy latent plays no part in the gate
+    p = guard.probability(den, guard.space.sigma_min)
+    conf = (p - 0.5).abs()
+    assert conf[0] > conf[1]
+    alpha = float(0.5 - (conf[0] + conf[1]) / 2)
+    out = guard.guide(den, x, 2.0, scale=100, alpha=alpha)
+    assert not torch.equal(out[0], den[0])
+    assert torch.equal(out[1], den[1])
 
 
 def test_guide_moves_toward_uncertainty(small_guard):
@@ -184,11 +198,17 @@ def test_guide_moves_toward_uncertainty(small_guard):
     sig = torch.full((8,), 0.3)
     x = latents + 0.3 * torch.randn_like(latents)
     p0 = guard.probability(x, sig)
-    out = guard.guide(latents.clone(), x, sig, scale=1000, alpha=0.5, max_step=None)
+    out = guard.guide(latents.clone(), x, sig, scale=1000, alpha=0.5, max_step=None, guard_input="noisy")
     # step x toward the guided prediction, as a sampler would
     x1 = x + (out - latents) * 0.05
     p1 = guard.probability(x1, sig)
     assert ((p1 - 0.5).abs() < (p0 - 0.5).abs()).all()
+    # default form: the guided prediction itself is less certain than the prediction was
+    smin = guard.space.sigma_min
+    q0 = guard.probability(latents, smin)
+    out = guard.guide(latents.clone(), x, sig, scale=1000, alpha=0.5)
+    q1 = guard.probability(out, smin)
+    assert ((q1 - 0.5).abs() < (q0 - 0.5).abs()).all()
 
 
 def test_guide_step_cap(small_guard):
@@ -213,12 +233,16 @@ def test_guide_inside_inference_mode(small_guard):
 
 def test_no_nan_escapes(small_guard):
     guard, latents = small_guard
+    for mode in ("noisy", "denoised"):
+        x = latents.clone()
+        den = latents.clone()
+        (x if mode == "noisy" else den)[1] = float("nan")
+        out = guard.guide(den, x, 0.1, scale=100, alpha=0.5, guard_input=mode)
+        assert torch.isfinite(out[0]).all() and not torch.equal(out[0], den[0])
+        # the broken item is left exactly as the model gave it: nothing added to it
+        assert torch.equal(out[1].nan_to_num(7.0), den[1].nan_to_num(7.0))
     x = latents.clone()
-    x[1] = float("nan")
-    den = latents.clone()
-    out = guard.guide(den, x, 0.1, scale=100, alpha=0.5)
-    assert torch.isfinite(out).all()
-    assert torch.equal(out[1], den[1])
+    assert torch.isfinite(guard.guide(latents.clone(), x, 0.1, scale=1e30, alpha=0.5, max_step=None)).all()
 
 
 def test_guide_rejects_wrong_channels(small_guard):
@@ -233,3 +257,15 @@ def test_with_space_checks_kind(small_guard):
     assert isinstance(guard.with_space(NoiseSpace.vp(0.03, 10)), Guard)
     with pytest.raises(ValueError, match="vp"):
         guard.with_space(NoiseSpace.flow())
+
+
+def test_caller_negatives():
+    g = torch.Generator().manual_seed(4)
+    lat = torch.randn(4, 4, 4, 4, generator=g)
+    neg = torch.randn(6, 4, 4, 4, generator=g)
+    guard = train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives=neg)
+    assert guard.info["negatives"] == "6 latents"
+    with pytest.raises(ValueError, match=r"shaped \[M, 4, 4, 4\]"):
+        train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives=torch.randn(6, 4, 8, 8))
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives="images")

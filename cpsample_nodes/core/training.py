@@ -52,13 +52,17 @@ def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator) -> Tensor:
 NEGATIVES = ("none", "gaussian", "mix")
 
 
-def make_negatives(kind: str, x_all: Tensor, n: int, g: torch.Generator) -> Tensor | None:
+def make_negatives(kind: str | Tensor, x_all: Tensor, n: int, g: torch.Generator) -> Tensor | None:
     """Latents that are not training images, on which the guard is taught to say ½.
 
     "gaussian": noise with the training latents' per-channel mean and std; "mix": blends of two
-    training latents. Without them a guard that memorised random labels is as confident on a
-    novel latent as on its training images, so its gradient would push every sample.
+    training latents; a tensor [M, C, H, W]: the caller's own latents of images outside the set
+    (e.g. DreamBooth class images), drawn at random. Without negatives a guard that memorised
+    random labels is as confident on a novel latent as on its training images, so its gradient
+    would push every sample.
     """
+    if isinstance(kind, torch.Tensor):
+        return kind[torch.randint(0, kind.shape[0], (n,), generator=g).to(kind.device)]
     if kind == "none" or n == 0:
         return None
     if kind == "gaussian":
@@ -112,7 +116,7 @@ def required_bands(space: NoiseSpace) -> list[str]:
 def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, max_steps: int = 3000,
                 batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
-                confidence: float = 0.99, eval_every: int = 50, negatives: str = "gaussian",
+                confidence: float = 0.99, eval_every: int = 50, negatives: str | Tensor = "gaussian",
                 negative_fraction: float = 0.5,
                 config: GuardConfig | None = None,
                 info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
@@ -133,14 +137,22 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         raise ValueError(f"a guard needs at least 2 training images, got {n}")
     if not torch.isfinite(latents).all():
         raise ValueError("latents contain NaN or infinite values")
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    if isinstance(negatives, torch.Tensor):
+        if negatives.dim() != 4 or negatives.shape[1:] != latents.shape[1:] or negatives.shape[0] < 1:
+            raise ValueError(f"negative latents must be shaped [M, {', '.join(map(str, latents.shape[1:]))}] "
+                             f"like the training latents, got {tuple(negatives.shape)}")
+        if not torch.isfinite(negatives).all():
+            raise ValueError("negative latents contain NaN or infinite values")
+    elif negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES} or a latent tensor, got {negatives!r}")
     if max_steps < 1 or batch_size < 1:
         raise ValueError(f"max_steps and batch_size must be positive, got {max_steps}, {batch_size}")
     device = torch.device(device) if device is not None else latents.device
     # Hosts run nodes under inference mode; parameters made there cannot be trained.
     with torch.inference_mode(False), torch.enable_grad():
         x_all = latents.detach().to(device, torch.float32).clone()
+        if isinstance(negatives, torch.Tensor):
+            negatives = negatives.detach().to(device, torch.float32).clone()
         labels = random_labels(n, seed).to(device)
         torch.manual_seed(seed)  # weight init
         cfg = config or GuardConfig(in_channels=x_all.shape[1])
@@ -191,7 +203,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         guard.net.eval()
         guard.info = {
             "label_seed": int(seed),
-            "negatives": negatives,
+            "negatives": negatives if isinstance(negatives, str) else f"{negatives.shape[0]} latents",
             "n_images": int(n),
             "dataset_digest": dataset_digest(latents),
             "accuracy": accuracy,
