@@ -19,11 +19,9 @@ from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, trai
 from ..core import images as imgs
 from . import host, paths
 from .patch import GUARD_INPUTS, protect
-from ..core import guard as _core_guard
+from ..core.guard import DEFAULT_ALPHA, DEFAULT_SCALE
 
-DEFAULT_SCALE = float(getattr(_core_guard, "DEFAULT_SCALE", 1000.0))
 DEFAULT_MAX_STEPS = int(inspect.signature(train_guard).parameters["max_steps"].default)
-DEFAULT_ALPHA = float(getattr(_core_guard, "DEFAULT_ALPHA", 0.01))
 from . import replication
 
 log = logging.getLogger("CPSample")

@@ -7,18 +7,13 @@ mutated; model_sampling is read per call, so a ModelSampling* node placed after 
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from . import host
-from ..core import guard as _core_guard
+from ..core.guard import INPUTS
 
-# What the guard reads: the core's options, default first ("denoised" = the x0 prediction).
-GUARD_INPUTS = tuple(getattr(_core_guard, "INPUTS", ("noisy",)))
-if "denoised" in GUARD_INPUTS:
-    GUARD_INPUTS = ("denoised",) + tuple(i for i in GUARD_INPUTS if i != "denoised")
-_GUIDE_TAKES_INPUT = "guard_input" in inspect.signature(_core_guard.Guard.guide).parameters
+# What the guard reads, the core's default first ("denoised" = the x0 prediction).
+GUARD_INPUTS = ("denoised",) + tuple(i for i in INPUTS if i != "denoised")
 
 # Functions are recognised by this attribute (tests and a second Protect node look for it).
 MARKER = "cpsample_guard"
@@ -74,7 +69,7 @@ class GuardPostCFG:
         x = args["input"]
         g = self._guard_for(ms, x.device)
         self.calls += 1
-        kw = {"guard_input": self.guard_input} if (self.guard_input and _GUIDE_TAKES_INPUT) else {}
+        kw = {"guard_input": self.guard_input} if self.guard_input else {}
         out = g.guide(denoised, x, sigma, scale=self.scale, alpha=self.alpha, objective=self.objective, **kw)
         if not bool(inside.all()):  # per-sample σ (rare): keep samples outside the window untouched
             view = (-1,) + (1,) * (denoised.dim() - 1)

@@ -15,9 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..core import metrics as core_metrics
-
-REPLICA_L2_RATIO = getattr(core_metrics, "REPLICA_L2_RATIO", 1.0 / 3.0)
-REPLICA_SSIM = getattr(core_metrics, "REPLICA_SSIM", 0.9)
+from ..core.metrics import REPLICA_L2_RATIO, REPLICA_SSIM
 
 
 def scores(gen: torch.Tensor, train: torch.Tensor, k: int) -> dict:
