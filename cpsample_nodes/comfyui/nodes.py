@@ -349,7 +349,8 @@ class ProtectModel(io.ComfyNode):
             category=CATEGORY,
             description=("Adds the guard's gradient to every denoising step (a post-CFG function) so samples "
                          "move away from the guard's training images. Works with every sampler, CFG on or at 1, "
-                         "and with other guidance nodes. Scale 0 returns the model unchanged."),
+                         "and with other guidance nodes; an ancestral or SDE sampler lets steered samples settle into new "
+                         "images rather than near-copies. Scale 0 returns the model unchanged."),
             inputs=[
                 io.Model.Input("model", tooltip="The model to protect (the one the guard was trained for)."),
                 Guard.Input("guard", tooltip="A guard from Train Guard or Load Guard for this model's latents."),
