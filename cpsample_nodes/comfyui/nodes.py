@@ -135,6 +135,16 @@ def _comfy_version() -> str:
         return "ComfyUI"
 
 
+def _folder_fingerprint(folder: str | None) -> str:
+    """Changes when the folder's files change, so a node re-runs then, not only on a new name."""
+    if not folder or folder == NO_FOLDER:
+        return ""
+    try:
+        return imgs.folder_fingerprint(_folder_path(folder))
+    except Exception as e:  # noqa: BLE001 - a broken folder is reported by execute, with its name
+        return repr(e)
+
+
 class TrainGuard(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -174,13 +184,7 @@ class TrainGuard(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder=None, **kwargs):
-        # Re-run when the folder's files change, not only when its name does.
-        if not folder or folder == NO_FOLDER:
-            return ""
-        try:
-            return imgs.folder_fingerprint(_folder_path(folder))
-        except Exception as e:  # noqa: BLE001
-            return repr(e)
+        return _folder_fingerprint(folder)
 
     @classmethod
     def execute(cls, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution,
@@ -418,12 +422,7 @@ class ReplicationCheck(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder=None, **kwargs):
-        if not folder or folder == NO_FOLDER:
-            return ""
-        try:
-            return imgs.folder_fingerprint(_folder_path(folder))
-        except Exception as e:  # noqa: BLE001
-            return repr(e)
+        return _folder_fingerprint(folder)
 
     @classmethod
     def execute(cls, images, folder, k, ratio_threshold, ssim_threshold, training_images=None, clip_vision=None
