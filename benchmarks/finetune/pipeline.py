@@ -48,7 +48,7 @@ class Config:
 FULL = Config()
 DEMO = Config(name="demo", batch=64, pretrain_steps=300, finetune_steps=300, finetune_lr=1e-3, ema_decay=0.97,
               classifier_steps=150,
-              n_samples=128, mia_draws=4, guard_steps=300)
+              n_samples=128, mia_draws=4, guard_steps=1000)  # early stop ends it once memorised
 
 
 def _key(d: dict) -> str:
