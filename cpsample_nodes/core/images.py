@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .training import dataset_digest
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 POLICIES = ("resize", "crop", "exact")
 MAX_SIDE = 4096
@@ -193,8 +195,6 @@ def folder_fingerprint(folder: str | os.PathLike) -> str:
 
 
 def content_hash(images: torch.Tensor) -> str:
-    """SHA-256 of an IMAGE batch's shape and values (the key of the latent cache)."""
-    x = images.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(repr(tuple(x.shape)).encode())
-    h.update(x.numpy().tobytes())
-    return h.hexdigest()
+    """SHA-256 of an IMAGE batch's shape and values (the key of the latent cache); the same digest
+    a guard file stores for its whole training set."""
+    return dataset_digest(images)
