@@ -272,3 +272,17 @@ def test_caller_negatives():
         train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives=torch.randn(6, 4, 8, 8))
     with pytest.raises(ValueError, match="negatives must be one of"):
         train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives="images")
+
+
+def test_training_returns_the_moving_average():
+    lat = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    raw = train_guard(lat, NoiseSpace.vp(), max_steps=20, ema_decay=0.0)
+    avg = train_guard(lat, NoiseSpace.vp(), max_steps=20, ema_decay=0.9)
+    torch.manual_seed(0)
+    init = GuardNet(GuardConfig(in_channels=4))
+    w_raw, w_avg, w_init = (torch.cat([p.flatten() for p in m.parameters()]) for m in (raw.net, avg.net, init))
+    # same optimisation (same seed), so the average lags behind the raw weights, between them and the start
+    assert not torch.equal(w_raw, w_avg)
+    assert (w_avg - w_init).norm() < (w_raw - w_init).norm()
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_guard(lat, NoiseSpace.vp(), max_steps=2, ema_decay=1.0)

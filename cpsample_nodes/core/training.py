@@ -1,6 +1,7 @@
 """Training a guard: fit random binary labels on noisy latents until it has memorised them."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -37,15 +38,16 @@ def random_labels(n: int, seed: int) -> Tensor:
     return labels[torch.randperm(n, generator=g)]
 
 
-def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator) -> Tensor:
-    """Half from the model's own schedule (uniform progress), half log-uniform over the range
-    where memorising is possible, which is where the guard has to be confident."""
+def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator, schedule_share: float = 0.5) -> Tensor:
+    """A share from the model's own schedule (uniform progress, so every noise level is seen), the
+    rest log-uniform over the range where memorising is possible, which is where the guard has to
+    be confident."""
     u = torch.rand(n, generator=g)
     schedule = space.percent_to_sigma(u)
     lo = math.log(space.sigma_min)
     hi = math.log(min(space.memorisable_max, space.sigma_max))
     low = torch.exp(lo + (hi - lo) * torch.rand(n, generator=g))
-    pick = torch.rand(n, generator=g) < 0.5
+    pick = torch.rand(n, generator=g) < schedule_share
     return torch.where(pick, schedule, low).float()
 
 
@@ -121,7 +123,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
                 should_stop: Callable[[], bool] | None = None, max_steps: int = 3000,
                 batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
                 confidence: float = 0.99, eval_every: int = 50, negatives: str | Tensor = "gaussian",
-                negative_fraction: float = 0.5,
+                negative_fraction: float = 0.5, ema_decay: float = 0.0,
                 config: GuardConfig | None = None,
                 info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
     """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
@@ -130,8 +132,11 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
     flow), at least ``target_accuracy`` of the training latents are classified right, and right
     with p ≥ ``confidence``: guidance only acts where the guard is confident, so a guard that is
     merely right is not done. ``negatives`` adds latents that are not training images with the
-    target ½ (see ``make_negatives``), so the guard is confident only near its training images. ``progress(step, total, stats)`` gets the loss and
-    the accuracy per band; ``should_stop()`` returning True raises ``TrainingStopped``.
+    target ½ (see ``make_negatives``), so the guard is confident only near its training images.
+    ``ema_decay`` > 0 checks and returns a moving average of the weights, which holds a memorised
+    band from one check to the next where the raw weights swing. ``progress(step, total, stats)``
+    gets the loss and the accuracy per band; ``should_stop()`` returning True raises
+    ``TrainingStopped``.
     """
     if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
         raise ValueError(f"latents must be a tensor shaped [N, C, H, W], got "
@@ -149,6 +154,8 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             raise ValueError("negative latents contain NaN or infinite values")
     elif negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES} or a latent tensor, got {negatives!r}")
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
     if max_steps < 1 or batch_size < 1:
         raise ValueError(f"max_steps and batch_size must be positive, got {max_steps}, {batch_size}")
     device = torch.device(device) if device is not None else latents.device
@@ -164,6 +171,13 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             raise ValueError(f"config expects {cfg.in_channels} channels, latents have {x_all.shape[1]}")
         guard = Guard(GuardNet(cfg).to(device), space)
         opt = torch.optim.AdamW(guard.net.parameters(), lr=lr, weight_decay=0.0)
+        # Optionally the stop check and the returned guard use a moving average of the weights: the
+        # raw weights swing between checks, the average settles (but is more confident off the
+        # training set too, which widens the gate: docs/performance.md).
+        averaged = guard
+        if ema_decay > 0:
+            averaged = Guard(copy.deepcopy(guard.net), space)
+            averaged.net.requires_grad_(False)
         g = torch.Generator().manual_seed(seed + 1)
         g_eval = torch.Generator().manual_seed(seed + 2)
         required = required_bands(space)
@@ -192,13 +206,18 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if averaged is not guard:
+                d = min(ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pa, p in zip(averaged.net.parameters(), guard.net.parameters()):
+                        pa.lerp_(p, 1 - d)
             lv = float(loss.detach())
             loss_avg = lv if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * lv
             done = False
             if step % eval_every == 0 or step == max_steps:
                 # The stop check needs only the bands where memorising is possible; the others
                 # are measured once at the end, for the report.
-                accuracy, confident = band_accuracy(guard, x_all, labels, space, g_eval,
+                accuracy, confident = band_accuracy(averaged, x_all, labels, space, g_eval,
                                                     confidence=confidence, bands=required_b)
                 done = all(min(accuracy[b], confident[b]) >= target_accuracy for b in required)
             if progress is not None:
@@ -206,6 +225,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
                                            "confident": dict(confident)})
             if done:
                 break
+        guard = averaged
         guard.net.eval()
         more_acc, more_conf = band_accuracy(guard, x_all, labels, space, g_eval, confidence=confidence,
                                             bands=other_b)
