@@ -63,7 +63,7 @@ PROTECTED = {
              title="Negative"),
         dict(id=7, type="EmptyLatentImage", pos=[740, 700], widgets={"width": 64, "height": 64, "batch_size": 2}),
         dict(id=8, type="KSampler", pos=[1100, 200],
-             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
                       "denoise": 1.0},
              links={"model": (4, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0)}),
         dict(id=9, type="VAEDecode", pos=[1460, 200], links={"samples": (8, 0), "vae": (1, 2)}),
@@ -73,7 +73,9 @@ PROTECTED = {
             "**Protected sampling.** The guard comes from the *train a guard* example (or your own, in "
             "models/cpsample). Protect Model goes after the LoRA, on the model that was fine-tuned. "
             "*scale* is the guidance strength (0 = off, bit-identical); *alpha* the confidence band: only "
-            "samples the guard is sure about (near a training image) are steered.")}),
+            "samples the guard is sure about (near a training image) are steered. Use an ancestral or SDE "
+            "sampler and 50+ steps with a real model: steered samples then spread like new images "
+            "(8 steps here only because the demo model is tiny).")}),
     ],
 }
 

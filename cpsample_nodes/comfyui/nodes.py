@@ -1,6 +1,7 @@
 """CPSample nodes, V3 schema (comfy_api.latest), category "CPSample".
 
-Node ids are stable (workflows store them): CPSampleTrainGuard, CPSampleSaveGuard, CPSampleLoadGuard,
+Node ids are stable (workflows store them): CPSampleTrainGuard, CPSampleTrainGuardWithClassImages,
+CPSampleSaveGuard, CPSampleLoadGuard,
 CPSampleProtectModel, CPSampleReplicationCheck.
 """
 from __future__ import annotations
@@ -145,6 +146,151 @@ def _folder_fingerprint(folder: str | None) -> str:
         return repr(e)
 
 
+def _train_inputs() -> list:
+    return [
+        io.Model.Input("model", tooltip="The model to protect: its noise schedule (model_sampling) and "
+                       "latent format define the noisy latents the guard learns."),
+        io.Vae.Input("vae", tooltip="The VAE that encodes the training images into this model's latents."),
+        io.Combo.Input("folder", options=_folder_options(),
+                       tooltip="Sub-folder of ComfyUI's input directory holding the training images "
+                               f"(the fine-tuning set). '{NO_FOLDER}' uses only the images input."),
+        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
+                     tooltip="Seed for the random labels, the weight initialisation and the noise."),
+        io.Int.Input("max_steps", default=DEFAULT_MAX_STEPS, min=1, max=100000,
+                     tooltip="Upper bound on optimisation steps; training stops earlier once the guard "
+                             "is right about every image at every noise level that matters."),
+        io.Int.Input("batch_size", default=32, min=1, max=1024,
+                     tooltip="Noisy latents per optimisation step."),
+        io.Combo.Input("resolution_policy", options=list(imgs.POLICIES), default="resize",
+                       tooltip=POLICY_HELP),
+        io.Int.Input("resolution", default=0, min=0, max=4096, step=8,
+                     tooltip="Training resolution in pixels for the 'resize' policy; 0 uses the "
+                             "smallest short side among the images. Ignored by 'crop' and 'exact'."),
+        io.Image.Input("images", optional=True,
+                       tooltip="Optional extra training images from other nodes (added to the folder's, "
+                               "brought to the same size)."),
+    ]
+
+
+def _class_batch(class_folder: str | None, class_images, hw: tuple[int, int]) -> torch.Tensor | None:
+    """Class images (same kind of picture, not in the training set) at the training size, or None."""
+    parts = []
+    if class_folder and class_folder != NO_FOLDER:
+        files = imgs.list_images(_folder_path(class_folder))
+        parts.append(imgs.conform([imgs.open_rgb(f) for f in files], hw=hw, names=[f.name for f in files])[0])
+    if class_images is not None:
+        parts.append(imgs.conform_tensor(class_images, hw))
+    return torch.cat(parts) if parts else None
+
+
+def _refuse_training_images_as_class(batch: torch.Tensor, names: list[str], class_batch: torch.Tensor) -> None:
+    """A training image among the class images would teach the guard to be unsure of it."""
+    def keys(x: torch.Tensor) -> list[bytes]:
+        return [bytes((im * 255).round().to(torch.uint8).numpy()) for im in x.cpu()]
+
+    train = {k: i for i, k in enumerate(keys(batch))}
+    for j, k in enumerate(keys(class_batch)):
+        if k in train:
+            raise ValueError(f"class image #{j} is the training image {names[train[k]]}: class images must be other "
+                             f"pictures of the same kind, not the ones the guard protects")
+
+
+def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution, images=None,
+           class_folder=None, class_images=None) -> io.NodeOutput:
+    import comfy.model_management as mm
+    import comfy.utils
+
+    multiple = _downscale(vae)
+    names: list[str] = []
+    batch = None
+    hw = None
+    if folder and folder != NO_FOLDER:
+        path = _folder_path(folder)
+        batch, names, hw = imgs.load_image_folder(path, policy=resolution_policy, size=resolution,
+                                                  multiple=multiple)
+    if images is not None:
+        if hw is None:
+            extra, hw = imgs.conform(imgs.tensor_to_pil(images), policy=resolution_policy, size=resolution,
+                                     multiple=multiple)
+        else:
+            extra = imgs.conform_tensor(images, hw)
+        batch = extra if batch is None else torch.cat([batch, extra.to(batch)])
+        names += [f"images input #{i}" for i in range(images.shape[0])]
+    if batch is None:
+        raise ValueError(f"no training images: choose an image folder or connect the images input")
+    if batch.shape[0] < 2:
+        raise ValueError(f"a guard needs at least 2 training images, got {batch.shape[0]}")
+    class_batch = _class_batch(class_folder, class_images, hw)
+    if class_batch is not None:
+        _refuse_training_images_as_class(batch, names, class_batch)
+
+    raw, cached = _encode_cached(vae, batch)
+    lf = host.latent_format(model)
+    latents = lf.process_in(raw.clone())
+    ms = host.model_sampling(model)
+    space = host.noise_space(ms)
+    desc = host.describe(model)
+    if latents.shape[1] != desc["latent_channels"]:
+        raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the model's latent format "
+                         f"{desc['latent_format']} has {desc['latent_channels']}: use this model's VAE")
+    negatives = "gaussian"
+    if class_batch is not None:
+        negatives = lf.process_in(_encode_cached(vae, class_batch)[0].clone())
+
+    pbar = comfy.utils.ProgressBar(max_steps, node_id=node_id)
+    last = {"acc": {}}
+
+    def progress(step, total, stats):
+        acc = stats.get("accuracy") or {}
+        if acc != last["acc"]:
+            last["acc"] = acc
+            worst = min(acc.values()) if acc else 0.0
+            _send_text(node_id, f"step {step}/{total}: accuracy {worst:.0%} (worst band), "
+                                f"loss {stats.get('loss', float('nan')):.3f}")
+        pbar.update_absolute(step, total)  # also raises if the user pressed Cancel
+
+    def should_stop():
+        return mm.processing_interrupted()
+
+    info = {"latent_format": desc["latent_format"], "model_sampling": desc["model_sampling"],
+            "host": _comfy_version(), "image_size": f"{hw[1]}x{hw[0]}",
+            "resolution_policy": resolution_policy}
+    if class_batch is not None:
+        info["class_images"] = int(class_batch.shape[0])
+    try:
+        with torch.inference_mode(False):
+            guard = train_guard(latents, space=space, seed=seed, progress=progress, should_stop=should_stop,
+                                max_steps=max_steps, batch_size=batch_size, info=info, negatives=negatives,
+                                device=mm.get_torch_device())
+    except TrainingStopped:
+        mm.throw_exception_if_processing_interrupted()
+        raise
+    guard = guard.with_space(space.builtin())  # no references to this model's objects
+    guard.info = dict(guard.info)
+    acc = guard.info.get("accuracy", {})
+    report = (f"CPSample guard: {batch.shape[0]} images at {hw[1]}x{hw[0]} px "
+              f"(policy {resolution_policy}, multiple of {multiple}), "
+              f"latents {tuple(latents.shape[1:])} {'from cache' if cached else 'encoded'}; "
+              f"{f'{class_batch.shape[0]} class images as negatives; ' if class_batch is not None else ''}"
+              f"{desc['latent_format']}, {desc['model_sampling']} ({space.kind}); "
+              f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
+              f"accuracy {_format_accuracy(acc)}; "
+              f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
+    log.info(report)
+    _send_text(node_id, report)
+    return io.NodeOutput(guard, report, ui=ui.PreviewText(report))
+
+
+_TRAIN_DESCRIPTION = ("Trains a small noise-aware classifier (the guard) to memorise random labels on the images a "
+                      "model was fine-tuned on. Protect Model then steers sampling away from them.")
+_TRAIN_OUTPUTS = lambda: [Guard.Output(display_name="guard", tooltip="The trained guard."),  # noqa: E731
+                          io.String.Output(display_name="report", tooltip="What was trained: images, size, accuracy.")]
+
+
+def _node_id(cls):
+    return cls.hidden.unique_id if getattr(cls, "hidden", None) is not None else None
+
+
 class TrainGuard(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -152,33 +298,9 @@ class TrainGuard(io.ComfyNode):
             node_id="CPSampleTrainGuard",
             display_name="CPSample Train Guard",
             category=CATEGORY,
-            description=("Trains a small noise-aware classifier (the guard) to memorise random labels on the "
-                         "images a model was fine-tuned on. Protect Model then steers sampling away from them."),
-            inputs=[
-                io.Model.Input("model", tooltip="The model to protect: its noise schedule (model_sampling) and "
-                               "latent format define the noisy latents the guard learns."),
-                io.Vae.Input("vae", tooltip="The VAE that encodes the training images into this model's latents."),
-                io.Combo.Input("folder", options=_folder_options(),
-                               tooltip="Sub-folder of ComfyUI's input directory holding the training images "
-                                       f"(the fine-tuning set). '{NO_FOLDER}' uses only the images input."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Seed for the random labels, the weight initialisation and the noise."),
-                io.Int.Input("max_steps", default=DEFAULT_MAX_STEPS, min=1, max=100000,
-                             tooltip="Upper bound on optimisation steps; training stops earlier once the guard "
-                                     "is right about every image at every noise level that matters."),
-                io.Int.Input("batch_size", default=32, min=1, max=1024,
-                             tooltip="Noisy latents per optimisation step."),
-                io.Combo.Input("resolution_policy", options=list(imgs.POLICIES), default="resize",
-                               tooltip=POLICY_HELP),
-                io.Int.Input("resolution", default=0, min=0, max=4096, step=8,
-                             tooltip="Training resolution in pixels for the 'resize' policy; 0 uses the "
-                                     "smallest short side among the images. Ignored by 'crop' and 'exact'."),
-                io.Image.Input("images", optional=True,
-                               tooltip="Optional extra training images from other nodes (added to the folder's, "
-                                       "brought to the same size)."),
-            ],
-            outputs=[Guard.Output(display_name="guard", tooltip="The trained guard."),
-                     io.String.Output(display_name="report", tooltip="What was trained: images, size, accuracy.")],
+            description=_TRAIN_DESCRIPTION,
+            inputs=_train_inputs(),
+            outputs=_TRAIN_OUTPUTS(),
             hidden=[io.Hidden.unique_id],
         )
 
@@ -189,80 +311,45 @@ class TrainGuard(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution,
                 images=None) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.utils
+        return _train(_node_id(cls), model, vae, folder, seed, max_steps, batch_size, resolution_policy,
+                      resolution, images)
 
-        node_id = cls.hidden.unique_id if getattr(cls, "hidden", None) is not None else None
-        multiple = _downscale(vae)
-        names: list[str] = []
-        batch = None
-        hw = None
-        if folder and folder != NO_FOLDER:
-            path = _folder_path(folder)
-            batch, names, hw = imgs.load_image_folder(path, policy=resolution_policy, size=resolution,
-                                                      multiple=multiple)
-        if images is not None:
-            if hw is None:
-                extra, hw = imgs.conform(imgs.tensor_to_pil(images), policy=resolution_policy, size=resolution,
-                                         multiple=multiple)
-            else:
-                extra = imgs.conform_tensor(images, hw)
-            batch = extra if batch is None else torch.cat([batch, extra.to(batch)])
-            names += [f"images input #{i}" for i in range(images.shape[0])]
-        if batch is None:
-            raise ValueError(f"no training images: choose an image folder or connect the images input")
-        if batch.shape[0] < 2:
-            raise ValueError(f"a guard needs at least 2 training images, got {batch.shape[0]}")
 
-        raw, cached = _encode_cached(vae, batch)
-        lf = host.latent_format(model)
-        latents = lf.process_in(raw.clone())
-        ms = host.model_sampling(model)
-        space = host.noise_space(ms)
-        desc = host.describe(model)
-        if latents.shape[1] != desc["latent_channels"]:
-            raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the model's latent format "
-                             f"{desc['latent_format']} has {desc['latent_channels']}: use this model's VAE")
+class TrainGuardWithClassImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="CPSampleTrainGuardWithClassImages",
+            display_name="CPSample Train Guard (with class images)",
+            category=CATEGORY,
+            description=_TRAIN_DESCRIPTION + (" Class images (pictures of the same kind that are not in the "
+                                              "training set, e.g. DreamBooth regularisation images) teach the "
+                                              "guard to stay unsure on new pictures of that kind, so it pushes "
+                                              "only near the training images and spoils fewer samples."),
+            inputs=_train_inputs() + [
+                io.Combo.Input("class_folder", options=_folder_options(),
+                               tooltip="Sub-folder of ComfyUI's input directory holding class images: the same "
+                                       "kind of picture as the training set, none of them in it. Brought to the "
+                                       f"training size. '{NO_FOLDER}' uses only the class_images input."),
+                io.Image.Input("class_images", optional=True,
+                               tooltip="Optional extra class images from other nodes."),
+            ],
+            outputs=_TRAIN_OUTPUTS(),
+            hidden=[io.Hidden.unique_id],
+        )
 
-        pbar = comfy.utils.ProgressBar(max_steps, node_id=node_id)
-        last = {"acc": {}}
+    @classmethod
+    def fingerprint_inputs(cls, folder=None, class_folder=None, **kwargs):
+        return _folder_fingerprint(folder) + "|" + _folder_fingerprint(class_folder)
 
-        def progress(step, total, stats):
-            acc = stats.get("accuracy") or {}
-            if acc != last["acc"]:
-                last["acc"] = acc
-                worst = min(acc.values()) if acc else 0.0
-                _send_text(node_id, f"step {step}/{total}: accuracy {worst:.0%} (worst band), "
-                                    f"loss {stats.get('loss', float('nan')):.3f}")
-            pbar.update_absolute(step, total)  # also raises if the user pressed Cancel
-
-        def should_stop():
-            return mm.processing_interrupted()
-
-        info = {"latent_format": desc["latent_format"], "model_sampling": desc["model_sampling"],
-                "host": _comfy_version(), "image_size": f"{hw[1]}x{hw[0]}",
-                "resolution_policy": resolution_policy}
-        try:
-            with torch.inference_mode(False):
-                guard = train_guard(latents, space=space, seed=seed, progress=progress, should_stop=should_stop,
-                                    max_steps=max_steps, batch_size=batch_size, info=info,
-                                    device=mm.get_torch_device())
-        except TrainingStopped:
-            mm.throw_exception_if_processing_interrupted()
-            raise
-        guard = guard.with_space(space.builtin())  # no references to this model's objects
-        guard.info = dict(guard.info)
-        acc = guard.info.get("accuracy", {})
-        report = (f"CPSample guard: {batch.shape[0]} images at {hw[1]}x{hw[0]} px "
-                  f"(policy {resolution_policy}, multiple of {multiple}), "
-                  f"latents {tuple(latents.shape[1:])} {'from cache' if cached else 'encoded'}; "
-                  f"{desc['latent_format']}, {desc['model_sampling']} ({space.kind}); "
-                  f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
-                  f"accuracy {_format_accuracy(acc)}; "
-                  f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
-        log.info(report)
-        _send_text(node_id, report)
-        return io.NodeOutput(guard, report, ui=ui.PreviewText(report))
+    @classmethod
+    def execute(cls, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution,
+                images=None, class_folder=None, class_images=None) -> io.NodeOutput:
+        if (not class_folder or class_folder == NO_FOLDER) and class_images is None:
+            raise ValueError("no class images: choose a class_folder or connect the class_images input "
+                             "(or use CPSample Train Guard, which needs none)")
+        return _train(_node_id(cls), model, vae, folder, seed, max_steps, batch_size, resolution_policy,
+                      resolution, images, class_folder, class_images)
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")
@@ -470,4 +557,4 @@ class ReplicationCheck(io.ComfyNode):
         return io.NodeOutput(report, grid, ui=ui.PreviewText(report))
 
 
-NODES = [TrainGuard, SaveGuard, LoadGuard, ProtectModel, ReplicationCheck]
+NODES = [TrainGuard, TrainGuardWithClassImages, SaveGuard, LoadGuard, ProtectModel, ReplicationCheck]

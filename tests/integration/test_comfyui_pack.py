@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 import comfyui_harness as H
+from cpsample_nodes.core import load_guard
 
 REPO = Path(__file__).resolve().parents[2]
-NODE_IDS = ["CPSampleTrainGuard", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
+NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
             "CPSampleReplicationCheck"]
 EXAMPLES = ["cpsample_train_guard", "cpsample_protected_txt2img", "cpsample_replication_check"]
 CKPT = "tiny-sd15.safetensors"
@@ -179,7 +180,7 @@ def test_ui_to_api_conversion_matches_widgets(object_info):
     wf = json.loads((REPO / "example_workflows" / "cpsample_protected_txt2img.json").read_text())
     api = H.ui_to_api(wf, object_info)
     ks = next(v for v in api.values() if v["class_type"] == "KSampler")["inputs"]
-    assert ks["seed"] == 42 and ks["steps"] == 8 and ks["sampler_name"] == "euler" and ks["denoise"] == 1.0
+    assert ks["seed"] == 42 and ks["steps"] == 8 and ks["sampler_name"] == "euler_ancestral" and ks["denoise"] == 1.0
     prot = next(v for v in api.values() if v["class_type"] == "CPSampleProtectModel")["inputs"]
     assert prot["alpha"] == 0.01 and prot["objective"] == "uncertainty" and prot["guard_input"] == "denoised"
     assert isinstance(prot["model"], list) and isinstance(prot["guard"], list)
@@ -364,6 +365,36 @@ def test_train_guard_takes_extra_images_input(comfy, run_prompt):
     p["2"]["inputs"]["folder"] = "(none: use the images input)"
     entry = run_prompt(p, expect="error")
     assert "at least 2 training images" in error_of(entry)["exception_message"]
+    assert_still_serving(comfy, run_prompt)
+
+
+def class_prompt(class_folder: str, steps: int = 2) -> dict:
+    p = train_prompt("cpsample_demo", steps=steps)
+    p["2"]["class_type"] = "CPSampleTrainGuardWithClassImages"
+    p["2"]["inputs"]["class_folder"] = class_folder
+    return p
+
+
+def test_train_guard_with_class_images(comfy, comfy_layout, run_prompt):
+    # the four pictures of cpsample_mixed (other sizes) serve as class images for the eight of cpsample_demo
+    p = class_prompt("cpsample_mixed")
+    p["4"] = {"class_type": "CPSampleSaveGuard", "inputs": {"guard": ["2", 0], "filename": "class_guard",
+                                                            "overwrite": True}}
+    report = ui_text(run_prompt(p), 3)
+    assert "8 images at 64x64" in report and "4 class images as negatives" in report, report
+    info = load_guard(str(Path(comfy_layout["guards"]) / "class_guard.safetensors")).info
+    assert info["negatives"] == "4 latents" and info["class_images"] == 4, info
+
+
+def test_class_images_refuse_a_training_image_and_none(comfy, run_prompt):
+    p = class_prompt("(none: use the images input)")
+    p["5"] = {"class_type": "LoadImage", "inputs": {"image": "cpsample_copy.png"}}
+    p["2"]["inputs"]["class_images"] = ["5", 0]
+    msg = error_of(run_prompt(p, expect="error"))["exception_message"]
+    assert "class image #0 is the training image train_03.png" in msg, msg
+    del p["2"]["inputs"]["class_images"]
+    msg = error_of(run_prompt(p, expect="error"))["exception_message"]
+    assert "no class images" in msg, msg
     assert_still_serving(comfy, run_prompt)
 
 
