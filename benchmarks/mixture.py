@@ -102,7 +102,8 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=0.5, help="weight of the memorising components")
     ap.add_argument("--tau", type=float, default=0.05, help="std of each memorising component")
     ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=50,
+                    help="sampling steps (at 30 the guarded Euler-ancestral samples sit at 1.33x the FD floor, at 50 1.13x)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samplers", default="euler,euler_a")
     ap.add_argument("--grid", default="", help="settings to sweep, e.g. 'alpha=0.001,scale=100,max_step=1;;...' "
