@@ -14,6 +14,26 @@ from .data import DigitSplit
 from .diffusion import EpsDenoiser, karras_sigmas, sample_euler, SIGMA_MAX, SIGMA_MIN
 
 L2_K = 5  # calibrated ℓ2: nearest fine-tune image vs the mean of the next 5 (of 15 others)
+BLUR_PX = 1.0  # std of the Gaussian blur in the robustness check of the replica rate
+
+
+def gaussian_blur(x: torch.Tensor, std: float) -> torch.Tensor:
+    """Separable Gaussian blur of [B, C, H, W] (7 taps, reflected borders)."""
+    k = torch.arange(-3, 4, dtype=x.dtype)
+    w = torch.exp(-k ** 2 / (2 * std * std))
+    w = w / w.sum()
+    c = x.shape[1]
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (3, 3, 0, 0), mode="reflect"),
+                                   w.view(1, 1, 1, 7).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, 3, 3), mode="reflect"),
+                                      w.view(1, 1, 7, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def blurred_replication(samples: torch.Tensor, train: torch.Tensor, std: float = BLUR_PX) -> float:
+    """Replica rate (calibrated ℓ2) after blurring samples and training images alike: a copy that only
+    gained fine speckle still counts, so a guard cannot pass by adding noise."""
+    ratio = M.calibrated_l2_ratio(gaussian_blur(samples, std), gaussian_blur(train, std), k=L2_K)
+    return float((ratio < M.REPLICA_L2_RATIO).double().mean())
 
 
 def make_guide(guard, scale: float, alpha: float, sigma_range: Optional[tuple] = None, **opts):
@@ -58,6 +78,7 @@ def sample_metrics(samples: torch.Tensor, split: DigitSplit, clf: DigitCNN,
         "replication_l2": rep["rate_l2"],
         "replication_ssim": rep["rate_ssim"],
         "replication_either": rep["rate_either"],
+        "replication_l2_blur": blurred_replication(samples, split.finetune),
         "median_l2_ratio": float(rep["l2_ratio"].median()),
         "median_max_ssim": float(rep["ssim"].median()),
         "quality_share": float((conf >= 0.9).double().mean()),

@@ -30,15 +30,21 @@ from .figure import compare_png
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# (alpha, scale) settings; the first is the headline shown in compare.png unless --headline is given.
 N, D = {"guard_input": "noisy"}, {"guard_input": "denoised"}
-# (alpha, scale[, guide() options]); (None, None) = the core's guide() defaults. The first entry is the one
-# shown in compare.png.
+W2 = {"sigma_range": (0.0, 2.0)}  # guard only on the steps with sigma <= 2 (ComfyUI: start_percent)
+# (alpha, scale[, guide() options]) per (preset, training negatives); (None, None) = the core's guide()
+# defaults. The first entry is the one shown in compare.png.
 SWEEPS = {
-    "demo": [(None, None), (0.5, 30.0, N)],
-    "full": [(None, None), (0.001, 1.0, N), (0.5, 10.0, N), (0.5, 30.0, N), (0.5, 100.0, N),
-             (0.01, 100.0, D), (0.001, 1000.0, D), (0.5, 100.0, D)],
+    ("demo", "class"): [(0.2, 1000.0, W2), (None, None)],
+    ("demo", "gaussian"): [(None, None), (0.5, 30.0, N)],
+    ("full", "gaussian"): [(None, None), (0.001, 1.0, N), (0.5, 10.0, N), (0.5, 30.0, N), (0.5, 100.0, N),
+                           (0.01, 100.0, D), (0.001, 1000.0, D), (0.5, 100.0, D), (0.2, 1000.0, W2)],
+    ("full", "class"): [(0.2, 1000.0, W2), (None, None), (0.05, 1000.0), (0.2, 1000.0), (0.01, 1000.0, W2),
+                        (0.1, 1000.0, W2), (0.3, 1000.0, W2), (0.5, 30.0, N), (0.5, 100.0, N)],
 }
+# Training negatives of the benchmark: "class" = the pretraining digits (neither fine-tune nor held-out
+# images), the role DreamBooth class images play for a real fine-tune; other values go to train_guard.
+DEFAULT_NEGATIVES = {"demo": "class", "full": "gaussian", "smoke": "class"}
 
 
 def threads() -> int:
@@ -66,8 +72,11 @@ def get_guard(cfg: P.Config, split, guard_opts: dict):
         last[0] = step
 
     t0 = time.time()
+    opts = dict(guard_opts)
+    if opts.get("negatives") == "class":
+        opts["negatives"] = split.pretrain
     guard = train_guard(split.finetune, space=space, seed=0, max_steps=cfg.guard_steps, progress=progress,
-                        info={"benchmark": "finetune digits"}, **guard_opts)
+                        info={"benchmark": "finetune digits", **guard_opts}, **opts)
     bar.close()
     print(f"[done] guard in {time.time() - t0:.0f}s, steps {guard.info.get('steps')}, "
           f"accuracy {guard.info.get('accuracy')}, memorised {guard.info.get('memorised')}", flush=True)
@@ -76,7 +85,7 @@ def get_guard(cfg: P.Config, split, guard_opts: dict):
     return guard, False
 
 
-def goal(base: dict, row: dict) -> dict:
+def goal(base: dict, row: dict, rejection: dict | None = None) -> dict:
     b, r = base["replication_l2"], row["replication_l2"]
     cut = (b / r) if r > 0 else (float("inf") if b > 0 else float("nan"))
     return {
@@ -85,11 +94,14 @@ def goal(base: dict, row: dict) -> dict:
         "quality_drop_points": 100.0 * (base["quality_share"] - row["quality_share"]),
         "quality_within_5": bool(100.0 * (base["quality_share"] - row["quality_share"]) <= 5.0),
         "mia_not_significant": bool(row["mia"]["p"] > 0.05),
+        # against what a perfect rejection sampler keeps: the unguarded samples that are not replicas
+        "quality_drop_vs_rejection": (100.0 * (rejection["quality_share"] - row["quality_share"])
+                                      if rejection else None),
     }
 
 
 def fmt_table(rows: list[tuple[str, dict]]) -> str:
-    head = (f"{'setting':<28}{'repl l2':>8}{'repl ssim':>10}{'quality':>8}{'FD clf':>8}{'NN used':>8}"
+    head = (f"{'setting':<30}{'repl l2':>8}{'blurred':>8}{'repl ssim':>10}{'quality':>8}{'FD clf':>8}{'NN used':>8}"
             f"{'spread':>7}{'MIA t':>8}{'MIA p':>8}  goal")
     lines = [head, "-" * len(head)]
     for name, m in rows:
@@ -100,8 +112,11 @@ def fmt_table(rows: list[tuple[str, dict]]) -> str:
             gs = (f"cut {'inf' if g['replication_cut'] == float('inf') else format(g['replication_cut'], '.1f')}x"
                   f" {'Y' if g['cut_ge_10x'] else 'n'}/{'Y' if g['quality_within_5'] else 'n'}/"
                   f"{'Y' if g['mia_not_significant'] else 'n'}")
+            if g.get("quality_drop_vs_rejection") is not None:
+                gs += f", quality {-g['quality_drop_vs_rejection']:+.1f} pts vs rejection"
         lines.append(
-            f"{name:<28}{100 * m['replication_l2']:>7.1f}%{100 * m['replication_ssim']:>9.1f}%"
+            f"{name:<30}{100 * m['replication_l2']:>7.1f}%{100 * m.get('replication_l2_blur', float('nan')):>7.1f}%"
+            f"{100 * m['replication_ssim']:>9.1f}%"
             f"{100 * m['quality_share']:>7.1f}%{m['frechet_clf']:>8.1f}{m['distinct_nn']:>5d}/16"
             f"{m['spread']:>7.2f}{(mi['t'] if mi else float('nan')):>8.2f}{(mi['p'] if mi else float('nan')):>8.3f}  {gs}")
     return "\n".join(lines)
@@ -150,6 +165,12 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     base = sample_metrics(s_base, split, clf, ref_feats)
     base["mia"] = mia(model, split, **mia_kw)
     rows.append(("fine-tuned, unguarded", base))
+    # The ideal the guard approximates: reject every unguarded replica and keep the rest. Its quality
+    # share is the most a guard can keep without copying.
+    keep = ~base_rep_flags(s_base, split)
+    rejection = sample_metrics(s_base[keep], split, clf, ref_feats) if bool(keep.any()) else None
+    if rejection is not None:
+        rows.append(("ideal rejection (no replicas)", rejection))
     tick("sample_unguarded", t0)
 
     guarded = []
@@ -164,11 +185,13 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
             alpha, scale = defaults["alpha"], defaults["scale"]
         if "guard_input" in opts:
             label += f" {opts['guard_input']}"
+        if "sigma_range" in opts:
+            label += f" sig<={opts['sigma_range'][1]:g}"
         s = generate(model, cfg.n_samples, cfg.sample_seed, cfg.sample_steps, guard=guard, scale=scale,
                      alpha=alpha, ancestral=ancestral, **opts)
         m = sample_metrics(s, split, clf, ref_feats)
         m["mia"] = mia(model, split, guard=guard, scale=scale, alpha=alpha, **mia_kw, **opts)
-        m["goal"] = goal(base, m)
+        m["goal"] = goal(base, m, rejection)
         m["alpha"], m["scale"], m["guide_options"] = alpha, scale, opts
         guarded.append((s, m))
         rows.append((f"guarded {label}", m))
@@ -197,6 +220,7 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
         "guard_info": {k: v for k, v in guard.info.items() if k not in ("created", "dataset_digest")},
         "metric_notes": {
             "replication_l2": f"share with calibrated l2 ratio (nearest / mean of next {5}) < 1/3 vs the 16 fine-tune images",
+            "replication_l2_blur": "the same ratio after a Gaussian blur (std 1 px) of samples and fine-tune images",
             "replication_ssim": "share with max SSIM (kornia, 7-tap Gaussian window, data range 2) > 0.9",
             "quality_share": "share the digit CNN (trained on the pretrain split) reads with confidence >= 0.9",
             "frechet_clf": "Frechet distance in the digit CNN's 64-d features vs 300 held-out real digits",
@@ -254,7 +278,9 @@ def main(argv=None):
     ap.add_argument("--objective", default=None, help="guide() objective (core default if omitted)")
     ap.add_argument("--max-step", default=None, help="guide() max_step (float or 'none'; core default if omitted)")
     ap.add_argument("--guard-input", default=None, help="guide() guard_input ('noisy' = paper form, 'denoised')")
-    ap.add_argument("--negatives", default=None, help="train_guard negatives (core default if omitted)")
+    ap.add_argument("--negatives", default=None,
+                    help="guard training negatives: 'class' (pretraining digits, like DreamBooth class images), "
+                         "or a train_guard value (gaussian, mix, none); default: class for demo, gaussian for full")
     ap.add_argument("--ancestral", action="store_true", help="Euler ancestral instead of Euler")
     ap.add_argument("--n-samples", type=int, default=None)
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/finetune or demo/out/demo)")
@@ -263,7 +289,8 @@ def main(argv=None):
     cfg = {"full": P.FULL, "demo": P.DEMO, "smoke": P.SMOKE}[a.preset]
     if a.n_samples:
         cfg = replace(cfg, n_samples=a.n_samples)
-    sweep = SWEEPS.get(a.preset, [(0.001, 1.0)])
+    negatives = a.negatives or DEFAULT_NEGATIVES[a.preset]
+    sweep = SWEEPS.get((a.preset, negatives), [(0.001, 1.0), (0.2, 1000.0, W2)])
     if a.sweep:
         sweep = [(None, None) if p == "defaults" else tuple(float(v) for v in p.split(":"))
                  for p in a.sweep.split(",")]
@@ -274,7 +301,7 @@ def main(argv=None):
         guide_opts["max_step"] = None if a.max_step.lower() == "none" else float(a.max_step)
     if a.guard_input:
         guide_opts["guard_input"] = a.guard_input
-    guard_opts = {"negatives": a.negatives} if a.negatives else {}
+    guard_opts = {"negatives": negatives}
     stem = Path(a.out) if a.out else (ROOT / ("benchmarks/results/finetune" if a.preset == "full" else "demo/out/demo"))
     png = Path(a.png) if a.png else (ROOT / "demo/out/compare.png" if a.preset == "demo" else stem.with_suffix(".png"))
     run(cfg, sweep, stem.with_suffix(".json"), stem.with_suffix(".txt"), png, guide_opts, guard_opts, a.ancestral)
