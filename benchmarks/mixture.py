@@ -110,6 +110,8 @@ def main() -> None:
                                                 "(an empty item: the defaults)")
     ap.add_argument("--quick", action="store_true", help="fewer samples and settings")
     ap.add_argument("--retrain", action="store_true", help="train the guard even if a cached one exists")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="train the guard with train_guard(ema_decay=...) (a more confident guard; 'The gate')")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -126,11 +128,12 @@ def main() -> None:
     space = NoiseSpace.vp()
 
     t0 = time.time()
-    cached = CACHE / f"mixture-guard-{dataset_digest(train)[:16]}-{args.seed}.safetensors"
+    ema = f"-ema{args.ema:g}" if args.ema else ""
+    cached = CACHE / f"mixture-guard-{dataset_digest(train)[:16]}-{args.seed}{ema}.safetensors"
     if cached.exists() and not args.retrain:
         guard = load_guard(cached)
     else:
-        guard = train_guard(train, space, seed=args.seed)
+        guard = train_guard(train, space, seed=args.seed, ema_decay=args.ema)
         save_guard(guard, cached)
     train_s = time.time() - t0
 
@@ -138,6 +141,10 @@ def main() -> None:
         # "k=v,k=v;k=v;..." — an empty item means the defaults of Guard.guide
         grid = [dict((kv.split("=", 1)[0], _parse(kv.split("=", 1)[1])) for kv in item.split(",") if kv)
                 for item in args.grid.split(";")]
+        for kw in grid:  # alpha=auto: the guard's own gate (Guard.auto_alpha)
+            if kw.get("alpha") == "auto":
+                kw["alpha"] = guard.auto_alpha()
+                kw["_auto"] = True
     elif args.quick:
         grid = [{}, {"guard_input": "noisy", "alpha": 0.001, "scale": 100, "max_step": None}]
     else:
@@ -158,7 +165,7 @@ def main() -> None:
     for sampler in args.samplers.split(","):
         for kw in [None, *grid]:
             x = sample(mix, args.samples, args.steps, space, None if kw is None else guard,
-                       kw or {}, sampler, args.seed + 1)
+                       {k: v for k, v in (kw or {}).items() if not k.startswith("_")}, sampler, args.seed + 1)
             r = evaluate(x, train, reference, threshold)
             label = "none" if kw is None else _label(kw)
             rows.append({"sampler": sampler, "guidance": label, **r, "fd_ratio": r["fd"] / floor})
@@ -184,7 +191,8 @@ def _label(kw: dict) -> str:
             if p.default is not inspect.Parameter.empty}
     full.update(kw)
     where = "x0" if full.get("guard_input") == "denoised" else "xt"
-    return f"s={full['scale']:g} α={full['alpha']:g} {full['objective'][:5]} cap={full['max_step']} on {where}"
+    auto = " (auto)" if kw.get("_auto") else ""
+    return f"s={full['scale']:g} α={full['alpha']:.3g}{auto} {full['objective'][:5]} cap={full['max_step']} on {where}"
 
 
 if __name__ == "__main__":

@@ -286,3 +286,21 @@ def test_training_returns_the_moving_average():
     assert (w_avg - w_init).norm() < (w_raw - w_init).norm()
     with pytest.raises(ValueError, match="ema_decay"):
         train_guard(lat, NoiseSpace.vp(), max_steps=2, ema_decay=1.0)
+
+
+def test_auto_alpha_follows_the_guards_own_margin(small_guard, tmp_path):
+    from cpsample_nodes.core import load_guard, save_guard
+
+    guard, latents = small_guard
+    margin = guard.info["train_margin"]
+    assert margin == pytest.approx(guard.training_margin(latents), abs=1e-3) and margin > 0
+    alpha = guard.auto_alpha()
+    # the gate opens exactly beyond 95 % of the margin: every training latent read clean is confident
+    p = guard.probability(latents, guard.space.sigma_min)
+    assert bool(((p < alpha) | (p > 1 - alpha)).all())
+    assert math.isclose(math.log((1 - alpha) / alpha), 0.95 * margin, rel_tol=1e-6)
+    save_guard(guard, tmp_path / "g.safetensors")
+    assert load_guard(tmp_path / "g.safetensors").auto_alpha() == pytest.approx(alpha)
+    older = Guard(guard.net, guard.space, {k: v for k, v in guard.info.items() if k != "train_margin"})
+    with pytest.raises(ValueError, match="no training margin"):
+        older.auto_alpha()

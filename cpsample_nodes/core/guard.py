@@ -17,6 +17,8 @@ INPUTS = ("noisy", "denoised")
 # Defaults chosen on benchmarks/mixture.py (docs/protection.md).
 DEFAULT_SCALE = 1000.0
 DEFAULT_ALPHA = 0.01
+# Guard.auto_alpha: the gate opens beyond this share of the guard's training margin.
+AUTO_ALPHA_FRACTION = 0.95
 
 
 class Guard(nn.Module):
@@ -57,6 +59,25 @@ class Guard(nn.Module):
         p = self._param()
         s = as_sigma(sigma, x.shape[0], x).to(p.device, torch.float32)
         return self.net(self.space.model_input(x.to(p.device, p.dtype), s), s)
+
+    @torch.no_grad()
+    def training_margin(self, latents: Tensor) -> float:
+        """Smallest |logit| over clean training latents read at σ_min: how sure the guard is of the
+        least memorised image (``train_guard`` records it as info["train_margin"])."""
+        with torch.inference_mode(False):
+            return float(self.logit(latents, self.space.sigma_min).abs().min())
+
+    def auto_alpha(self, fraction: float = AUTO_ALPHA_FRACTION) -> float:
+        """An α set from this guard's own confidence: the gate opens where |logit| exceeds
+        ``fraction`` × its training margin. A fixed α suits only guards as confident as the one it
+        was tuned on; this follows each guard (docs/protection.md, "The gate")."""
+        margin = self.info.get("train_margin")
+        if not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin <= 0:
+            raise ValueError("this guard records no training margin (trained by an older version, or never "
+                             "confident on its images): give alpha as a number")
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+        return 1.0 / (1.0 + math.exp(fraction * float(margin)))
 
     @torch.no_grad()
     def probability(self, x: Tensor, sigma: Tensor | float) -> Tensor:

@@ -230,6 +230,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         more_acc, more_conf = band_accuracy(guard, x_all, labels, space, g_eval, confidence=confidence,
                                             bands=other_b)
         accuracy, confident = {**accuracy, **more_acc}, {**confident, **more_conf}
+        margin = guard.training_margin(x_all)
         guard.info = {
             "label_seed": int(seed),
             "negatives": negatives if isinstance(negatives, str) else f"{negatives.shape[0]} latents",
@@ -242,6 +243,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             "memorised": all(min(accuracy.get(b, 0.0), confident.get(b, 0.0)) >= target_accuracy
                              for b in required),
             "steps": step,
+            "train_margin": round(margin, 4),
             "train_seconds": round(time.monotonic() - started, 2),
             "latent_shape": list(latents.shape[1:]),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
