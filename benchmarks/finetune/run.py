@@ -180,7 +180,11 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     for entry in sweep:
         alpha, scale = entry[0], entry[1]
         opts = {**guide_opts, **(entry[2] if len(entry) > 2 else {})}
-        label = "core defaults" if alpha is None else f"a={alpha:g} s={scale:g}"
+        if alpha == "auto":  # Guard.auto_alpha: the gate from the guard's own training margin
+            alpha = guard.auto_alpha()
+            label = f"auto a={alpha:.3g} s={scale:g}"
+        else:
+            label = "core defaults" if alpha is None else f"a={alpha:g} s={scale:g}"
         if alpha is None:
             alpha, scale = defaults["alpha"], defaults["scale"]
         if "guard_input" in opts:
@@ -274,7 +278,8 @@ def base_rep_flags(samples, split):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=["full", "demo", "smoke"], default="full")
-    ap.add_argument("--sweep", default=None, help="alpha:scale pairs, comma separated, e.g. 0.001:1,0.01:3")
+    ap.add_argument("--sweep", default=None, help="alpha:scale pairs, comma separated, e.g. 0.001:1,0.01:3; "
+                    "\"defaults\" = the core defaults, alpha \"auto\" = Guard.auto_alpha()")
     ap.add_argument("--objective", default=None, help="guide() objective (core default if omitted)")
     ap.add_argument("--max-step", default=None, help="guide() max_step (float or 'none'; core default if omitted)")
     ap.add_argument("--guard-input", default=None, help="guide() guard_input ('noisy' = paper form, 'denoised')")
@@ -292,7 +297,8 @@ def main(argv=None):
     negatives = a.negatives or DEFAULT_NEGATIVES[a.preset]
     sweep = SWEEPS.get((a.preset, negatives), [(0.001, 1.0), (0.2, 1000.0, W2)])
     if a.sweep:
-        sweep = [(None, None) if p == "defaults" else tuple(float(v) for v in p.split(":"))
+        sweep = [(None, None) if p == "defaults" else
+                 tuple(v if v == "auto" else float(v) for v in p.split(":"))
                  for p in a.sweep.split(",")]
     guide_opts = {}
     if a.objective:

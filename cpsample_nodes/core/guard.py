@@ -65,7 +65,7 @@ class Guard(nn.Module):
         """Smallest |logit| over clean training latents read at σ_min: how sure the guard is of the
         least memorised image (``train_guard`` records it as info["train_margin"])."""
         with torch.inference_mode(False):
-            return float(self.logit(latents, self.space.sigma_min).abs().min())
+            return float(self.logit(latents, self.space.sigma_min).detach().abs().min())
 
     def auto_alpha(self, fraction: float = AUTO_ALPHA_FRACTION) -> float:
         """An α set from this guard's own confidence: the gate opens where |logit| exceeds
