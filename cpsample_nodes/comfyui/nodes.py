@@ -283,8 +283,11 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
 
 _TRAIN_DESCRIPTION = ("Trains a small noise-aware classifier (the guard) to memorise random labels on the images a "
                       "model was fine-tuned on. Protect Model then steers sampling away from them.")
-_TRAIN_OUTPUTS = lambda: [Guard.Output(display_name="guard", tooltip="The trained guard."),  # noqa: E731
-                          io.String.Output(display_name="report", tooltip="What was trained: images, size, accuracy.")]
+
+
+def _train_outputs() -> list:
+    return [Guard.Output(display_name="guard", tooltip="The trained guard."),
+            io.String.Output(display_name="report", tooltip="What was trained: images, size, accuracy.")]
 
 
 def _node_id(cls):
@@ -300,7 +303,7 @@ class TrainGuard(io.ComfyNode):
             category=CATEGORY,
             description=_TRAIN_DESCRIPTION,
             inputs=_train_inputs(),
-            outputs=_TRAIN_OUTPUTS(),
+            outputs=_train_outputs(),
             hidden=[io.Hidden.unique_id],
         )
 
@@ -334,7 +337,7 @@ class TrainGuardWithClassImages(io.ComfyNode):
                 io.Image.Input("class_images", optional=True,
                                tooltip="Optional extra class images from other nodes."),
             ],
-            outputs=_TRAIN_OUTPUTS(),
+            outputs=_train_outputs(),
             hidden=[io.Hidden.unique_id],
         )
 
