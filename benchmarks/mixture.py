@@ -27,10 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cpsample_nodes.core import Guard, NoiseSpace, load_guard, save_guard, train_guard  # noqa: E402
+from cpsample_nodes.core.metrics import frechet_distance, pairwise_l2  # noqa: E402
 from cpsample_nodes.core.training import dataset_digest  # noqa: E402
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "benchmarks"
-from cpsample_nodes.core.metrics import frechet_distance, pairwise_l2  # noqa: E402
 
 SHAPE = (4, 8, 8)
 

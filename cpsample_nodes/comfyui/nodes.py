@@ -176,8 +176,7 @@ def _class_batch(class_folder: str | None, class_images, hw: tuple[int, int]) ->
     """Class images (same kind of picture, not in the training set) at the training size, or None."""
     parts = []
     if class_folder and class_folder != NO_FOLDER:
-        files = imgs.list_images(_folder_path(class_folder))
-        parts.append(imgs.conform([imgs.open_rgb(f) for f in files], hw=hw, names=[f.name for f in files])[0])
+        parts.append(imgs.load_image_folder(_folder_path(class_folder), hw=hw)[0])
     if class_images is not None:
         parts.append(imgs.conform_tensor(class_images, hw))
     return torch.cat(parts) if parts else None

@@ -126,13 +126,15 @@ def target_size(sizes: Iterable[tuple[int, int]], policy: str, size: int = 0, mu
 
 
 def load_image_folder(folder: str | os.PathLike, policy: str = "resize", size: int = 0, multiple: int = 8,
-                      max_images: int = 0) -> tuple[torch.Tensor, list[str], tuple[int, int]]:
-    """Load every image directly in ``folder`` → (IMAGE [N, H, W, 3], file names, (H, W) used)."""
+                      max_images: int = 0, hw: tuple[int, int] | None = None
+                      ) -> tuple[torch.Tensor, list[str], tuple[int, int]]:
+    """Load every image directly in ``folder`` → (IMAGE [N, H, W, 3], file names, (H, W) used);
+    with ``hw`` every image is brought to that size instead of one chosen by ``policy``."""
     files = list_images(folder)
     if max_images and len(files) > max_images:
         raise ImageFolderError(f"image folder {folder} has {len(files)} images; the limit is {max_images}")
     imgs = [open_rgb(p) for p in files]
-    batch, hw = conform(imgs, policy, size, multiple, names=[p.name for p in files])
+    batch, hw = conform(imgs, policy, size, multiple, names=[p.name for p in files], hw=hw)
     return batch, [p.name for p in files], hw
 
 

@@ -38,16 +38,16 @@ def random_labels(n: int, seed: int) -> Tensor:
     return labels[torch.randperm(n, generator=g)]
 
 
-def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator, schedule_share: float = 0.5) -> Tensor:
-    """A share from the model's own schedule (uniform progress, so every noise level is seen), the
-    rest log-uniform over the range where memorising is possible, which is where the guard has to
-    be confident."""
+def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator) -> Tensor:
+    """Half from the model's own schedule (uniform progress, so every noise level is seen), half
+    log-uniform over the range where memorising is possible, which is where the guard has to be
+    confident."""
     u = torch.rand(n, generator=g)
     schedule = space.percent_to_sigma(u)
     lo = math.log(space.sigma_min)
     hi = math.log(min(space.memorisable_max, space.sigma_max))
     low = torch.exp(lo + (hi - lo) * torch.rand(n, generator=g))
-    pick = torch.rand(n, generator=g) < schedule_share
+    pick = torch.rand(n, generator=g) < 0.5
     return torch.where(pick, schedule, low).float()
 
 
@@ -113,6 +113,12 @@ def band_accuracy(guard: Guard, latents: Tensor, labels: Tensor, space: NoiseSpa
         accuracy[label] = right / (n * per_band)
         confident[label] = sure / (n * per_band)
     return accuracy, confident
+
+
+def memorised(accuracy: dict[str, float], confident: dict[str, float], required: list[str],
+              target: float) -> bool:
+    """Every required band at least ``target`` right, and right with the required confidence."""
+    return all(min(accuracy.get(b, 0.0), confident.get(b, 0.0)) >= target for b in required)
 
 
 def required_bands(space: NoiseSpace) -> list[str]:
@@ -219,7 +225,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
                 # are measured once at the end, for the report.
                 accuracy, confident = band_accuracy(averaged, x_all, labels, space, g_eval,
                                                     confidence=confidence, bands=required_b)
-                done = all(min(accuracy[b], confident[b]) >= target_accuracy for b in required)
+                done = memorised(accuracy, confident, required, target_accuracy)
             if progress is not None:
                 progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(accuracy),
                                            "confident": dict(confident)})
@@ -240,8 +246,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             "confident": confident,
             "confidence": confidence,
             "required_bands": required,
-            "memorised": all(min(accuracy.get(b, 0.0), confident.get(b, 0.0)) >= target_accuracy
-                             for b in required),
+            "memorised": memorised(accuracy, confident, required, target_accuracy),
             "steps": step,
             "train_margin": round(margin, 4),
             "train_seconds": round(time.monotonic() - started, 2),
