@@ -19,7 +19,7 @@ def worker(threads: int) -> None:
     from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    g = Guard(GuardNet(GuardConfig()).eval().requires_grad_(False), NoiseSpace.vp())
+    g = Guard(GuardNet(GuardConfig.for_latents((4, 64, 64))).eval().requires_grad_(False), NoiseSpace.vp())
     d = torch.randn(2, 4, 64, 64)
     x = d + torch.randn_like(d)
     s = torch.ones(2)

@@ -125,7 +125,8 @@ def make_guard():
     sys.path.insert(0, str(ROOT))
     from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace
     torch.manual_seed(0)
-    net = GuardNet(GuardConfig(in_channels=4)).eval().requires_grad_(False)
+    # the network train_guard builds for SD1.5/SDXL latents (stride-4 stem from 64×64 up)
+    net = GuardNet(GuardConfig.for_latents((4, 64, 64))).eval().requires_grad_(False)
     return Guard(net, NoiseSpace.vp())
 
 

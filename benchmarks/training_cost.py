@@ -114,7 +114,7 @@ def worker_train(a) -> dict:
     out["train_delta_mb"] = out["peak_rss_mb"] - out["rss_before_mb"]
     if guard is None:  # file size depends only on the config: save an untrained guard of the same shape
         from cpsample_nodes.core import Guard, GuardConfig, GuardNet
-        guard = Guard(GuardNet(GuardConfig(in_channels=a.channels)), space, {"n_images": a.n})
+        guard = Guard(GuardNet(GuardConfig.for_latents(latents.shape)), space, {"n_images": a.n})
     with tempfile.TemporaryDirectory() as d:
         out["file_bytes"] = save_guard(guard, Path(d) / "g.safetensors").stat().st_size
     return out
@@ -126,7 +126,7 @@ def worker_guide(a) -> dict:
     from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace
     space = NoiseSpace.vp() if a.channels == 4 else NoiseSpace.flow()
     torch.manual_seed(0)
-    guard = Guard(GuardNet(GuardConfig(in_channels=a.channels)).eval().requires_grad_(False), space)
+    guard = Guard(GuardNet(GuardConfig.for_latents((a.channels, a.side, a.side))).eval().requires_grad_(False), space)
     sigma = torch.full((2,), 0.5 if space.kind == "flow" else 1.0)
     denoised = torch.randn(2, a.channels, a.side, a.side)
     x = denoised + torch.randn_like(denoised)

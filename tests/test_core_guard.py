@@ -15,6 +15,18 @@ def test_network_any_size_and_channels():
             assert out.shape == (3,) and torch.isfinite(out).all()
 
 
+def test_large_latents_get_the_patch_stem():
+    assert GuardConfig.for_latents((2, 4, 64, 64)).stem_stride == 4  # SD1.5 at 512 px
+    assert GuardConfig.for_latents((16, 128, 96)) == GuardConfig(in_channels=16, stem_stride=4)
+    assert GuardConfig.for_latents((2, 4, 63, 128)).stem_stride == 2  # the short side decides
+    assert GuardConfig.for_latents((2, 1, 16, 16)) == GuardConfig(in_channels=1)
+    lat = torch.randn(2, 4, 67, 64)
+    guard = train_guard(lat, space=NoiseSpace.vp(), max_steps=1, eval_every=1000)
+    assert guard.net.config.stem_stride == 4
+    for h, w in ((64, 64), (67, 93), (128, 96)):  # odd sizes and other resolutions at sampling time
+        assert guard.probability(torch.randn(2, 4, h, w), 1.0).shape == (2,)
+
+
 def test_default_network_is_small():
     net = GuardNet(GuardConfig(in_channels=16))
     n = sum(p.numel() for p in net.parameters())
@@ -88,6 +100,31 @@ def test_training_memorises_and_reports(small_guard):
     conf_train = (p - 0.5).abs().min()
     conf_novel = (guard.probability(novel, 0.05) - 0.5).abs().median()
     assert conf_novel < conf_train
+
+
+def test_large_set_stop_check_screens_a_subset_then_checks_all(monkeypatch):
+    from cpsample_nodes.core import training
+    sizes = []
+    real = training.band_accuracy
+
+    def counting(guard, latents, *args, **kwargs):
+        sizes.append(latents.shape[0])
+        return real(guard, latents, *args, **kwargs)
+
+    monkeypatch.setattr(training, "band_accuracy", counting)
+    latents = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500, check_subset=3)
+    info = guard.info
+    assert info["memorised"] and info["steps"] < 1500, info
+    # screens of 3 while it learns; the stop itself was decided on all 8 (then the report's bands)
+    assert 3 in sizes and sizes[-2:] == [8, 8], sizes
+    assert sizes.count(8) < sizes.count(3) + 2
+    # every latent is right and sure at small σ, not just the screened few
+    p = guard.probability(latents + 0.05 * torch.randn_like(latents), 0.05)
+    labels = random_labels(8, 0)
+    assert torch.equal((p > 0.5).float(), labels)
+    with pytest.raises(ValueError, match="check_subset"):
+        train_guard(latents, NoiseSpace.vp(), check_subset=0)
 
 
 def test_training_deterministic_and_progress():

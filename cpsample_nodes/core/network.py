@@ -13,6 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 
 
+# From this latent side up the stem strides by 4: a 64×64 latent then reaches the first block at
+# 16×16, which memorised 64 SD1.5-sized latents 4–5× sooner than 32×32 did and still left latents
+# it never saw alone (docs/performance.md).
+LARGE_LATENT_SIDE = 64
+
+
 @dataclass(frozen=True)
 class GuardConfig:
     in_channels: int = 4
@@ -25,6 +31,13 @@ class GuardConfig:
         d = asdict(self)
         d["widths"] = list(self.widths)
         return d
+
+    @classmethod
+    def for_latents(cls, shape: tuple[int, ...]) -> "GuardConfig":
+        """The default network for latents shaped [..., C, H, W]: a stride-4 stem from 64×64
+        latents up (SD1.5 at 512 px and larger), stride 2 below (docs/core-api.md, "The network")."""
+        channels, height, width = (int(v) for v in shape[-3:])
+        return cls(in_channels=channels, stem_stride=4 if min(height, width) >= LARGE_LATENT_SIDE else 2)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GuardConfig":
@@ -79,7 +92,8 @@ class GuardNet(nn.Module):
         w = config.widths
         self.embed = SigmaEmbedding(config.embed_dim, config.fourier_features)
         # Strided patch stem: latents are smooth at the pixel scale and full-resolution layers
-        # would cost most of the compute without helping to tell images apart.
+        # would cost most of the compute without helping to tell images apart (the stride comes
+        # from GuardConfig.for_latents: 4 from 64×64 latents up, else 2).
         k = config.stem_stride
         self.stem = nn.Conv2d(config.in_channels, w[0], k + 1 if k > 1 else 3, stride=k, padding=1)
         self.blocks = nn.ModuleList()

@@ -121,6 +121,9 @@ def memorised(accuracy: dict[str, float], confident: dict[str, float], required:
     return all(min(accuracy.get(b, 0.0), confident.get(b, 0.0)) >= target for b in required)
 
 
+SCREEN_ACCURACY = 0.95  # the subset screen of a large set's stop check
+
+
 def required_bands(space: NoiseSpace) -> list[str]:
     return [NoiseSpace.band_label(b) for b in space.bands() if b[1] <= space.memorisable_max + 1e-9]
 
@@ -129,7 +132,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
                 should_stop: Callable[[], bool] | None = None, max_steps: int = 3000,
                 batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
                 confidence: float = 0.99, eval_every: int = 50, negatives: str | Tensor = "gaussian",
-                negative_fraction: float = 0.5, ema_decay: float = 0.0,
+                negative_fraction: float = 0.5, ema_decay: float = 0.0, check_subset: int = 64,
                 config: GuardConfig | None = None,
                 info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
     """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
@@ -137,8 +140,10 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
     Stops early once, in every σ band where memorising is possible (σ ≤ 1 for vp, σ ≤ 0.5 for
     flow), at least ``target_accuracy`` of the training latents are classified right, and right
     with p ≥ ``confidence``: guidance only acts where the guard is confident, so a guard that is
-    merely right is not done. ``negatives`` adds latents that are not training images with the
-    target ½ (see ``make_negatives``), so the guard is confident only near its training images.
+    merely right is not done. Sets larger than ``check_subset`` are screened on that many random
+    latents (passing at 95 %) and checked in full only when the screen passes. ``negatives`` adds
+    latents that are not training images with the target ½ (see ``make_negatives``), so the guard
+    is confident only near its training images.
     ``ema_decay`` > 0 checks and returns a moving average of the weights, which holds a memorised
     band from one check to the next where the raw weights swing. ``progress(step, total, stats)``
     gets the loss and the accuracy per band; ``should_stop()`` returning True raises
@@ -162,8 +167,9 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         raise ValueError(f"negatives must be one of {NEGATIVES} or a latent tensor, got {negatives!r}")
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
-    if max_steps < 1 or batch_size < 1:
-        raise ValueError(f"max_steps and batch_size must be positive, got {max_steps}, {batch_size}")
+    if max_steps < 1 or batch_size < 1 or check_subset < 1:
+        raise ValueError(f"max_steps, batch_size and check_subset must be positive, got {max_steps}, "
+                         f"{batch_size}, {check_subset}")
     device = torch.device(device) if device is not None else latents.device
     # Hosts run nodes under inference mode; parameters made there cannot be trained.
     with torch.inference_mode(False), torch.enable_grad():
@@ -172,7 +178,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             negatives = negatives.detach().to(device, torch.float32).clone()
         labels = random_labels(n, seed).to(device)
         torch.manual_seed(seed)  # weight init
-        cfg = config or GuardConfig(in_channels=x_all.shape[1])
+        cfg = config or GuardConfig.for_latents(x_all.shape)
         if cfg.in_channels != x_all.shape[1]:
             raise ValueError(f"config expects {cfg.in_channels} channels, latents have {x_all.shape[1]}")
         guard = Guard(GuardNet(cfg).to(device), space)
@@ -222,10 +228,18 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             done = False
             if step % eval_every == 0 or step == max_steps:
                 # The stop check needs only the bands where memorising is possible; the others
-                # are measured once at the end, for the report.
-                accuracy, confident = band_accuracy(averaged, x_all, labels, space, g_eval,
-                                                    confidence=confidence, bands=required_b)
-                done = memorised(accuracy, confident, required, target_accuracy)
+                # are measured once at the end, for the report. Large sets are screened on a
+                # random subset first, so a check costs the same at any N until it could pass;
+                # the screen is lenient (a few misses in 64 may be under 1 % of the whole set).
+                if n > check_subset:
+                    pick = torch.randperm(n, generator=g_eval)[:check_subset].to(device)
+                    accuracy, confident = band_accuracy(averaged, x_all[pick], labels[pick], space, g_eval,
+                                                        confidence=confidence, bands=required_b)
+                    done = memorised(accuracy, confident, required, SCREEN_ACCURACY)
+                if n <= check_subset or done:
+                    accuracy, confident = band_accuracy(averaged, x_all, labels, space, g_eval,
+                                                        confidence=confidence, bands=required_b)
+                    done = memorised(accuracy, confident, required, target_accuracy)
             if progress is not None:
                 progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(accuracy),
                                            "confident": dict(confident)})
