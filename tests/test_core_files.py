@@ -26,6 +26,14 @@ def test_round_trip(small_guard, tmp_path):
     assert path.stat().st_size <= 12 * 1024 * 1024
 
 
+def test_saved_file_has_ordinary_permissions(small_guard, tmp_path):
+    guard, _ = small_guard
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    saved = save_guard(guard, tmp_path / "g.safetensors")
+    assert saved.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_no_per_image_fingerprint(small_guard, tmp_path):
     """Only one digest of the whole set; nothing that identifies a single image."""
     from cpsample_nodes.core import dataset_digest
