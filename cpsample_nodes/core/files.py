@@ -62,7 +62,16 @@ def save_guard(guard: Guard, path: str | os.PathLike) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where the OS allows (a host's other threads
+    may be creating files meanwhile)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
