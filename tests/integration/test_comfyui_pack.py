@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import comfyui_harness as H
-from cpsample_nodes.core import load_guard
+from cpsample_nodes.core import load_guard, read_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
@@ -55,13 +55,13 @@ def train_prompt(folder: str, steps: int = 3, policy: str = "resize", resolution
 
 def sample_prompt(prefix: str, guard: str | None = None, scale: float = 1.0, alpha: float = 0.5,
                   cfg: float = 5.0, seed: int = 3, steps: int = 4, sampler: str = "euler",
-                  guard_input: str = "denoised") -> dict:
+                  guard_input: str = "denoised", size: int = 64) -> dict:
     """txt2img that saves the final latent (exact comparison), optionally through Protect Model."""
     p = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red house"}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 2}},
         "6": {"class_type": "KSampler",
               "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
                          "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
@@ -236,6 +236,22 @@ def test_protection_acts_with_cfg_one_and_other_samplers(cfg, sampler, guard_inp
 
 
 # ------------------------------------------------------------------------------------------- training details
+
+def test_guard_for_512px_images_uses_the_patch_stem_and_protects(comfy, comfy_layout, run_prompt):
+    # SD1.5 at 512 px: 4×64×64 latents get the stride-4 network. Sampling runs at 128 px, since the
+    # tiny test UNet takes ~40 s a step at 512 px on this CPU; the guard is fully convolutional.
+    p = train_prompt("cpsample_mixed", steps=2, resolution=512)
+    p["4"] = {"class_type": "CPSampleSaveGuard", "inputs": {"guard": ["2", 0], "filename": "large_512",
+                                                              "overwrite": True}}
+    report = ui_text(run_prompt(p), 3)
+    assert "4 images at 512x512" in report and "(4, 64, 64)" in report, report
+    config = json.loads(read_metadata(Path(comfy_layout["guards"]) / "large_512.safetensors")["config"])
+    assert config["stem_stride"] == 4, config
+    run_prompt(sample_prompt("plain_128", size=128, steps=2))
+    run_prompt(sample_prompt("prot_128", guard="large_512.safetensors", scale=5.0, alpha=0.5, size=128, steps=2))
+    a, b = saved_latent(comfy_layout, "plain_128"), saved_latent(comfy_layout, "prot_128")
+    assert a.shape[-1] == 16 and torch.isfinite(b).all() and not torch.equal(a, b)
+
 
 def test_latents_cached_across_training_settings(comfy, run_prompt):
     first = ui_text(run_prompt(train_prompt("cpsample_mixed", steps=2, seed=1)), 3)
