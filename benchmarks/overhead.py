@@ -21,6 +21,11 @@ forward on a small CPU).
 Run with the ComfyUI test environment's python (built by scripts/comfyui_env.py):
 
     .cache/comfyui/venv/bin/python benchmarks/overhead.py
+    .cache/comfyui/venv/bin/python benchmarks/overhead.py --device cuda --dtype float16 --sdxl-time  # a GPU
+
+On CUDA every timing is bracketed by torch.cuda.synchronize(), so it is wall time of finished work;
+``--dtype float16`` runs the UNet in half precision as ComfyUI does on GPUs (the guard gets the
+same dtype inputs and computes in float32 inside ``guide``).
 
 If ComfyUI is not there it says so and exits 2 (no silent fallback to another UNet).
 """
@@ -55,7 +60,7 @@ SDXL = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_tra
 MODELS = {"sd15": (SD15, 64, 768, None), "sdxl": (SDXL, 128, 2048, 2816)}  # config, latent side, ctx, adm
 
 
-def import_comfy(comfy_root: Path):
+def import_comfy(comfy_root: Path, cpu: bool = True):
     if not (comfy_root / "comfy" / "ldm").is_dir():
         print(f"ComfyUI not found at {comfy_root}. Build the offline test environment with "
               f"`python scripts/comfyui_env.py` and run this script with its python "
@@ -64,20 +69,21 @@ def import_comfy(comfy_root: Path):
     sys.path.insert(0, str(comfy_root))
     import comfy.options
     comfy.options.enable_args_parsing()
-    sys.argv = [sys.argv[0], "--cpu"]
+    sys.argv = [sys.argv[0]] + (["--cpu"] if cpu else [])  # ComfyUI picks its attention for the device
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     return comfy, UNetModel
 
 
-def build_unet(UNetModel, comfy, cfg: dict, device: str = "cpu"):
+def build_unet(UNetModel, comfy, cfg: dict, device: str = "cpu", dtype=None):
     import torch
+    dtype = dtype or torch.float32
     with torch.device(device):
-        unet = UNetModel(**cfg, dtype=torch.float32, device=device, operations=comfy.ops.disable_weight_init)
+        unet = UNetModel(**cfg, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
     if device != "meta":
         # disable_weight_init leaves torch.empty memory: give every weight a small random value
         # (garbage or denormal values would make the timing meaningless).
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
             for name, p in unet.named_parameters():
                 if p.dim() == 1 and ("norm" in name or name.endswith(".weight")) and "bias" not in name:
@@ -89,11 +95,13 @@ def build_unet(UNetModel, comfy, cfg: dict, device: str = "cpu"):
     return unet.eval().requires_grad_(False)
 
 
-def unet_inputs(name: str, device: str = "cpu", batch: int = 2):
+def unet_inputs(name: str, device: str = "cpu", batch: int = 2, dtype=None):
     import torch
+    dtype = dtype or torch.float32
     cfg, side, ctx, adm = MODELS[name]
     g = torch.Generator().manual_seed(1)
-    mk = (lambda *s: torch.randn(*s, generator=g)) if device != "meta" else (lambda *s: torch.empty(*s, device="meta"))
+    mk = ((lambda *s: torch.randn(*s, generator=g).to(device, dtype)) if device != "meta"
+          else (lambda *s: torch.empty(*s, device="meta")))
     x = mk(batch, 4, side, side)
     t = torch.full((batch,), 500.0, device=device)
     kw = dict(context=mk(batch, 77, ctx))
@@ -130,14 +138,15 @@ def make_guard():
     return Guard(net, NoiseSpace.vp())
 
 
-def guard_args(side: int, batch: int = 2):
+def guard_args(side: int, batch: int = 2, device: str = "cpu", dtype=None):
     import torch
     g = torch.Generator().manual_seed(2)
     sigma = torch.full((batch,), 1.0)
     x0 = torch.randn(batch, 4, side, side, generator=g)
     x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
     denoised = torch.randn(x0.shape, generator=g)
-    return denoised, x, sigma
+    dtype = dtype or torch.float32
+    return denoised.to(device, dtype), x.to(device, dtype), sigma.to(device)
 
 
 def guide_once(guard, args):
@@ -149,26 +158,35 @@ def guide_once(guard, args):
 
 def guard_flops(guard, side: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
-    args = guard_args(side)
+    args = guard_args(side, device=str(next(guard.net.parameters()).device))
     with FlopCounterMode(display=False) as fc:
         guide_once(guard, args)
     return fc.get_total_flops()
 
 
+def _sync() -> None:
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
+    _sync()
     t0 = time.perf_counter()
     fn()
+    _sync()  # on a GPU, wall time of finished work, not of queued kernels
     return time.perf_counter() - t0
 
 
-def measure(UNetModel, comfy, name: str, rounds: int, guard_burst: int, guard, unet_warmup: bool = True) -> dict:
+def measure(UNetModel, comfy, name: str, rounds: int, guard_burst: int, guard, unet_warmup: bool = True,
+            device: str = "cpu", dtype=None) -> dict:
     import torch
     t_build = time.perf_counter()
-    unet = build_unet(UNetModel, comfy, MODELS[name][0])
+    unet = build_unet(UNetModel, comfy, MODELS[name][0], device=device, dtype=dtype)
     t_build = time.perf_counter() - t_build
-    x, t, kw = unet_inputs(name)
+    x, t, kw = unet_inputs(name, device=device, dtype=dtype)
     side = MODELS[name][1]
-    gargs = guard_args(side)
+    gargs = guard_args(side, device=device, dtype=dtype)
 
     def unet_step():
         with torch.inference_mode():
@@ -187,6 +205,8 @@ def measure(UNetModel, comfy, name: str, rounds: int, guard_burst: int, guard, u
         guard_t.append(statistics.median(burst))
         prob_t.append(statistics.median(timed(lambda: guard.probability(gargs[1], gargs[2])) for _ in range(guard_burst)))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        rss = torch.cuda.max_memory_allocated() / 2**20  # GPU peak instead
     del unet
     return dict(name=name, params=None, build_s=t_build, warm_s=warm, unet=unet_t, guide=guard_t, prob=prob_t,
                 guide_changed=changed, rss_mb=rss)
@@ -207,13 +227,22 @@ def main() -> None:
                     help="torch threads (0: torch default). On a machine whose cores are already busy, use 1: "
                          "oversubscribed OpenMP threads made the guard ~50x slower here (see docs/performance.md)")
     ap.add_argument("--unet-warmup", type=int, default=1, help="untimed UNet forwards before timing (0 or 1)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the UNet and the guard run")
+    ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                    help="UNet weights and the latents handed to the guard (float16 as ComfyUI uses on GPUs)")
     a = ap.parse_args()
 
-    comfy, UNetModel = import_comfy(a.comfyui)
     import torch
+    if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
+        print(f"--device {a.device}: no CUDA device here (torch {torch.__version__}); use --device cpu",
+              file=sys.stderr)
+        sys.exit(2)
+    comfy, UNetModel = import_comfy(a.comfyui, cpu=a.device == "cpu")
+    dtype = getattr(torch, a.dtype)
     if a.threads:
         torch.set_num_threads(a.threads)
     guard = make_guard()
+    guard.net.to(a.device)
 
     try:
         load = os.getloadavg()
@@ -224,7 +253,8 @@ def main() -> None:
           f"({torch.get_num_threads()} threads), python {platform.python_version()}, ComfyUI at {a.comfyui}")
     import comfy.ldm.modules.attention as attn
     print(f"# UNet attention: ComfyUI's choice on this machine, {attn.optimized_attention.__name__}")
-    print(f"# cuda: {torch.cuda.is_available()} (all timings on CPU, float32)")
+    where = (f"{a.device} ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" else "CPU")
+    print(f"# cuda available: {torch.cuda.is_available()}; timings on {where}, {a.dtype}")
     print(f"# load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"# guard: default GuardConfig {guard.config.to_dict()}, {count_params(guard.net):,} params; "
           f"guide(denoised, x, sigma=1, scale=1, alpha=0.5) under inference_mode, batch 2")
@@ -243,7 +273,8 @@ def main() -> None:
     todo = [("sd15", a.rounds)] + ([("sdxl", a.sdxl_rounds)] if a.sdxl_time else [])
     for name, rounds in todo:
         print(f"\n## timing {name} ({rounds} rounds x (1 UNet forward + {a.guard_burst} guard calls))", flush=True)
-        r = measure(UNetModel, comfy, name, rounds, a.guard_burst, guard, unet_warmup=a.unet_warmup > 0)
+        r = measure(UNetModel, comfy, name, rounds, a.guard_burst, guard, unet_warmup=a.unet_warmup > 0,
+                    device=a.device, dtype=dtype)
         results.append(r)
         mu, mg, mp = (statistics.median(r[k]) for k in ("unet", "guide", "prob"))
         print(f"build {r['build_s']:.1f} s, warm-up forward {r['warm_s']:.2f} s, guide changed denoised: {r['guide_changed']}")
@@ -251,7 +282,7 @@ def main() -> None:
         print(f"guard guide (prob + grad): median {mg * 1000:9.2f} ms   {fmt_list(r['guide'])}")
         print(f"guard probability only:    median {mp * 1000:9.2f} ms   {fmt_list(r['prob'])}")
         print(f"{name} overhead: guide / UNet forward = {100 * mg / mu:.3f}%  (FLOP ratio "
-              f"{100 * flop_rows[name][1] / flop_rows[name][0]:.4f}%); process max RSS so far {r['rss_mb']:.0f} MB",
+              f"{100 * flop_rows[name][1] / flop_rows[name][0]:.4f}%); {'GPU peak allocated' if a.device != 'cpu' else 'process max RSS'} so far {r['rss_mb']:.0f} MB",
               flush=True)
     try:
         load = os.getloadavg()
