@@ -101,8 +101,8 @@ def worker_train(a) -> dict:
                time_cap_s=cap, torch=torch.__version__, threads=torch.get_num_threads())
     guard = None
     try:
-        guard = train_guard(latents, space=space, seed=a.seed, max_steps=a.max_steps, progress=progress,
-                            should_stop=should_stop)
+        guard = train_guard(latents.to(a.device), space=space, seed=a.seed, max_steps=a.max_steps,
+                            progress=progress, should_stop=should_stop)
         out.update(stopped="early stop (memorised)" if guard.info["memorised"] else "step cap, not memorised",
                    memorised=bool(guard.info["memorised"]), steps=int(guard.info["steps"]),
                    accuracy=guard.info["accuracy"], confident=guard.info["confident"])
@@ -112,6 +112,8 @@ def worker_train(a) -> dict:
     out.update(wall_s=round(wall, 1), steps_per_s=round(out["steps"] / wall, 3) if wall > 0 else None,
                checks=checks, rss_before_mb=round(rss_before), peak_rss_mb=round(peak_mb()))
     out["train_delta_mb"] = out["peak_rss_mb"] - out["rss_before_mb"]
+    if a.device != "cpu":
+        out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     if guard is None:  # file size depends only on the config: save an untrained guard of the same shape
         from cpsample_nodes.core import Guard, GuardConfig, GuardNet
         guard = Guard(GuardNet(GuardConfig.for_latents(latents.shape)), space, {"n_images": a.n})
@@ -128,13 +130,18 @@ def worker_guide(a) -> dict:
     torch.manual_seed(0)
     guard = Guard(GuardNet(GuardConfig.for_latents((a.channels, a.side, a.side))).eval().requires_grad_(False), space)
     sigma = torch.full((2,), 0.5 if space.kind == "flow" else 1.0)
-    denoised = torch.randn(2, a.channels, a.side, a.side)
+    denoised = torch.randn(2, a.channels, a.side, a.side).to(a.device)
     x = denoised + torch.randn_like(denoised)
+    guard.net.to(a.device)
+    sigma = sigma.to(a.device)
     rss_before = rss_now_mb()
+    sync = torch.cuda.synchronize if a.device != "cpu" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     with torch.inference_mode():
         for _ in range(3):
             out = guard.guide(denoised, x, sigma, scale=1.0, alpha=0.5)
+    sync()
     dt = (time.perf_counter() - t0) / 3
     assert out.shape == denoised.shape
     return dict(channels=a.channels, side=a.side, guide_ms=round(dt * 1000, 1), rss_before_mb=round(rss_before),
@@ -161,6 +168,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads in each worker (0: torch default). Use 1 on a machine whose cores are "
                          "already busy: oversubscribed OpenMP threads made the guard ~50x slower here")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where training and guidance run")
     ap.add_argument("--worker", choices=["train", "guide"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--channels", type=int, help=argparse.SUPPRESS)
@@ -176,12 +184,16 @@ def main() -> None:
         return
 
     import torch
+    if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
+        print(f"--device {a.device}: no CUDA device here (torch {torch.__version__}); use --device cpu",
+              file=sys.stderr)
+        sys.exit(2)
     cases = ([tuple(int(v) for v in c.split("x")) for c in a.cases.split(",")] if a.cases
              else (QUICK if a.quick else FULL))
     print(f"# guard training cost  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  "
           f"{'--quick' if a.quick else 'full'}  max_steps={a.max_steps}  time_cap={a.time_cap or 'none'} s")
     print(f"# machine: {platform.machine()} {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-          f"({a.threads or torch.get_num_threads()} threads per worker), cuda {torch.cuda.is_available()} (all on CPU), "
+          f"({a.threads or torch.get_num_threads()} threads per worker), cuda {torch.cuda.is_available()} (all on {a.device}), "
           f"python {platform.python_version()}")
     print(f"# uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print("# latents: smooth random fields (coarse N(0,1) grid at side/8, bicubic up, +0.1 white noise, "
@@ -200,7 +212,7 @@ def main() -> None:
         t0 = time.monotonic()
         r = run_worker(["--worker", "train", "--n", str(n), "--channels", str(c), "--side", str(s),
                         "--max-steps", str(a.max_steps), "--time-cap", str(cap), "--seed", str(a.seed),
-                        "--threads", str(a.threads)],
+                        "--threads", str(a.threads), "--device", a.device],
                        timeout=(cap * 2 + 600) if cap else 6 * 3600)
         r.setdefault("n", n), r.setdefault("channels", c), r.setdefault("side", s)
         r["load_before"], r["load_after"] = la, load()
@@ -211,7 +223,8 @@ def main() -> None:
         line = (f"{n:4d} x {c}x{s}x{s} ({r['space']}): {r['wall_s']:7.1f} s, {r['steps']} steps, "
                 f"{r['steps_per_s']:.3f} steps/s, {r['stopped']}; peak RSS {r['peak_rss_mb']} MB "
                 f"(+{r['train_delta_mb']} MB over {r['rss_before_mb']} MB); file {r['file_bytes'] / 1e6:.2f} MB; "
-                f"load {r['load_before']} -> {r['load_after']}")
+                f"load {r['load_before']} -> {r['load_after']}"
+                + (f"; GPU peak allocated {r['gpu_peak_mb']} MB" if "gpu_peak_mb" in r else ""))
         print(line)
         if r["time_cap_s"]:
             print(f"      time cap for this case: {r['time_cap_s']:.0f} s")
@@ -234,7 +247,8 @@ def main() -> None:
     if not a.skip_guide:
         print("\n## guidance memory (fresh process each; default guard, batch 2, 3 guide calls, alpha 0.5)")
         for c, s in (GUIDE_QUICK if a.quick else GUIDE_FULL):
-            r = run_worker(["--worker", "guide", "--channels", str(c), "--side", str(s), "--threads", str(a.threads)],
+            r = run_worker(["--worker", "guide", "--channels", str(c), "--side", str(s), "--threads", str(a.threads),
+                            "--device", a.device],
                            timeout=600)
             if "error" in r:
                 print(f"{c}x{s}x{s}: FAILED\n{r['error']}")
