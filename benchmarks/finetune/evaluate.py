@@ -24,11 +24,15 @@ def gaussian_blur(x: torch.Tensor, std: float) -> torch.Tensor:
     return kornia.filters.gaussian_blur2d(x, (7, 7), (std, std), border_type="reflect")
 
 
+def replica_flags(samples: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """Per sample: is it an ℓ2 replica of a fine-tune image (calibrated ratio below the threshold)."""
+    return M.calibrated_l2_ratio(samples, train, k=L2_K) < M.REPLICA_L2_RATIO
+
+
 def blurred_replication(samples: torch.Tensor, train: torch.Tensor, std: float = BLUR_PX) -> float:
     """Replica rate (calibrated ℓ2) after blurring samples and training images alike: a copy that only
     gained fine speckle still counts, so a guard cannot pass by adding noise."""
-    ratio = M.calibrated_l2_ratio(gaussian_blur(samples, std), gaussian_blur(train, std), k=L2_K)
-    return float((ratio < M.REPLICA_L2_RATIO).double().mean())
+    return float(replica_flags(gaussian_blur(samples, std), gaussian_blur(train, std)).double().mean())
 
 
 def make_guide(guard, scale: float, alpha: float, sigma_range: Optional[tuple] = None, **opts):
@@ -82,6 +86,14 @@ def sample_metrics(samples: torch.Tensor, split: DigitSplit, clf: DigitCNN,
         "spread": M.mean_pairwise_distance(samples),
         "nn_index": rep["nn_index"],
     }
+
+
+def rejection_metrics(samples: torch.Tensor, split: DigitSplit, clf: DigitCNN,
+                      ref_feats: Optional[torch.Tensor] = None) -> Optional[dict]:
+    """The ideal a guard approximates: ``sample_metrics`` of the samples left after rejecting every
+    replica (None if all are replicas). Its quality share is the most a guard can keep without copying."""
+    keep = ~replica_flags(samples, split.finetune)
+    return sample_metrics(samples[keep], split, clf, ref_feats) if bool(keep.any()) else None
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ import torch
 
 from . import pipeline as P
 from .classifier import classify
-from .evaluate import generate, sample_metrics
-from .run import base_rep_flags, threads
+from .evaluate import generate, rejection_metrics, sample_metrics
+from .run import threads
 
 
 def main(argv: list[str]) -> None:
@@ -34,12 +34,10 @@ def main(argv: list[str]) -> None:
                 r = sample_metrics(s, split, clf, ref)
                 line = (f"pretrain {pre_steps} steps, sampling {steps} steps, {name}: replicas "
                         f"{r['replication_l2']:.1%}, quality {r['quality_share']:.1%}, FD {r['frechet_clf']:.1f}")
-                if name == "fine-tuned":
-                    keep = ~base_rep_flags(s, split)
-                    if bool(keep.any()):
-                        rr = sample_metrics(s[keep], split, clf, ref)
-                        line += (f" | after rejecting replicas: {int(keep.sum())} left, quality "
-                                 f"{rr['quality_share']:.1%}, FD {rr['frechet_clf']:.1f}")
+                rr = rejection_metrics(s, split, clf, ref) if name == "fine-tuned" else None
+                if rr is not None:
+                    line += (f" | after rejecting replicas: {rr['n']} left, quality "
+                             f"{rr['quality_share']:.1%}, FD {rr['frechet_clf']:.1f}")
                 print(line, flush=True)
 
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 
 from cpsample_nodes.core import NoiseSpace, load_guard, save_guard, train_guard
-from cpsample_nodes.core import metrics as M
 
 from . import pipeline as P
 from .diffusion import SIGMA_MAX, SIGMA_MIN, Progress
-from .evaluate import generate, mia, sample_metrics, summarize_real
+from .evaluate import L2_K, generate, mia, rejection_metrics, replica_flags, sample_metrics, summarize_real
 from .figure import compare_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,10 +164,7 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     base = sample_metrics(s_base, split, clf, ref_feats)
     base["mia"] = mia(model, split, **mia_kw)
     rows.append(("fine-tuned, unguarded", base))
-    # The ideal the guard approximates: reject every unguarded replica and keep the rest. Its quality
-    # share is the most a guard can keep without copying.
-    keep = ~base_rep_flags(s_base, split)
-    rejection = sample_metrics(s_base[keep], split, clf, ref_feats) if bool(keep.any()) else None
+    rejection = rejection_metrics(s_base, split, clf, ref_feats)
     if rejection is not None:
         rows.append(("ideal rejection (no replicas)", rejection))
     tick("sample_unguarded", t0)
@@ -206,8 +202,8 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     table = fmt_table(rows)
     # headline: the first sweep entry
     s_head, m_head = guarded[0]
-    compare_png(out_png, split.finetune, s_base, base["nn_index"], base_rep_flags(s_base, split),
-                s_head, m_head["nn_index"], base_rep_flags(s_head, split),
+    compare_png(out_png, split.finetune, s_base, base["nn_index"], replica_flags(s_base, split.finetune),
+                s_head, m_head["nn_index"], replica_flags(s_head, split.finetune),
                 guarded_title=f"guarded {rows[len(rows) - len(guarded)][0][8:]}")
     timings["total"] = round(time.time() - t_start, 1)
 
@@ -223,7 +219,7 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
         "core": core_version(),
         "guard_info": {k: v for k, v in guard.info.items() if k not in ("created", "dataset_digest")},
         "metric_notes": {
-            "replication_l2": f"share with calibrated l2 ratio (nearest / mean of next {5}) < 1/3 vs the 16 fine-tune images",
+            "replication_l2": f"share with calibrated l2 ratio (nearest / mean of next {L2_K}) < 1/3 vs the 16 fine-tune images",
             "replication_l2_blur": "the same ratio after a Gaussian blur (std 1 px) of samples and fine-tune images",
             "replication_ssim": "share with max SSIM (kornia, 7-tap Gaussian window, data range 2) > 0.9",
             "quality_share": "share the digit CNN (trained on the pretrain split) reads with confidence >= 0.9",
@@ -269,10 +265,6 @@ def core_version() -> dict:
 
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "core_files_modified": git("status", "--porcelain", "cpsample_nodes/core").splitlines()}
-
-
-def base_rep_flags(samples, split):
-    return M.calibrated_l2_ratio(samples, split.finetune, k=5) < M.REPLICA_L2_RATIO
 
 
 def main(argv=None):
