@@ -69,14 +69,13 @@ def test_euler_samples_gaussian_with_the_right_spread():
 
 
 def test_blurred_replica_rate_sees_through_speckle():
-    from benchmarks.finetune.evaluate import blurred_replication
-    from cpsample_nodes.core import metrics as M
+    from benchmarks.finetune.evaluate import blurred_replication, replica_flags
 
     split = split_digits(size=16, n_finetune=16, n_heldout=20, seed=0)
     train = split.finetune
     g = torch.Generator().manual_seed(0)
     speckled = (train + 0.25 * torch.randn(train.shape, generator=g)).clamp(-1, 1)  # copies + fine noise
-    plain = (M.calibrated_l2_ratio(speckled, train, k=5) < M.REPLICA_L2_RATIO).double().mean()
+    plain = replica_flags(speckled, train).double().mean()
     assert plain < 0.2                                   # pixel ℓ2 is fooled by the speckle
     assert blurred_replication(speckled, train) > 0.9    # after the blur they are copies again
     assert blurred_replication(split.heldout, train) < 0.1  # other digits stay non-replicas
