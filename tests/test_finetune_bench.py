@@ -79,3 +79,37 @@ def test_blurred_replica_rate_sees_through_speckle():
     assert plain < 0.2                                   # pixel ℓ2 is fooled by the speckle
     assert blurred_replication(speckled, train) > 0.9    # after the blur they are copies again
     assert blurred_replication(split.heldout, train) < 0.1  # other digits stay non-replicas
+
+
+class _BatchRecorder(torch.nn.Module):
+    """Stands in for EpsDenoiser in train_denoiser: records every batch, loss from one weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.batches: list[torch.Tensor] = []
+
+    def loss(self, x0, generator=None):
+        self.batches.append(x0.clone())
+        return ((x0 - self.w) ** 2).mean()
+
+
+def test_prior_preservation_puts_the_share_of_prior_images_in_every_batch():
+    import pytest
+
+    from benchmarks.finetune.diffusion import train_denoiser
+
+    data = torch.zeros(16, 1, 4, 4)
+    prior = torch.ones(100, 1, 4, 4)
+    m = _BatchRecorder()
+    train_denoiser(m, data, steps=5, batch=32, lr=1e-3, prior=prior, prior_share=0.15)
+    for b in m.batches:
+        assert b.shape[0] == 32
+        assert int(b.flatten(1)[:, 0].sum()) == 5             # round(32 * 0.15) prior images, the rest data
+    plain, shared0 = _BatchRecorder(), _BatchRecorder()
+    train_denoiser(plain, data + torch.arange(16.0)[:, None, None, None], 3, batch=8, lr=1e-3)
+    train_denoiser(shared0, data + torch.arange(16.0)[:, None, None, None], 3, batch=8, lr=1e-3,
+                   prior=prior, prior_share=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain.batches, shared0.batches))  # share 0: unchanged draws
+    with pytest.raises(ValueError, match="prior_share 1.0"):
+        train_denoiser(_BatchRecorder(), data, 1, batch=8, prior=prior, prior_share=1.0)

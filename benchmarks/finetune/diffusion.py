@@ -83,10 +83,16 @@ class Progress:
 def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: int = 128, lr: float = 2e-3,
                    seed: int = 0, desc: str = "train", ema: Optional[nn.Module] = None,
                    ema_decay: float = 0.999, constant_lr: bool = False,
-                   callback: Optional[Callable[[int, nn.Module, Optional[nn.Module]], None]] = None) -> list[float]:
+                   callback: Optional[Callable[[int, nn.Module, Optional[nn.Module]], None]] = None,
+                   prior: Optional[torch.Tensor] = None, prior_share: float = 0.0) -> list[float]:
     """AdamW on the epsilon loss, one-cycle schedule, or (constant_lr) a constant rate after 20 warm-up steps
     so that the first N steps of a longer run equal an N-step run. ``callback(step, model, ema)`` runs after
-    every step. Returns the loss history (per step)."""
+    every step. With ``prior`` and ``prior_share`` > 0, that share of every batch comes from ``prior``
+    (DreamBooth's prior preservation: the model keeps seeing the kind of images it knew). Returns the loss
+    history (per step)."""
+    n_prior = round(batch * prior_share) if prior is not None else 0
+    if not 0 <= n_prior < batch:
+        raise ValueError(f"prior_share {prior_share} leaves no room for the training images in a batch of {batch}")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     if constant_lr:
@@ -98,8 +104,10 @@ def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: in
     bar = Progress(steps, desc)
     run = None
     for step in range(steps):
-        idx = torch.randint(0, data.shape[0], (batch,), generator=g)
+        idx = torch.randint(0, data.shape[0], (batch - n_prior,), generator=g)
         x0 = data[idx]
+        if n_prior:
+            x0 = torch.cat([x0, prior[torch.randint(0, prior.shape[0], (n_prior,), generator=g)]])
         loss = model.loss(x0, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()

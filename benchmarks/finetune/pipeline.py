@@ -33,6 +33,9 @@ class Config:
     finetune_steps: int = 500
     finetune_lr: float = 1e-3
     finetune_batch: int = 32
+    # share of each fine-tune batch drawn from the pretraining digits (DreamBooth's prior preservation);
+    # 0 = fine-tune on the 16 images alone
+    finetune_prior_share: float = 0.0
     batch: int = 128
     ema_decay: float = 0.995
     classifier_steps: int = 400
@@ -46,6 +49,11 @@ class Config:
 
 
 FULL = Config()
+# DreamBooth-style: a better base model (6x the pretraining), a gentle fine-tune (1/8 the learning rate) that
+# keeps 15 % pretraining digits in every batch. It still copies most of the time, but what it draws when it
+# does not copy is as good as the base model's (docs/finetune.md).
+PRIOR = Config(name="prior", pretrain_steps=4800, finetune_steps=1600, finetune_lr=1.25e-4,
+               finetune_prior_share=0.15)
 DEMO = Config(name="demo", batch=64, pretrain_steps=300, finetune_steps=300, finetune_lr=1e-3, ema_decay=0.97,
               classifier_steps=150,
               n_samples=128, mia_draws=4, guard_steps=1000)  # early stop ends it once memorised
@@ -87,8 +95,11 @@ def pretrain_key(cfg: Config) -> str:
 
 
 def finetune_key(cfg: Config, steps: int | None = None) -> str:
-    return _key({"pre": pretrain_key(cfg), "steps": cfg.finetune_steps if steps is None else steps,
-                 "lr": cfg.finetune_lr, "batch": cfg.finetune_batch, "schedule": "constant"})
+    d = {"pre": pretrain_key(cfg), "steps": cfg.finetune_steps if steps is None else steps,
+         "lr": cfg.finetune_lr, "batch": cfg.finetune_batch, "schedule": "constant"}
+    if cfg.finetune_prior_share:  # only then, so that earlier fine-tunes keep their cache keys
+        d["prior_share"] = cfg.finetune_prior_share
+    return _key(d)
 
 
 def get_pretrained(cfg: Config, split: DigitSplit) -> EpsDenoiser:
@@ -106,6 +117,11 @@ def get_pretrained(cfg: Config, split: DigitSplit) -> EpsDenoiser:
     return m.eval()
 
 
+def _finetune_desc(cfg: Config, split: DigitSplit) -> str:
+    prior = f", {cfg.finetune_prior_share:.0%} pretraining digits per batch" if cfg.finetune_prior_share else ""
+    return f"fine-tune diffusion on {split.finetune.shape[0]} images{prior}"
+
+
 def finetune_snapshots(cfg: Config, split: DigitSplit, steps: int, every: int) -> None:
     """Fine-tune for `steps` and cache the EMA weights every `every` steps (constant learning rate, so the
     snapshot at step N is exactly what an N-step fine-tune gives)."""
@@ -120,8 +136,8 @@ def finetune_snapshots(cfg: Config, split: DigitSplit, steps: int, every: int) -
                 torch.save(ema_model.state_dict(), path)
 
     train_denoiser(m, split.finetune, steps, cfg.finetune_batch, cfg.finetune_lr, seed=2,
-                   desc=f"fine-tune diffusion on {split.finetune.shape[0]} images", ema=ema,
-                   ema_decay=cfg.ema_decay, constant_lr=True, callback=cb)
+                   desc=_finetune_desc(cfg, split), ema=ema, ema_decay=cfg.ema_decay, constant_lr=True,
+                   callback=cb, prior=split.pretrain, prior_share=cfg.finetune_prior_share)
 
 
 def load_finetuned(cfg: Config, steps: int) -> EpsDenoiser:
@@ -137,8 +153,8 @@ def get_finetuned(cfg: Config, split: DigitSplit) -> EpsDenoiser:
         m.train()
         ema = copy.deepcopy(m)
         train_denoiser(m, split.finetune, cfg.finetune_steps, cfg.finetune_batch, cfg.finetune_lr, seed=2,
-                       desc=f"fine-tune diffusion on {split.finetune.shape[0]} images", ema=ema,
-                       ema_decay=cfg.ema_decay, constant_lr=True)
+                       desc=_finetune_desc(cfg, split), ema=ema, ema_decay=cfg.ema_decay, constant_lr=True,
+                       prior=split.pretrain, prior_share=cfg.finetune_prior_share)
         return ema.state_dict()
 
     m = _new_model(cfg)

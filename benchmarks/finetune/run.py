@@ -2,6 +2,7 @@
 
     python -m benchmarks.finetune.run                    # full size: 500 samples per setting, (α, s) sweep
     python -m benchmarks.finetune.run --preset demo      # reduced size (what demo.py runs)
+    python -m benchmarks.finetune.run --preset prior     # DreamBooth-style fine-tune (prior preservation)
 
 Trains (or loads from benchmarks/finetune/cache/) the digit classifier, the pretrained and the fine-tuned
 diffusion model and the guard, samples with and without the guard from the same seeds, and prints / writes
@@ -40,10 +41,12 @@ SWEEPS = {
                            (0.01, 100.0, D), (0.001, 1000.0, D), (0.5, 100.0, D), (0.2, 1000.0, W2)],
     ("full", "class"): [(0.2, 1000.0, W2), (None, None), (0.05, 1000.0), (0.2, 1000.0), (0.01, 1000.0, W2),
                         (0.1, 1000.0, W2), (0.3, 1000.0, W2), (0.5, 30.0, N), (0.5, 100.0, N)],
+    ("prior", "class"): [(0.2, 1000.0, W2), (0.1, 1000.0, W2), (0.3, 1000.0, W2), (None, None)],
 }
 # Training negatives of the benchmark: "class" = the pretraining digits (neither fine-tune nor held-out
 # images), the role DreamBooth class images play for a real fine-tune; other values go to train_guard.
-DEFAULT_NEGATIVES = {"demo": "class", "full": "gaussian", "smoke": "class"}
+DEFAULT_NEGATIVES = {"demo": "class", "full": "gaussian", "prior": "class", "smoke": "class"}
+RESULT_STEMS = {"full": "benchmarks/results/finetune", "prior": "benchmarks/results/finetune_prior"}
 
 
 def threads() -> int:
@@ -269,7 +272,9 @@ def core_version() -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=["full", "demo", "smoke"], default="full")
+    ap.add_argument("--preset", choices=["full", "prior", "demo", "smoke"], default="full",
+                    help="full: fine-tune on the 16 alone (total collapse); prior: DreamBooth-style, a better base "
+                         "model and 15%% pretraining digits in each fine-tune batch; demo: reduced size")
     ap.add_argument("--sweep", default=None, help="alpha:scale pairs, comma separated, e.g. 0.001:1,0.01:3; "
                     "\"defaults\" = the core defaults, alpha \"auto\" = Guard.auto_alpha()")
     ap.add_argument("--objective", default=None, help="guide() objective (core default if omitted)")
@@ -280,12 +285,16 @@ def main(argv=None):
                          "or a train_guard value (gaussian, mix, none); default: class for demo, gaussian for full")
     ap.add_argument("--ancestral", action="store_true", help="Euler ancestral instead of Euler")
     ap.add_argument("--n-samples", type=int, default=None)
+    ap.add_argument("--sample-seed", type=int, default=None, help="seed of the sampling noise (another set of "
+                    "samples from the same models and guard)")
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/finetune or demo/out/demo)")
     ap.add_argument("--png", default=None)
     a = ap.parse_args(argv)
-    cfg = {"full": P.FULL, "demo": P.DEMO, "smoke": P.SMOKE}[a.preset]
+    cfg = {"full": P.FULL, "prior": P.PRIOR, "demo": P.DEMO, "smoke": P.SMOKE}[a.preset]
     if a.n_samples:
         cfg = replace(cfg, n_samples=a.n_samples)
+    if a.sample_seed is not None:
+        cfg = replace(cfg, sample_seed=a.sample_seed)
     negatives = a.negatives or DEFAULT_NEGATIVES[a.preset]
     sweep = SWEEPS.get((a.preset, negatives), [(0.001, 1.0), (0.2, 1000.0, W2)])
     if a.sweep:
@@ -300,7 +309,7 @@ def main(argv=None):
     if a.guard_input:
         guide_opts["guard_input"] = a.guard_input
     guard_opts = {"negatives": negatives}
-    stem = Path(a.out) if a.out else (ROOT / ("benchmarks/results/finetune" if a.preset == "full" else "demo/out/demo"))
+    stem = Path(a.out) if a.out else ROOT / RESULT_STEMS.get(a.preset, "demo/out/demo")
     png = Path(a.png) if a.png else (ROOT / "demo/out/compare.png" if a.preset == "demo" else stem.with_suffix(".png"))
     run(cfg, sweep, stem.with_suffix(".json"), stem.with_suffix(".txt"), png, guide_opts, guard_opts, a.ancestral)
 
