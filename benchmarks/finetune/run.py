@@ -41,7 +41,7 @@ SWEEPS = {
                            (0.01, 100.0, D), (0.001, 1000.0, D), (0.5, 100.0, D), (0.2, 1000.0, W2)],
     ("full", "class"): [(0.2, 1000.0, W2), (None, None), (0.05, 1000.0), (0.2, 1000.0), (0.01, 1000.0, W2),
                         (0.1, 1000.0, W2), (0.3, 1000.0, W2), (0.5, 30.0, N), (0.5, 100.0, N)],
-    ("prior", "class"): [(0.2, 1000.0, W2), (0.1, 1000.0, W2), (0.3, 1000.0, W2), (None, None)],
+    ("prior", "class"): [(0.3, 1000.0, W2), (0.1, 1000.0, W2), (0.2, 1000.0, W2), (None, None)],
 }
 # Training negatives of the benchmark: "class" = the pretraining digits (neither fine-tune nor held-out
 # images), the role DreamBooth class images play for a real fine-tune; other values go to train_guard.
@@ -60,8 +60,10 @@ def get_guard(cfg: P.Config, split, guard_opts: dict):
     import cpsample_nodes.core.network as _n
     import cpsample_nodes.core.training as _t
     core = P._key({"src": [Path(m.__file__).read_text() for m in (_n, _t)]})  # retrain when the core changes
+    # the thread count too: a guard that stops at its step cap differs between thread counts, so a run
+    # with another count trains its own rather than reuse one it would not have made
     key = P._key({"data": P.pretrain_key(cfg), "steps": cfg.guard_steps, "opts": guard_opts, "seed": 0,
-                  "core": core})
+                  "core": core, "threads": torch.get_num_threads()})
     path = P.CACHE / f"guard-{key}.safetensors"
     if path.exists():
         print(f"[cache] guard: {path.name}", flush=True)
@@ -285,6 +287,9 @@ def main(argv=None):
                          "or a train_guard value (gaussian, mix, none); default: class for demo, gaussian for full")
     ap.add_argument("--ancestral", action="store_true", help="Euler ancestral instead of Euler")
     ap.add_argument("--n-samples", type=int, default=None)
+    ap.add_argument("--guard-steps", type=int, default=None, help="the guard's training step cap")
+    ap.add_argument("--sigma-max", type=float, default=None,
+                    help="guard only on the steps with sigma <= this (applies to every --sweep entry)")
     ap.add_argument("--sample-seed", type=int, default=None, help="seed of the sampling noise (another set of "
                     "samples from the same models and guard)")
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/finetune or demo/out/demo)")
@@ -295,6 +300,8 @@ def main(argv=None):
         cfg = replace(cfg, n_samples=a.n_samples)
     if a.sample_seed is not None:
         cfg = replace(cfg, sample_seed=a.sample_seed)
+    if a.guard_steps is not None:
+        cfg = replace(cfg, guard_steps=a.guard_steps)
     negatives = a.negatives or DEFAULT_NEGATIVES[a.preset]
     sweep = SWEEPS.get((a.preset, negatives), [(0.001, 1.0), (0.2, 1000.0, W2)])
     if a.sweep:
@@ -308,6 +315,8 @@ def main(argv=None):
         guide_opts["max_step"] = None if a.max_step.lower() == "none" else float(a.max_step)
     if a.guard_input:
         guide_opts["guard_input"] = a.guard_input
+    if a.sigma_max is not None:
+        guide_opts["sigma_range"] = (0.0, a.sigma_max)
     guard_opts = {"negatives": negatives}
     stem = Path(a.out) if a.out else ROOT / RESULT_STEMS.get(a.preset, "demo/out/demo")
     png = Path(a.png) if a.png else (ROOT / "demo/out/compare.png" if a.preset == "demo" else stem.with_suffix(".png"))
