@@ -83,11 +83,9 @@ class Progress:
 def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: int = 128, lr: float = 2e-3,
                    seed: int = 0, desc: str = "train", ema: Optional[nn.Module] = None,
                    ema_decay: float = 0.999, constant_lr: bool = False,
-                   callback: Optional[Callable[[int, nn.Module, Optional[nn.Module]], None]] = None,
                    prior: Optional[torch.Tensor] = None, prior_share: float = 0.0) -> list[float]:
     """AdamW on the epsilon loss, one-cycle schedule, or (constant_lr) a constant rate after 20 warm-up steps
-    so that the first N steps of a longer run equal an N-step run. ``callback(step, model, ema)`` runs after
-    every step. With ``prior`` and ``prior_share`` > 0, that share of every batch comes from ``prior``
+    so that the first N steps of a longer run equal an N-step run. With ``prior`` and ``prior_share`` > 0, that share of every batch comes from ``prior``
     (DreamBooth's prior preservation: the model keeps seeing the kind of images it knew). Returns the loss
     history (per step)."""
     n_prior = round(batch * prior_share) if prior is not None else 0
@@ -122,8 +120,6 @@ def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: in
         hist.append(v)
         run = v if run is None else 0.98 * run + 0.02 * v
         bar.update(1, loss=f"{run:.4f}")
-        if callback is not None:
-            callback(step + 1, model, ema)
     bar.close()
     model.eval()
     return hist

@@ -94,8 +94,8 @@ def pretrain_key(cfg: Config) -> str:
                                              "pretrain_steps", "pretrain_lr", "batch", "ema_decay")})
 
 
-def finetune_key(cfg: Config, steps: int | None = None) -> str:
-    d = {"pre": pretrain_key(cfg), "steps": cfg.finetune_steps if steps is None else steps,
+def finetune_key(cfg: Config) -> str:
+    d = {"pre": pretrain_key(cfg), "steps": cfg.finetune_steps,
          "lr": cfg.finetune_lr, "batch": cfg.finetune_batch, "schedule": "constant"}
     if cfg.finetune_prior_share:  # only then, so that earlier fine-tunes keep their cache keys
         d["prior_share"] = cfg.finetune_prior_share
@@ -117,44 +117,17 @@ def get_pretrained(cfg: Config, split: DigitSplit) -> EpsDenoiser:
     return m.eval()
 
 
-def _finetune_desc(cfg: Config, split: DigitSplit) -> str:
-    prior = f", {cfg.finetune_prior_share:.0%} pretraining digits per batch" if cfg.finetune_prior_share else ""
-    return f"fine-tune diffusion on {split.finetune.shape[0]} images{prior}"
-
-
-def finetune_snapshots(cfg: Config, split: DigitSplit, steps: int, every: int) -> None:
-    """Fine-tune for `steps` and cache the EMA weights every `every` steps (constant learning rate, so the
-    snapshot at step N is exactly what an N-step fine-tune gives)."""
-    m = get_pretrained(cfg, split)
-    m.train()
-    ema = copy.deepcopy(m)
-
-    def cb(step, model, ema_model):
-        if step % every == 0:
-            path = CACHE / f"finetune-{finetune_key(cfg, step)}.pt"
-            if not path.exists():
-                torch.save(ema_model.state_dict(), path)
-
-    train_denoiser(m, split.finetune, steps, cfg.finetune_batch, cfg.finetune_lr, seed=2,
-                   desc=_finetune_desc(cfg, split), ema=ema, ema_decay=cfg.ema_decay, constant_lr=True,
-                   callback=cb, prior=split.pretrain, prior_share=cfg.finetune_prior_share)
-
-
-def load_finetuned(cfg: Config, steps: int) -> EpsDenoiser:
-    m = _new_model(cfg)
-    m.load_state_dict(torch.load(CACHE / f"finetune-{finetune_key(cfg, steps)}.pt", map_location="cpu",
-                                 weights_only=True))
-    return m.eval()
-
-
 def get_finetuned(cfg: Config, split: DigitSplit) -> EpsDenoiser:
     def build():
         m = get_pretrained(cfg, split)
         m.train()
         ema = copy.deepcopy(m)
+        share = cfg.finetune_prior_share
+        desc = (f"fine-tune diffusion on {split.finetune.shape[0]} images"
+                + (f", {share:.0%} pretraining digits per batch" if share else ""))
         train_denoiser(m, split.finetune, cfg.finetune_steps, cfg.finetune_batch, cfg.finetune_lr, seed=2,
-                       desc=_finetune_desc(cfg, split), ema=ema, ema_decay=cfg.ema_decay, constant_lr=True,
-                       prior=split.pretrain, prior_share=cfg.finetune_prior_share)
+                       desc=desc, ema=ema, ema_decay=cfg.ema_decay, constant_lr=True,
+                       prior=split.pretrain, prior_share=share)
         return ema.state_dict()
 
     m = _new_model(cfg)
