@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from device_arg import require_device  # benchmarks/ is on the path: these run as scripts from there
+
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_DEFAULT = ROOT / ".cache" / "comfyui" / "ComfyUI"
 
@@ -233,10 +235,7 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
-        print(f"--device {a.device}: no CUDA device here (torch {torch.__version__}); use --device cpu",
-              file=sys.stderr)
-        sys.exit(2)
+    require_device(a.device)
     comfy, UNetModel = import_comfy(a.comfyui, cpu=a.device == "cpu")
     dtype = getattr(torch, a.dtype)
     if a.threads:

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from device_arg import require_device  # benchmarks/ is on the path: these run as scripts from there
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAP_STEPS = 3000  # train_guard's default max_steps
 
@@ -184,10 +186,7 @@ def main() -> None:
         return
 
     import torch
-    if a.device != "cpu" and not (a.device.startswith("cuda") and torch.cuda.is_available()):
-        print(f"--device {a.device}: no CUDA device here (torch {torch.__version__}); use --device cpu",
-              file=sys.stderr)
-        sys.exit(2)
+    require_device(a.device)
     cases = ([tuple(int(v) for v in c.split("x")) for c in a.cases.split(",")] if a.cases
              else (QUICK if a.quick else FULL))
     print(f"# guard training cost  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  "
