@@ -116,6 +116,17 @@ def _fetch_comfyui() -> None:
     _log(f"ComfyUI unpacked into {COMFY_DIR}")
 
 
+# torch's CUDA build with its nvidia libraries is ~5.5 GB in the venv, the rest ~1.5 GB.
+NEEDED_FREE_GB = 7.5
+
+
+def _check_disk() -> None:
+    free_gb = shutil.disk_usage(CACHE).free / 2**30
+    if free_gb < NEEDED_FREE_GB:
+        raise SystemExit(f"[comfyui_env] only {free_gb:.1f} GB free under {CACHE}; building the ComfyUI test "
+                         f"environment needs about {NEEDED_FREE_GB} GB. Free some space and run again.")
+
+
 def _build_venv() -> None:
     py = venv_python()
     if not py.exists():
@@ -161,6 +172,8 @@ def ensure(force: bool = False) -> dict:
             if d.exists():
                 shutil.rmtree(d)
     STAMP.unlink(missing_ok=True)
+    if not venv_python().exists():
+        _check_disk()
     _fetch_comfyui()
     _build_venv()
     CHECKPOINT.unlink(missing_ok=True)  # the recipe changed: rebuild it

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -233,6 +234,7 @@ def main() -> int:
             info = server.object_info()
         finally:
             server.stop()
+            shutil.rmtree(root, ignore_errors=True)
     for p in write_all(info):
         print(p)
     return 0
