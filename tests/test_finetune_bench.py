@@ -113,3 +113,14 @@ def test_prior_preservation_puts_the_share_of_prior_images_in_every_batch():
     assert all(torch.equal(a, b) for a, b in zip(plain.batches, shared0.batches))  # share 0: unchanged draws
     with pytest.raises(ValueError, match="prior_share 1.0"):
         train_denoiser(_BatchRecorder(), data, 1, batch=8, prior=prior, prior_share=1.0)
+
+
+def test_pretrain_budget_reads_batch_steps_lr_and_names_a_bad_one():
+    import pytest
+
+    from benchmarks.finetune.pretrain_budget import parse
+
+    assert parse("64:5600:1.5e-3") == (64, 5600, 1.5e-3)
+    for bad in ("128:x:2e-3", "128:3200", "a:b:c:d"):
+        with pytest.raises(SystemExit, match=bad):
+            parse(bad)

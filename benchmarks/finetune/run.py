@@ -288,6 +288,7 @@ def main(argv=None):
     ap.add_argument("--ancestral", action="store_true", help="Euler ancestral instead of Euler")
     ap.add_argument("--n-samples", type=int, default=None)
     ap.add_argument("--guard-steps", type=int, default=None, help="the guard's training step cap")
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="the base model's pretraining steps")
     ap.add_argument("--sigma-max", type=float, default=None,
                     help="guard only on the steps with sigma <= this (applies to every --sweep entry)")
     ap.add_argument("--sample-seed", type=int, default=None, help="seed of the sampling noise (another set of "
@@ -302,6 +303,8 @@ def main(argv=None):
         cfg = replace(cfg, sample_seed=a.sample_seed)
     if a.guard_steps is not None:
         cfg = replace(cfg, guard_steps=a.guard_steps)
+    if a.pretrain_steps is not None:
+        cfg = replace(cfg, pretrain_steps=a.pretrain_steps)
     negatives = a.negatives or DEFAULT_NEGATIVES[a.preset]
     sweep = SWEEPS.get((a.preset, negatives), [(0.001, 1.0), (0.2, 1000.0, W2)])
     if a.sweep:
