@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from device_arg import require_device  # benchmarks/ is on the path: these run as scripts from there
+from device_arg import require_device, sync  # benchmarks/ is on the path: these run as scripts from there
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_DEFAULT = ROOT / ".cache" / "comfyui" / "ComfyUI"
@@ -166,17 +166,11 @@ def guard_flops(guard, side: int) -> int:
     return fc.get_total_flops()
 
 
-def _sync() -> None:
-    import torch
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
 def timed(fn) -> float:
-    _sync()
+    sync()
     t0 = time.perf_counter()
     fn()
-    _sync()  # on a GPU, wall time of finished work, not of queued kernels
+    sync()  # on a GPU, wall time of finished work, not of queued kernels
     return time.perf_counter() - t0
 
 

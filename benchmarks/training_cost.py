@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from device_arg import require_device  # benchmarks/ is on the path: these run as scripts from there
+from device_arg import require_device, sync  # benchmarks/ is on the path: these run as scripts from there
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAP_STEPS = 3000  # train_guard's default max_steps
@@ -137,7 +137,6 @@ def worker_guide(a) -> dict:
     guard.net.to(a.device)
     sigma = sigma.to(a.device)
     rss_before = rss_now_mb()
-    sync = torch.cuda.synchronize if a.device != "cpu" else (lambda: None)
     sync()
     t0 = time.perf_counter()
     with torch.inference_mode():

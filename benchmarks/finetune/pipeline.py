@@ -102,6 +102,10 @@ def finetune_key(cfg: Config) -> str:
     return _key(d)
 
 
+def pretrain_path(cfg: Config) -> Path:
+    return CACHE / f"pretrain-{pretrain_key(cfg)}.pt"
+
+
 def get_pretrained(cfg: Config, split: DigitSplit) -> EpsDenoiser:
     def build():
         torch.manual_seed(cfg.split_seed)
@@ -113,7 +117,7 @@ def get_pretrained(cfg: Config, split: DigitSplit) -> EpsDenoiser:
         return ema.state_dict()
 
     m = _new_model(cfg)
-    m.load_state_dict(_cached(CACHE / f"pretrain-{pretrain_key(cfg)}.pt", build, "pretrained diffusion"))
+    m.load_state_dict(_cached(pretrain_path(cfg), build, "pretrained diffusion"))
     return m.eval()
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -39,14 +38,15 @@ def parse(arg: str) -> tuple[int, int, float]:
 
 def main(argv: list[str]) -> int:
     nthreads = threads()
+    # the variants change only the pretraining, not the data split or the classifier
+    split = P.get_split(P.PRIOR)
+    clf = P.get_classifier(P.PRIOR, split)
+    _, _, ref = classify(clf, split.heldout)
     rows = []
     for batch, steps, lr in [parse(a) for a in argv] or [(P.PRIOR.batch, P.PRIOR.pretrain_steps,
                                                           P.PRIOR.pretrain_lr)]:
         cfg = dataclasses.replace(P.PRIOR, batch=batch, pretrain_steps=steps, pretrain_lr=lr)
-        split = P.get_split(cfg)
-        clf = P.get_classifier(cfg, split)
-        _, _, ref = classify(clf, split.heldout)
-        cached = (P.CACHE / f"pretrain-{P.pretrain_key(cfg)}.pt").exists()
+        cached = P.pretrain_path(cfg).exists()
         t0 = time.time()
         model = P.get_pretrained(cfg, split)
         train_s = None if cached else round(time.time() - t0, 1)

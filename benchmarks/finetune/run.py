@@ -24,6 +24,7 @@ import torch
 from cpsample_nodes.core import NoiseSpace, load_guard, save_guard, train_guard
 
 from . import pipeline as P
+from .classifier import classify
 from .diffusion import SIGMA_MAX, SIGMA_MIN, Progress
 from .evaluate import L2_K, generate, mia, rejection_metrics, replica_flags, sample_metrics, summarize_real
 from .figure import compare_png
@@ -143,7 +144,7 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     clf = P.get_classifier(cfg, split)
     tick("classifier", t0)
     t0 = time.time()
-    P.get_pretrained(cfg, split)
+    pre = P.get_pretrained(cfg, split)
     tick("pretrain", t0)
     t0 = time.time()
     model = P.get_finetuned(cfg, split)
@@ -153,14 +154,13 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
     tick("guard", t0)
 
     ref = summarize_real(split, clf)
-    _, _, ref_feats = __import__("benchmarks.finetune.classifier", fromlist=["classify"]).classify(clf, split.heldout)
+    _, _, ref_feats = classify(clf, split.heldout)
     mia_kw = dict(sigmas=cfg.mia_sigmas, draws=cfg.mia_draws)
     rows: list[tuple[str, dict]] = []
     results: dict = {"reference_real_heldout": ref}
 
     t0 = time.time()
     if with_pretrained:
-        pre = P.get_pretrained(cfg, split)
         s = generate(pre, cfg.n_samples, cfg.sample_seed, cfg.sample_steps, ancestral=ancestral)
         m = sample_metrics(s, split, clf, ref_feats)
         m["mia"] = mia(pre, split, **mia_kw)
@@ -297,14 +297,9 @@ def main(argv=None):
     ap.add_argument("--png", default=None)
     a = ap.parse_args(argv)
     cfg = {"full": P.FULL, "prior": P.PRIOR, "demo": P.DEMO, "smoke": P.SMOKE}[a.preset]
-    if a.n_samples:
-        cfg = replace(cfg, n_samples=a.n_samples)
-    if a.sample_seed is not None:
-        cfg = replace(cfg, sample_seed=a.sample_seed)
-    if a.guard_steps is not None:
-        cfg = replace(cfg, guard_steps=a.guard_steps)
-    if a.pretrain_steps is not None:
-        cfg = replace(cfg, pretrain_steps=a.pretrain_steps)
+    overrides = {"n_samples": a.n_samples or None, "sample_seed": a.sample_seed, "guard_steps": a.guard_steps,
+                 "pretrain_steps": a.pretrain_steps}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     negatives = a.negatives or DEFAULT_NEGATIVES[a.preset]
     sweep = SWEEPS.get((a.preset, negatives), [(0.001, 1.0), (0.2, 1000.0, W2)])
     if a.sweep:
