@@ -18,7 +18,7 @@ memory and no time) for SD1.5 at 4x64x64 and SDXL at 4x128x128, which gives a lo
 ratio. ``--sdxl-time`` additionally times the real SDXL UNet (10 GB of fp32 weights, minutes per
 forward on a small CPU).
 
-Run with the ComfyUI test environment's python (built by scripts/comfyui_env.py):
+Run with the ComfyUI test environment's python (built by tools/comfyui_env.py):
 
     .cache/comfyui/venv/bin/python benchmarks/overhead.py
     .cache/comfyui/venv/bin/python benchmarks/overhead.py --device cuda --dtype float16 --sdxl-time  # a GPU
@@ -65,7 +65,7 @@ MODELS = {"sd15": (SD15, 64, 768, None), "sdxl": (SDXL, 128, 2048, 2816)}  # con
 def import_comfy(comfy_root: Path, cpu: bool = True):
     if not (comfy_root / "comfy" / "ldm").is_dir():
         print(f"ComfyUI not found at {comfy_root}. Build the offline test environment with "
-              f"`python scripts/comfyui_env.py` and run this script with its python "
+              f"`python tools/comfyui_env.py` and run this script with its python "
               f"(.cache/comfyui/venv/bin/python). Not falling back to another UNet.", file=sys.stderr)
         sys.exit(2)
     sys.path.insert(0, str(comfy_root))

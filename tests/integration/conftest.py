@@ -1,6 +1,6 @@
 """Fixtures that run the pack inside a real ComfyUI (0.3.75, offline, CPU) — no mocks.
 
-The environment comes from scripts/comfyui_env.py (built once into .cache/comfyui/, minutes the first
+The environment comes from tools/comfyui_env.py (built once into .cache/comfyui/, minutes the first
 time, instant after). One server per test session, on a free port, in a temporary base directory:
 
     base/custom_nodes/CPSample -> this repo        (the pack as users install it)
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tools"))
 
 import comfyui_env  # noqa: E402
 import comfyui_harness as H  # noqa: E402
@@ -53,7 +53,7 @@ def comfy_env():
     except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
         if os.environ.get("CPSAMPLE_REQUIRE_COMFYUI"):
             raise
-        pytest.skip(f"cannot build the offline ComfyUI test environment (scripts/comfyui_env.py): {e}")
+        pytest.skip(f"cannot build the offline ComfyUI test environment (tools/comfyui_env.py): {e}")
     env["build_s"] = round(time.time() - t0, 1)
     return env
 

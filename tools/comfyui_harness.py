@@ -1,8 +1,8 @@
 """Run a real ComfyUI with this pack: directory layout, server process, HTTP helpers, UI→API converter.
 
 Standard library only, so the project venv (pytest) and any python can import it. The server itself runs
-with the ComfyUI venv that `scripts/comfyui_env.py` builds. Used by `tests/integration/conftest.py` and
-`scripts/serve_comfyui.py`.
+with the ComfyUI venv that `tools/comfyui_env.py` builds. Used by `tests/integration/conftest.py` and
+`tools/serve_comfyui.py`.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 
 Run with the ComfyUI venv's python (it uses comfy's own classes for the exact key names and shapes):
 
-    .cache/comfyui/venv/bin/python scripts/tiny_checkpoint.py --comfyui .cache/comfyui/ComfyUI \
+    .cache/comfyui/venv/bin/python tools/tiny_checkpoint.py --comfyui .cache/comfyui/ComfyUI \
         --out .cache/comfyui/models/tiny-sd15.safetensors
 
 * UNet: SD1.5's detection keys (model_channels 320, context_dim 768, no linear-in-transformer, no adm)

@@ -4,10 +4,10 @@
 Widget order and output slots come from a running ComfyUI's /object_info, so the files match what the
 frontend saves. Run with the project venv (starts the offline test ComfyUI itself):
 
-    .venv/bin/python scripts/make_example_workflows.py            # writes example_workflows/*.json
-    .venv/bin/python scripts/make_example_workflows.py --url http://127.0.0.1:8188   # use a running server
+    .venv/bin/python tools/make_example_workflows.py            # writes example_workflows/*.json
+    .venv/bin/python tools/make_example_workflows.py --url http://127.0.0.1:8188   # use a running server
 
-Thumbnails (example_workflows/*.png) come from scripts/workflow_thumbnails.py.
+Thumbnails (example_workflows/*.png) come from tools/workflow_thumbnails.py.
 """
 from __future__ import annotations
 

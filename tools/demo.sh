@@ -3,5 +3,5 @@
 # 16 fine-tune digits; a guard stops it). Prints the table, writes demo/out/compare.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash tools/setup.sh
 exec .venv/bin/python -m benchmarks.finetune.demo "$@"

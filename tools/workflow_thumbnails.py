@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Screenshot each example workflow as the ComfyUI frontend shows it → example_workflows/<name>.png.
 
-Starts the offline test ComfyUI (scripts/comfyui_env.py), runs the train example once so the guard file
+Starts the offline test ComfyUI (tools/comfyui_env.py), runs the train example once so the guard file
 exists, opens the frontend in headless Chromium (Debian package `chromium`), loads each workflow with
 `app.loadGraphData` over the DevTools protocol and saves a screenshot. Needs aiohttp, so run it with
 the ComfyUI venv:
 
-    .cache/comfyui/venv/bin/python scripts/workflow_thumbnails.py [--out DIR] [--width 1600 --height 900]
+    .cache/comfyui/venv/bin/python tools/workflow_thumbnails.py [--out DIR] [--width 1600 --height 900]
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Build (once) the offline ComfyUI test environment for this pack, cached in `.cache/comfyui/`.
 
-    python scripts/comfyui_env.py            # build if needed, print the paths as JSON
-    python scripts/comfyui_env.py --force    # rebuild from scratch
+    python tools/comfyui_env.py            # build if needed, print the paths as JSON
+    python tools/comfyui_env.py --force    # rebuild from scratch
 
 What it makes (all git-ignored, never committed):
 
@@ -61,7 +61,7 @@ def _run(cmd: list, **kw) -> None:
 
 def _recipe() -> dict:
     pack_req = (REPO / "requirements.txt").read_text() if (REPO / "requirements.txt").exists() else ""
-    tiny = (REPO / "scripts" / "tiny_checkpoint.py").read_bytes()
+    tiny = (REPO / "tools" / "tiny_checkpoint.py").read_bytes()
     return {
         "recipe": RECIPE_VERSION,
         "horde": HORDE,
@@ -156,7 +156,7 @@ def _build_venv() -> None:
 
 def _build_checkpoint() -> None:
     MODELS.mkdir(parents=True, exist_ok=True)
-    _run([venv_python(), REPO / "scripts" / "tiny_checkpoint.py", "--comfyui", COMFY_DIR, "--out", CHECKPOINT,
+    _run([venv_python(), REPO / "tools" / "tiny_checkpoint.py", "--comfyui", COMFY_DIR, "--out", CHECKPOINT,
           "--clip-vision", CLIP_VISION])
 
 

