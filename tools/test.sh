@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-.venv/bin/python tools/comfyui_env.py >/dev/null   # offline ComfyUI 0.3.75 + tiny checkpoint (cached)
+bash tools/ensure_chromium.sh                        # headless browser for the frontend tests
+.venv/bin/python tools/comfyui_env.py >/dev/null     # offline ComfyUI 0.3.75 + tiny checkpoint (cached)
 export CPSAMPLE_REQUIRE_COMFYUI=1                    # a missing ComfyUI fails instead of skipping
 exec .venv/bin/python -m pytest "$@"

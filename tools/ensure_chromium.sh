@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install Debian's headless Chromium (browser tests, workflow thumbnails) when it is missing.
+set -euo pipefail
+command -v chromium >/dev/null 2>&1 && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "[CPSample] chromium is missing and cannot be installed here (needs root and apt-get); browser tests will fail" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq chromium >/dev/null
