@@ -9,13 +9,17 @@ Run with the ComfyUI venv's python (it uses comfy's own classes for the exact ke
 * UNet: SD1.5's detection keys (model_channels 320, context_dim 768, no linear-in-transformer, no adm)
   but a single level with one res block and one transformer block (21 M parameters).
 * CLIP-L text encoder: transformers' CLIPTextModel from comfy/sd1_clip_config.json, random init, fp16.
-* VAE: TAESD-shaped (detected by `taesd_decoder.1.weight`), random weights, vae_scale 1 / vae_shift 0.
+* VAE: TAESD-shaped (detected by `taesd_decoder.1.weight`) with hand-set weights, not random ones: the
+  encoder is a colour transform plus three 2x2 average pools (latents keep each picture's 8x downsampled
+  content, about SD1.5's magnitude), the decoder undoes it. A random VAE maps distinct pictures to nearly
+  the same latent, and no guard can memorise pictures it cannot tell apart.
 * `<out stem>-lora.safetensors` next to it: a rank-4 LoRA on one attention projection (kohya key names),
   so workflows can put a LoraLoader in the graph.
 * with --clip-vision PATH: a random CLIP-vision ViT-L/14 (fp16, ~600 MB) for CLIP_VISION inputs.
 
-Deterministic (seeded). Never committed: it lives in `.cache/comfyui/`. Images it makes are noise; that is
-all tests need (shapes, model detection, sampling hooks, determinism).
+Deterministic (seeded). Never committed: it lives in `.cache/comfyui/`. Images it samples are noise (random
+UNet); that is all tests need (shapes, model detection, sampling hooks, determinism), and its VAE keeps the
+demo pictures apart so a guard trained on them memorises them.
 """
 from __future__ import annotations
 
@@ -43,6 +47,71 @@ def _randomise(sd: dict, gen, scale: float) -> dict:
             t = torch.randn(v.shape, generator=gen) * scale
         out[k] = t
     return out
+
+
+# Opponent colours: luminance, red-green, yellow-blue (rows: latent channels 0-2, columns: R, G, B).
+_COLOUR = ((1 / 3, 1 / 3, 1 / 3), (1.0, -1.0, 0.0), (0.5, 0.5, -1.0))
+# The encoder's own output stays inside the decoder's tanh clamp (|x| < 3); vae_scale then stretches the
+# latents the host sees to about SD1.5's spread (scaled latents of order 1 apart, σ_min is 0.03).
+_ENCODER_GAIN = 3.0
+_VAE_SCALE = 0.2
+
+
+def _set_conv(sd: dict, key: str, pairs, tap=None) -> None:
+    """Zero a conv weight, then put `value` at (out, in) for each (out, in, value): centre tap, or a kernel."""
+    import torch
+    w = sd[key]
+    w.zero_()
+    for o, i, v in pairs:
+        if tap is None:
+            w[o, i, 1, 1] = v
+        else:
+            w[o, i] = v * torch.as_tensor(tap, dtype=w.dtype)
+
+
+def demo_vae(gen) -> dict:
+    """TAESD state dict whose encoder keeps the picture: channels 0-2 carry +(RGB − ½), 3-5 −(RGB − ½)
+    (ReLU passes both halves), each Block is the identity (zero convs, identity skip), each stride-2 conv is
+    a 2x2 average pool, and the last conv maps the colour differences to opponent colours; channel 3 is a
+    horizontal luminance edge. The decoder inverts the colour transform and upsamples (nearest)."""
+    import torch
+    import comfy.taesd.taesd as taesd
+    sd = {k: torch.zeros_like(v) for k, v in taesd.TAESD(latent_channels=4).state_dict().items()}
+    rgb = range(3)
+    # Encoder: 0 conv(3,64) | 1 Block | 2 s2 | 3-5 Blocks | 6 s2 | 7-9 | 10 s2 | 11-13 | 14 conv(64,4).
+    e = "taesd_encoder."
+    _set_conv(sd, e + "0.weight", [(k, k, 1.0) for k in rgb] + [(k + 3, k, -1.0) for k in rgb])
+    sd[e + "0.bias"][:6] = torch.tensor([-0.5] * 3 + [0.5] * 3)
+    pool = [[0, 0, 0], [0, 0.25, 0.25], [0, 0.25, 0.25]]  # stride 2, padding 1: the 2x2 block at (2i, 2j)
+    for n in (2, 6, 10):
+        _set_conv(sd, f"{e}{n}.weight", [(c, c, 1.0) for c in range(6)], tap=pool)
+    pairs = []
+    for o, row in enumerate(_COLOUR):
+        for k, v in zip(rgb, row):
+            pairs += [(o, k, _ENCODER_GAIN * v), (o, k + 3, -_ENCODER_GAIN * v)]
+    _set_conv(sd, e + "14.weight", pairs)
+    edge = [[0, 0, 0], [-1, 0, 1], [0, 0, 0]]
+    for k in rgb:  # channel 3: d(luminance)/dx
+        sd[e + "14.weight"][3, k] = _ENCODER_GAIN * torch.tensor(edge) / 3
+        sd[e + "14.weight"][3, k + 3] = -_ENCODER_GAIN * torch.tensor(edge) / 3
+    # Decoder: 0 clamp | 1 conv(4,64) | 2 ReLU | 3-5 | 6 up | 7 conv | 8-10 | 11 up | 12 conv | 13-15 | 16 up
+    # | 17 conv | 18 Block | 19 conv(64,3).
+    d = "taesd_decoder."
+    inv = torch.linalg.inv(torch.tensor(_COLOUR)) / _ENCODER_GAIN  # opponent colours -> RGB − ½
+    _set_conv(sd, d + "1.weight", [(k, o, float(inv[k, o])) for k in rgb for o in rgb]
+              + [(k + 3, o, -float(inv[k, o])) for k in rgb for o in rgb])
+    for n in (7, 12, 17):
+        _set_conv(sd, f"{d}{n}.weight", [(c, c, 1.0) for c in range(6)])
+    _set_conv(sd, d + "19.weight", [(k, k, 1.0) for k in rgb] + [(k, k + 3, -1.0) for k in rgb])
+    sd[d + "19.bias"][:] = 0.5
+    # A little randomness in the otherwise unused weights, as in a real network; small enough (1e-3) to
+    # leave the map above intact.
+    for k, v in sd.items():
+        if v.ndim == 4 and not v.any():
+            v.copy_(torch.randn(v.shape, generator=gen) * 1e-3)
+    sd["vae_scale"] = torch.tensor(_VAE_SCALE)
+    sd["vae_shift"] = torch.tensor(0.0)
+    return sd
 
 
 def build(comfy_root: Path, out: Path) -> None:
@@ -79,12 +148,7 @@ def build(comfy_root: Path, out: Path) -> None:
         sd["cond_stage_model.transformer." + k] = (v.half() if torch.is_floating_point(v) else v).contiguous()
     del clip
 
-    import comfy.taesd.taesd as taesd
-    vae = taesd.TAESD(latent_channels=4)
-    vae_sd = _randomise(vae.state_dict(), gen, 0.05)
-    vae_sd["vae_scale"] = torch.tensor(1.0)
-    vae_sd["vae_shift"] = torch.tensor(0.0)
-    for k, v in vae_sd.items():
+    for k, v in demo_vae(gen).items():
         sd["first_stage_model." + k] = v.float().contiguous()
 
     out.parent.mkdir(parents=True, exist_ok=True)
