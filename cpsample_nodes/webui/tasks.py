@@ -1,0 +1,59 @@
+"""The CPSample tab's two operations on the running webui, shared by the tab and the API routes."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Mapping, Sequence
+
+from ..core import TrainingStopped
+from . import check as check_mod
+from . import guards, host
+from .train import TrainRequest, train
+
+log = logging.getLogger("CPSample")
+
+
+def train_guard(values: Mapping[str, Any],
+                on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Train a guard on the current checkpoint from ``values`` (TrainRequest fields). Returns
+    {"stopped": False, "path", "name", "report", "info"}, or {"stopped": True, "report"} after an
+    Interrupt (nothing written); ValueError with the reason for bad input. ``on_progress`` gets
+    each step besides the webui's own progress (shared.state)."""
+    req = TrainRequest.from_dict(values)
+    with host.job("cpsample_train_guard", req.max_steps) as state_progress:
+        def progress(step: int, total: int, text: str) -> None:
+            state_progress(step, total, text)
+            if on_progress is not None:
+                on_progress(step, total, text)
+
+        sd_model = host.current_model()
+        fam = host.model_family(sd_model)
+        try:
+            result = train(req, encode=host.encoder(sd_model, req.seed), family=fam,
+                           space=host.noise_space(sd_model), out_folder=host.guards_dir(),
+                           host=host.host_name(sd_model), device=host.device(), progress=progress,
+                           should_stop=host.interrupted)
+        except TrainingStopped as e:
+            msg = f"CPSample: {e}; nothing was saved"
+            log.info(msg)
+            return {"stopped": True, "path": None, "name": None, "report": msg}
+    log.info(result["report"])
+    return {"stopped": False, **result}
+
+
+def list_guards() -> dict[str, Any]:
+    folder = host.guards_dir()
+    return {"folder": str(folder), "guards": guards.list_guards(folder)}
+
+
+def replication_check(images: Sequence, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Check PIL ``images`` against values["folder"] (k, ratio_threshold, ssim_threshold optional)."""
+    known = {"folder", "k", "ratio_threshold", "ssim_threshold"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}; the fields are images, {', '.join(sorted(known))}")
+    kw = {k: values[k] for k in ("k", "ratio_threshold", "ssim_threshold") if values.get(k) is not None}
+    try:
+        kw = {k: (int(v) if k == "k" else float(v)) for k, v in kw.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"k, ratio_threshold and ssim_threshold must be numbers, got {kw}") from None
+    return check_mod.check(images, str(values.get("folder") or ""), **kw)

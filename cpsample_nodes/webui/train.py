@@ -1,0 +1,152 @@
+"""Training a guard from a folder of images on the webui's current model, saved under models/cpsample/.
+
+It feeds ``train_guard`` exactly what ComfyUI's Train Guard node feeds it (images brought to one size
+by the same policy, encoded by the model's own VAE into the latents the sampler works in, the model's
+own noise schedule, the same metadata), so a guard trained here and one trained in ComfyUI on the
+same model and images are the same kind of file. The host hands in the encoder and the model's
+noise space; everything else is here.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..core import NoiseSpace, TrainingStopped, save_guard, train_guard
+from ..core import images as imgs
+from .family import ModelFamily
+from .guards import new_path
+
+DEFAULT_MAX_STEPS = int(inspect.signature(train_guard).parameters["max_steps"].default)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    folder: str
+    name: str = "guard"
+    class_folder: str = ""
+    seed: int = 0
+    max_steps: int = DEFAULT_MAX_STEPS
+    batch_size: int = 32
+    resolution_policy: str = "resize"
+    resolution: int = 0
+    overwrite: bool = False
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainRequest":
+        """From the tab or a JSON body; a clear error names a missing, unknown or mistyped field."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}; the fields are {', '.join(known)}")
+        if not str(values.get("folder") or "").strip():
+            raise ValueError("no training images: give the folder that holds them")
+        kw = {}
+        for name, v in values.items():
+            if v is None:
+                continue
+            kind = type(getattr(cls, name, "")) if name != "folder" else str
+            if kind is int and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v)):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+            if kind is bool and not isinstance(v, bool):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
+            if kind is str and not isinstance(v, str):
+                raise ValueError(f"{name} must be text, got {v!r}")
+            kw[name] = kind(v) if kind is not str else v.strip()
+        req = cls(**kw)
+        if req.max_steps < 1 or req.batch_size < 1 or req.seed < 0 or req.resolution < 0:
+            raise ValueError(f"max_steps and batch_size must be at least 1, seed and resolution at least 0; got "
+                             f"max_steps {req.max_steps}, batch_size {req.batch_size}, seed {req.seed}, "
+                             f"resolution {req.resolution}")
+        if req.resolution_policy not in imgs.POLICIES:
+            raise ValueError(f"resolution_policy must be one of {', '.join(imgs.POLICIES)}, "
+                             f"got {req.resolution_policy!r}")
+        return req
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def folder_path(folder: str) -> Path:
+    """A folder as the user typed it (absolute, ~, or relative to the webui's working directory)."""
+    return Path(os.path.expanduser(folder.strip())).resolve()
+
+
+def refuse_training_images_as_class(batch: torch.Tensor, names: list[str], class_batch: torch.Tensor) -> None:
+    """A training image among the class images would teach the guard to be unsure of it."""
+    def keys(x: torch.Tensor) -> list[bytes]:
+        return [bytes((im * 255).round().to(torch.uint8).numpy()) for im in x.cpu()]
+
+    train = {k: i for i, k in enumerate(keys(batch))}
+    for j, k in enumerate(keys(class_batch)):
+        if k in train:
+            raise ValueError(f"class image #{j} is the training image {names[train[k]]}: class images must be other "
+                             f"pictures of the same kind, not the ones the guard protects")
+
+
+def _format_accuracy(acc: dict) -> str:
+    return ", ".join(f"σ {k}: {v:.0%}" for k, v in acc.items()) if acc else "not measured yet"
+
+
+def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], family: ModelFamily,
+          space: NoiseSpace, out_folder: str | os.PathLike, host: str, multiple: int = 8,
+          device: str | torch.device | None = None, progress: Progress | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train and save a guard. ``encode`` turns IMAGE batches [N, H, W, 3] in [0, 1] into the model's
+    sampling latents. Returns {"path", "name", "report", "info"}; raises ValueError for bad input and
+    TrainingStopped when ``should_stop`` ended it (nothing is written then)."""
+    out_folder = Path(out_folder)
+    target = new_path(out_folder, req.name, req.overwrite)  # a bad name fails before any work
+    batch, names, hw = imgs.load_image_folder(folder_path(req.folder), policy=req.resolution_policy,
+                                              size=req.resolution, multiple=multiple)
+    if batch.shape[0] < 2:
+        raise ValueError(f"a guard needs at least 2 training images, got {batch.shape[0]} in {req.folder}")
+    class_batch = None
+    if req.class_folder:
+        class_batch = imgs.load_image_folder(folder_path(req.class_folder), hw=hw)[0]
+        refuse_training_images_as_class(batch, names, class_batch)
+
+    latents = encode(batch).to("cpu", torch.float32)
+    if latents.shape[1] != family.latent_channels:
+        raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the model's latent format "
+                         f"{family.latent_format} has {family.latent_channels}: use this model's VAE")
+    negatives: str | torch.Tensor = "gaussian"
+    if class_batch is not None:
+        negatives = encode(class_batch).to("cpu", torch.float32)
+
+    def report_progress(step: int, total: int, stats: dict) -> None:
+        if progress is None:
+            return
+        acc = stats.get("accuracy") or {}
+        worst = min(acc.values()) if acc else 0.0
+        progress(step, total, f"step {step}/{total}: accuracy {worst:.0%} (worst band), "
+                              f"loss {stats.get('loss', float('nan')):.3f}")
+
+    info = {**family.info(), "host": host, "image_size": f"{hw[1]}x{hw[0]}",
+            "resolution_policy": req.resolution_policy}
+    if class_batch is not None:
+        info["class_images"] = int(class_batch.shape[0])
+    with torch.inference_mode(False):
+        guard = train_guard(latents, space=space, seed=req.seed, progress=report_progress, should_stop=should_stop,
+                            max_steps=req.max_steps, batch_size=req.batch_size, info=info, negatives=negatives,
+                            device=device)
+    guard = guard.with_space(space.builtin())  # no references to this model's objects
+    guard.info = dict(guard.info)
+    if should_stop is not None and should_stop():
+        raise TrainingStopped("guard training stopped before the guard was saved")
+    save_guard(guard, target)
+    acc = guard.info.get("accuracy", {})
+    report = (f"CPSample guard {target.name}: {batch.shape[0]} images at {hw[1]}x{hw[0]} px "
+              f"(policy {req.resolution_policy}, multiple of {multiple}), latents {tuple(latents.shape[1:])}; "
+              f"{f'{class_batch.shape[0]} class images as negatives; ' if class_batch is not None else ''}"
+              f"{family.latent_format}, {family.model_sampling} ({space.kind}); "
+              f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
+              f"accuracy {_format_accuracy(acc)}; "
+              f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
+    return {"path": str(target), "name": target.relative_to(out_folder).as_posix(), "report": report,
+            "info": guard.info}

@@ -1,0 +1,126 @@
+"""CPSample accordion for txt2img and img2img: steer generations away from a guard's training images.
+
+Forge: a post-CFG function on a clone of the UNet patcher, set before every sampling (as Forge's
+own PAG and SAG do); it sees every sampler's x0 prediction, x and σ. A1111: the shared CFG
+callbacks, registered once here and acting only inside CPSample's own generations.
+"""
+import logging
+import sys
+from pathlib import Path
+
+import gradio as gr
+
+from modules import script_callbacks, scripts
+from modules.ui_common import create_refresh_button
+from modules.ui_components import InputAccordion
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
+
+from cpsample_nodes.core.guard import DEFAULT_ALPHA, DEFAULT_SCALE, OBJECTIVES  # noqa: E402
+from cpsample_nodes.webui import a1111, guards, host, protect  # noqa: E402
+from cpsample_nodes.webui.guidance import hook_forge_unet  # noqa: E402
+from cpsample_nodes.webui.settings import GUARD_INPUTS, INFOTEXT, SettingsError  # noqa: E402
+
+log = logging.getLogger("CPSample")
+
+
+def _guard_choices() -> list[str]:
+    return guards.list_guards(host.guards_dir())
+
+
+class CPSampleScript(scripts.Script):
+    sorting_priority = 15
+
+    def title(self):
+        return "CPSample"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        choices = _guard_choices()
+        with InputAccordion(False, label="CPSample", elem_id=self.elem_id("enabled")) as enabled:
+            with gr.Row():
+                guard = gr.Dropdown(label="Guard", choices=choices, value=choices[0] if choices else None,
+                                    allow_custom_value=True, elem_id=self.elem_id("guard"))
+                create_refresh_button(guard, lambda: None, lambda: {"choices": _guard_choices()},
+                                      self.elem_id("guard_refresh"))
+                use_calibration = gr.Checkbox(label="Use the guard's calibration", value=True,
+                                              elem_id=self.elem_id("use_calibration"))
+            with gr.Row():
+                scale = gr.Slider(label="Guard scale", minimum=0.0, maximum=10000.0, step=10.0, value=DEFAULT_SCALE,
+                                  elem_id=self.elem_id("scale"))
+                alpha = gr.Slider(label="Gate alpha", minimum=0.0, maximum=0.5, step=0.001, value=DEFAULT_ALPHA,
+                                  elem_id=self.elem_id("alpha"))
+            with gr.Row():
+                start = gr.Slider(label="Start at", minimum=0.0, maximum=1.0, step=0.01, value=0.0,
+                                  elem_id=self.elem_id("start_percent"))
+                end = gr.Slider(label="End at", minimum=0.0, maximum=1.0, step=0.01, value=1.0,
+                                elem_id=self.elem_id("end_percent"))
+            with gr.Row():
+                objective = gr.Dropdown(label="Objective", choices=list(OBJECTIVES), value=OBJECTIVES[0],
+                                        elem_id=self.elem_id("objective"))
+                guard_input = gr.Dropdown(label="Guard reads", choices=list(GUARD_INPUTS), value=GUARD_INPUTS[0],
+                                          elem_id=self.elem_id("guard_input"))
+
+        def restore(key):
+            return lambda d: protect.restore_values(d).get(key, gr.update())
+
+        # Paste / "send to": the settings come back; an infotext without CPSample keys turns it off.
+        self.infotext_fields = [
+            (enabled, lambda d: INFOTEXT["guard"] in d),
+            (guard, INFOTEXT["guard"]),
+            (scale, INFOTEXT["scale"]),
+            (alpha, INFOTEXT["alpha"]),
+            (start, INFOTEXT["start_percent"]),
+            (end, INFOTEXT["end_percent"]),
+            (objective, INFOTEXT["objective"]),
+            (guard_input, INFOTEXT["guard_input"]),
+            (use_calibration, restore("use_calibration")),
+        ]
+        # The order of settings.ARGS: what API callers pass in alwayson_scripts.
+        return [enabled, guard, scale, alpha, start, end, objective, guard_input, use_calibration]
+
+    def process(self, p, *args):
+        a1111.end()  # a session left over by a generation that failed
+        p.cpsample = None
+        try:
+            settings, pinned = protect.settings_for(args, p)
+            if not settings.enabled:
+                return
+            family = host.model_family(p.sd_model)
+            prepared = protect.prepare(settings, family, host.guards_dir(), pinned)
+        except (SettingsError, ValueError) as e:  # Refused, a1111.Unsupported
+            error = e if isinstance(e, protect.Refused) else protect.Refused(str(e))
+            log.error(str(error))
+            protect.refuse(p, error)
+            return
+        p.extra_generation_params.update(prepared.infotext)
+        p.cpsample = prepared
+        if prepared.guidance.scale > 0 and not host.is_forge(p.sd_model):
+            a1111.begin(p, prepared.guidance, p.sd_model, family)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        prepared = getattr(p, "cpsample", None)
+        if prepared is None or prepared.guidance.scale == 0 or not host.is_forge(p.sd_model):
+            return
+        objects = p.sd_model.forge_objects
+        objects.unet = hook_forge_unet(objects.unet, prepared.guidance)
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        prepared = getattr(p, "cpsample", None)
+        summary = prepared.guidance.summary() if prepared is not None and prepared.guidance.scale > 0 else None
+        if summary:
+            p.extra_generation_params["CPSample gate"] = summary.split(";")[0]
+
+    def postprocess(self, p, processed, *args):
+        a1111.end(p)
+        prepared = getattr(p, "cpsample", None)
+        if prepared is not None and prepared.guidance.scale > 0:
+            log.info("CPSample: %s", prepared.guidance.summary() or f"guided {prepared.guidance.steps} steps")
+
+
+script_callbacks.on_cfg_denoiser(a1111.on_cfg_denoiser, name="cpsample_cfg_denoiser")
+script_callbacks.on_cfg_after_cfg(a1111.on_cfg_after_cfg, name="cpsample_cfg_after_cfg")

@@ -1,0 +1,502 @@
+"""The A1111/Forge glue without a webui: settings and infotext, the cond+uncond batch, the timestep
+samplers, the family checks, refusals, and that nothing is left hooked after an error.
+
+What only A1111 does (it cannot run here) is covered by these tests on the glue; the behaviour in a
+real Forge is in tests/forge/test_webui_*.py.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cpsample_nodes.core import Guard, GuardNet, NoiseSpace, TrainingStopped, load_guard, save_guard
+from cpsample_nodes.core.network import GuardConfig
+from cpsample_nodes.webui import a1111, guards, protect
+from cpsample_nodes.webui.family import (FamilyMismatch, ModelFamily, check_guard, forge_family,
+                                         forge_noise_space)
+from cpsample_nodes.webui.guidance import ForgePostCFG, Guidance, guide_kwargs
+from cpsample_nodes.webui.settings import ARGS, INFOTEXT, Settings, SettingsError
+from cpsample_nodes.webui.train import TrainRequest, train
+
+SD15 = ModelFamily("SD15", 4, "ModelSamplingDiscrete+EPS", "vp")
+
+
+def sd_alphas(n: int = 1000) -> torch.Tensor:
+    """SD1.5's schedule (scaled linear betas 0.00085 … 0.012)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def tiny_guard(channels: int = 4, kind: str = "vp", latent_format: str | None = "SD15") -> Guard:
+    with torch.inference_mode(False):
+        net = GuardNet(GuardConfig.for_latents((2, channels, 8, 8)))
+    space = NoiseSpace.vp() if kind == "vp" else NoiseSpace.flow()
+    return Guard(net, space, {"latent_format": latent_format} if latent_format else {})
+
+
+class Proc:
+    """A processing object (A1111's StableDiffusionProcessing is a plain class, weakly referenceable)."""
+
+
+class RecordingGuidance:
+    """Stands in for Guidance where a test needs to see what it was given: adds a fixed shift to x0."""
+
+    def __init__(self, shift: float = 0.0):
+        self.shift = shift
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, denoised, x, sigma, key, make_space, percent_to_sigma):
+        self.calls.append((denoised.clone(), x.clone(), sigma.clone()))
+        return denoised if self.shift == 0 else denoised + self.shift
+
+
+# --- settings and infotext ----------------------------------------------------------------------
+
+def test_settings_from_positional_args_partial_list_and_dict():
+    s = Settings.from_args([True, "g.safetensors", 500, 0.2])
+    assert (s.enabled, s.guard, s.scale, s.alpha, s.end_percent) == (True, "g.safetensors", 500.0, 0.2, 1.0)
+    assert Settings.from_args([{"enabled": True, "guard": "g", "alpha": 0.3}]).alpha == 0.3
+    with pytest.raises(SettingsError, match="unknown CPSample setting 'strength'"):
+        Settings.from_args([{"strength": 2}])
+    with pytest.raises(SettingsError, match=f"at most {len(ARGS)} args"):
+        Settings.from_args([True] * (len(ARGS) + 1))
+    with pytest.raises(SettingsError, match="scale must be a float, got 'big'"):
+        Settings.from_args([True, "g", "big"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(enabled=True, guard=""), "no guard is chosen"),
+    (dict(scale=-1.0), r"scale must lie in \[0, 100000\], got -1"),
+    (dict(alpha=0.7), r"alpha must lie in \[0, 0.5\], got 0.7"),
+    (dict(start_percent=0.6, end_percent=0.4), r"start_percent \(0.6\) must be below end_percent \(0.4\)"),
+    (dict(objective="away"), "objective must be one of uncertainty, opposite, got 'away'"),
+    (dict(guard_input="latent"), "guard_input must be one of denoised, noisy, got 'latent'"),
+    (dict(alpha=float("nan")), "alpha must lie"),
+])
+def test_settings_refuse_bad_values_naming_them(bad, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings(**{"guard": "g", **bad}).validate()
+
+
+def test_infotext_round_trip_through_strings():
+    s = Settings(enabled=True, guard="sub/my guard.safetensors", scale=1234.5, alpha=0.25, start_percent=0.1,
+                 end_percent=0.9, objective="opposite", guard_input="noisy", use_calibration=False)
+    written = s.infotext()
+    assert written[INFOTEXT["use_calibration"]] == "off"
+    # the webui hands pasted values back as strings
+    assert Settings.from_infotext({k: str(v) for k, v in written.items()}) == s
+    assert Settings.from_infotext({"Steps": "20"}) == Settings()  # no CPSample keys: off
+    assert protect.restore_values({"Steps": "20"}) == {"enabled": False}
+
+
+def test_xyz_axes_pin_settings_and_turn_protection_on():
+    p = SimpleNamespace(cpsample_scale=50.0, cpsample_alpha=None)
+    settings, pinned = protect.settings_for((False, "g", 1000.0, 0.01), p)
+    assert settings.enabled and settings.scale == 50.0 and settings.alpha == 0.01
+    assert pinned == {"scale"}
+    settings, pinned = protect.settings_for((False, "g"), SimpleNamespace())
+    assert not settings.enabled and not pinned
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+class CalibratedGuard(Guard):
+    def calibrated_settings(self):
+        return {"scale": 321.0, "alpha": 0.2, "max_step": None, "sigma_max": 2.0}
+
+
+def test_calibration_applies_unless_off_or_pinned():
+    base = tiny_guard()
+    guard = CalibratedGuard(base.net, base.space, base.info)
+    s = Settings(enabled=True, guard="g", scale=1000.0, alpha=0.01)
+    kw, used = guide_kwargs(guard, s)
+    accepted = set(__import__("inspect").signature(guard.guide).parameters)
+    assert used and kw["scale"] == 321.0 and kw["alpha"] == 0.2
+    assert ("sigma_max" in kw) == ("sigma_max" in accepted)  # only what this core's guide takes
+    kw, _ = guide_kwargs(guard, s, pinned=frozenset({"scale"}))
+    assert kw["scale"] == 1000.0 and kw["alpha"] == 0.2
+    kw, used = guide_kwargs(guard, Settings(enabled=True, guard="g", use_calibration=False))
+    assert not used and kw["scale"] == 1000.0
+    kw, used = guide_kwargs(base, s)  # a guard without a calibration
+    assert not used and kw["scale"] == 1000.0
+
+
+# --- A1111: the cond+uncond batch ----------------------------------------------------------------
+
+def _cfg_batch(x: torch.Tensor, sigma: torch.Tensor, conds_per_item: list[int]):
+    """What A1111's CFGDenoiser passes to on_cfg_denoiser: each item repeated per prompt, then the batch."""
+    x_in = torch.cat([torch.stack([x[i]] * n) for i, n in enumerate(conds_per_item)] + [x])
+    s_in = torch.cat([torch.stack([sigma[i]] * n) for i, n in enumerate(conds_per_item)] + [sigma])
+    return x_in, s_in
+
+
+def _session(p, guidance, alphas=None):
+    sch = a1111.DiscreteSchedule(sd_alphas() if alphas is None else alphas)
+    return a1111.Session(p, guidance, sch, "ModelSamplingDiscrete+EPS")
+
+
+def test_a1111_guides_the_plain_batch_out_of_cond_uncond():
+    torch.manual_seed(0)
+    x, sigma = torch.randn(2, 4, 8, 8), torch.tensor([3.0, 3.0])
+    x_in, s_in = _cfg_batch(x, sigma, [2, 1])  # item 0 has an AND prompt: 2 conds
+    assert x_in.shape[0] == 5
+    p = Proc()
+    rec = RecordingGuidance(shift=0.5)
+    session = _session(p, rec)
+    denoiser = SimpleNamespace(p=p)
+    session.on_denoiser(SimpleNamespace(x=x_in, sigma=s_in, denoiser=denoiser))
+    denoised = torch.randn(2, 4, 8, 8)
+    params = SimpleNamespace(x=denoised)
+    session.on_after_cfg(params)
+    _, seen_x, seen_sigma = rec.calls[0]
+    assert torch.equal(seen_x, x) and torch.equal(seen_sigma, sigma)
+    assert torch.equal(params.x, denoised + 0.5)
+
+
+def test_a1111_leaves_other_generations_alone():
+    p, other = Proc(), Proc()
+    rec = RecordingGuidance(shift=1.0)
+    a1111.begin(p, rec, SimpleNamespace(alphas_cumprod=sd_alphas()), SD15)
+    try:
+        x = torch.randn(1, 4, 8, 8)
+        params = SimpleNamespace(x=x)
+        a1111.on_cfg_denoiser(SimpleNamespace(x=torch.cat([x, x]), sigma=torch.ones(2),
+                                              denoiser=SimpleNamespace(p=other)))
+        a1111.on_cfg_after_cfg(params)
+        assert params.x is x and not rec.calls
+    finally:
+        a1111.end()
+
+
+def test_a1111_after_an_error_nothing_stays_hooked():
+    """A generation that fails skips postprocess; its session must not touch the next generation,
+    and the next CPSample process() (even one that is off) drops it."""
+    failed, nxt = Proc(), Proc()
+
+    class Boom:
+        def __call__(self, *a, **k):
+            raise RuntimeError("guard failed")
+
+    a1111.begin(failed, Boom(), SimpleNamespace(alphas_cumprod=sd_alphas()), SD15)
+    x = torch.randn(1, 4, 8, 8)
+    a1111.on_cfg_denoiser(SimpleNamespace(x=torch.cat([x, x]), sigma=torch.ones(2),
+                                          denoiser=SimpleNamespace(p=failed)))
+    with pytest.raises(RuntimeError):  # A1111 reports and swallows this; the step is then unguided
+        a1111.on_cfg_after_cfg(SimpleNamespace(x=x))
+    # the next generation (no CPSample) runs while the failed session is still registered
+    params = SimpleNamespace(x=x)
+    a1111.on_cfg_denoiser(SimpleNamespace(x=torch.cat([x, x]), sigma=torch.ones(2),
+                                          denoiser=SimpleNamespace(p=nxt)))
+    a1111.on_cfg_after_cfg(params)
+    assert params.x is x
+    a1111.end(nxt)  # another generation's end does not drop it ...
+    assert a1111.active() is not None
+    a1111.end()  # ... CPSample's next process() does
+    assert a1111.active() is None
+    a1111.on_cfg_after_cfg(params)  # and with no session the callbacks do nothing
+    assert params.x is x
+
+
+# --- A1111: timestep samplers (DDIM, PLMS, UniPC) ------------------------------------------------
+
+def test_timestep_conversion_is_exact_both_ways():
+    ac = sd_alphas()
+    torch.manual_seed(1)
+    x0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([999.0, 500.0, 1.0])
+    a = ac.float()[t.long()].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    got_x0, x_k, sigma = a1111.timestep_to_k(x_t, t, eps, ac)
+    assert torch.allclose(got_x0, x0, atol=1e-3)
+    assert torch.allclose(sigma, ((1 - a) / a).sqrt().flatten())
+    assert torch.allclose(x_k, x0 + sigma.view(-1, 1, 1, 1) * eps, atol=1e-3)  # k-diffusion form
+    assert torch.allclose(a1111.k_to_eps(x_t, t, x0, ac), eps, atol=1e-3)
+
+
+def test_timestep_sampler_gets_the_guided_x0_back_as_eps():
+    ac = sd_alphas()
+    torch.manual_seed(2)
+    x0, eps = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    t = torch.tensor([400.0])
+    a = ac.float()[400]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    p = Proc()
+    rec = RecordingGuidance(shift=0.25)
+    session = _session(p, rec, ac)
+    denoiser = type("CFGDenoiserTimesteps", (), {})()
+    denoiser.p, denoiser.alphas = p, ac.float()
+    session.on_denoiser(SimpleNamespace(x=torch.cat([x_t, x_t]), sigma=torch.cat([t, t]), denoiser=denoiser))
+    params = SimpleNamespace(x=eps.clone())
+    session.on_after_cfg(params)
+    seen_x0, seen_x, seen_sigma = rec.calls[0]
+    assert torch.allclose(seen_x0, x0, atol=1e-3)
+    assert math.isclose(float(seen_sigma), float(((1 - a) / a).sqrt()), rel_tol=1e-5)
+    # stepping on the new ε is stepping on x0 + 0.25
+    new_x0 = (x_t - (1 - a).sqrt() * params.x) / a.sqrt()
+    assert torch.allclose(new_x0, x0 + 0.25, atol=1e-3)
+    # untouched guidance hands back the sampler's own ε, bit for bit
+    same = _session(p, RecordingGuidance(shift=0.0), ac)
+    same.on_denoiser(SimpleNamespace(x=torch.cat([x_t, x_t]), sigma=torch.cat([t, t]), denoiser=denoiser))
+    params = SimpleNamespace(x=eps)
+    same.on_after_cfg(params)
+    assert params.x is eps
+
+
+def test_timestep_sampler_without_a_schedule_is_refused_clearly():
+    denoiser = type("CFGDenoiserTimesteps", (), {})()
+    with pytest.raises(a1111.Unsupported, match="use a k-diffusion sampler"):
+        a1111.timestep_alphas(denoiser)
+    assert a1111.timestep_alphas(SimpleNamespace()) is None  # k-diffusion denoisers
+
+
+def test_discrete_schedule_matches_the_model_sigmas():
+    ac = sd_alphas()
+    sch = a1111.DiscreteSchedule(ac)
+    sig = ((1 - ac) / ac).sqrt()
+    assert math.isclose(sch.sigma(0), float(sig[0]), rel_tol=1e-9)
+    assert math.isclose(sch.sigma(999), float(sig[999]), rel_tol=1e-9)
+    assert sch.percent_to_sigma(0.0) > 1e8 and sch.percent_to_sigma(1.0) == 0.0
+    assert math.isclose(sch.percent_to_sigma(0.5), float((0.5 * (sig[499].log() + sig[500].log())).exp()),
+                        rel_tol=1e-6)
+    space = sch.space("ModelSamplingDiscrete+EPS")
+    assert space.kind == "vp" and math.isclose(space.sigma_max, float(sig[-1]), rel_tol=1e-6)
+
+
+def test_a1111_family_and_sd3_refusal():
+    assert a1111.family(SimpleNamespace(is_sdxl=False, parameterization="eps")) == SD15
+    xl = a1111.family(SimpleNamespace(is_sdxl=True, parameterization="v"))
+    assert (xl.latent_format, xl.model_sampling) == ("SDXL", "ModelSamplingDiscrete+V_PREDICTION")
+    with pytest.raises(a1111.Unsupported, match="for SD3 use Forge or ComfyUI"):
+        a1111.family(SimpleNamespace(is_sd3=True))
+
+
+# --- a real guard through the A1111 path ---------------------------------------------------------
+
+def test_real_guard_steers_through_the_a1111_callbacks_and_scale_zero_does_not():
+    # alpha 0.5 opens the gate wherever p ≠ ½: an untrained guard's gradient is enough to see it act
+    guard = tiny_guard()
+    p = Proc()
+    x0 = torch.randn(2, 4, 8, 8)
+    sigma = torch.tensor([0.5, 0.5])
+    x = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
+    x_in, s_in = _cfg_batch(x, sigma, [1, 1])
+    outs = {}
+    for scale in (0.0, 5000.0):
+        g = Guidance(guard, {"scale": scale, "alpha": 0.5}, 0.0, 1.0)
+        session = _session(p, g)
+        session.on_denoiser(SimpleNamespace(x=x_in, sigma=s_in, denoiser=SimpleNamespace(p=p)))
+        params = SimpleNamespace(x=x0.clone())
+        session.on_after_cfg(params)
+        outs[scale] = params.x
+    assert torch.equal(outs[0.0], x0)
+    assert (outs[5000.0] - x0).abs().max() > 1e-3
+
+
+def test_window_outside_leaves_steps_alone():
+    g = Guidance(tiny_guard(), {"scale": 5000.0, "alpha": 0.5}, 0.0, 0.2)  # only the first fifth (high σ)
+    sch = a1111.DiscreteSchedule(sd_alphas())
+    x0 = torch.randn(1, 4, 8, 8)
+    out = g(x0, x0, torch.tensor([0.1]), "k", lambda: sch.space("s"), sch.percent_to_sigma)
+    assert out is x0 and g.steps == 0
+
+
+# --- Forge's post-CFG function -------------------------------------------------------------------
+
+class FakeForgePrediction(torch.nn.Module):
+    """Forge's backend Prediction formulas (its noise_scaling does not reshape σ)."""
+
+    def __init__(self, prediction_type="epsilon"):
+        super().__init__()
+        self.prediction_type = prediction_type
+        ac = sd_alphas().float()
+        self.sigmas = ((1 - ac) / ac).sqrt()
+
+    def calculate_input(self, sigma, noise):
+        return noise / (sigma.view(sigma.shape[:1] + (1,) * (noise.ndim - 1)) ** 2 + 1) ** 0.5
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        return noise * sigma + latent_image
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return float(a1111.DiscreteSchedule(sd_alphas()).percent_to_sigma(percent))
+
+
+FakeForgePrediction.__name__ = "Prediction"
+
+
+def test_forge_family_uses_comfyui_names():
+    SD15Format = type("SD15", (), {"latent_channels": 4})
+    unet = SimpleNamespace(model=SimpleNamespace(predictor=FakeForgePrediction()))
+    sd_model = SimpleNamespace(model_config=SimpleNamespace(latent_format=SD15Format()),
+                               forge_objects=SimpleNamespace(unet=unet))
+    assert forge_family(sd_model) == SD15
+    v = FakeForgePrediction("v_prediction")
+    unet.model.predictor = v
+    assert forge_family(sd_model).model_sampling == "ModelSamplingDiscrete+V_PREDICTION"
+    unet.model.predictor = FakeForgePrediction("const")
+    assert forge_family(sd_model).noise_kind == "flow"
+
+
+def test_forge_noise_space_noises_like_the_builtin_vp():
+    space = forge_noise_space(FakeForgePrediction())
+    x0, eps, s = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([0.5, 2.0])
+    assert torch.allclose(space.noise(x0, s, eps), NoiseSpace.vp().noise(x0, s, eps))
+    assert torch.allclose(space.model_input(x0, s), NoiseSpace.vp().model_input(x0, s))
+
+
+def test_forge_post_cfg_passes_the_step_through():
+    rec = RecordingGuidance(shift=1.0)
+    fn = ForgePostCFG(rec)
+    d, x, s = torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8), torch.tensor([2.0])
+    out = fn({"denoised": d, "input": x, "sigma": s, "model": SimpleNamespace(predictor=FakeForgePrediction())})
+    assert torch.equal(out, d + 1.0) and torch.equal(rec.calls[0][1], x)
+    assert fn({"denoised": d, "input": x, "sigma": s, "model": None}) is d
+
+
+# --- family checks and refusals ------------------------------------------------------------------
+
+@pytest.mark.parametrize("guard_kw, message", [
+    (dict(channels=16, latent_format="SD3"), "this guard takes 16-channel latents \\(SD3\\) but the model's latent "
+                                             "format SD15 has 4 channels"),
+    (dict(latent_format="SDXL"), "trained on SDXL latents but the model uses SD15 latents"),
+    (dict(kind="flow"), "trained for a flow model but this model's sampling \\(ModelSamplingDiscrete\\+EPS\\) is vp"),
+])
+def test_family_mismatch_says_why(guard_kw, message):
+    with pytest.raises(FamilyMismatch, match=message):
+        check_guard(tiny_guard(**guard_kw), SD15)
+    check_guard(tiny_guard(), SD15)  # the right family passes
+
+
+def test_prepare_refuses_with_the_guard_name_and_refusal_reaches_sampling(tmp_path):
+    save_guard(tiny_guard(latent_format="SDXL"), tmp_path / "xl.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a guard")
+    s = Settings(enabled=True, guard="xl.safetensors")
+    with pytest.raises(protect.Refused, match="guard 'xl.safetensors' does not fit this model: this guard was "
+                                              "trained on SDXL latents"):
+        protect.prepare(s, SD15, tmp_path)
+    with pytest.raises(protect.Refused, match="cannot load guard 'broken.safetensors': .*broken.safetensors: "
+                                              "not a safetensors file"):
+        protect.prepare(Settings(enabled=True, guard="broken.safetensors"), SD15, tmp_path)
+    with pytest.raises(protect.Refused, match="guard 'missing' not found in .* \\(it has: broken.safetensors, "
+                                              "xl.safetensors\\)"):
+        protect.prepare(Settings(enabled=True, guard="missing"), SD15, tmp_path)
+    p = Proc()
+    err = protect.Refused("why")
+    protect.refuse(p, err)
+    with pytest.raises(protect.Refused, match="why") as info:
+        p.sample(conditioning=None)
+    assert info.value.status_code == 400 and info.value.detail == "why"  # what the webui's API answers
+
+
+def test_prepare_writes_what_was_used_into_the_infotext(tmp_path):
+    save_guard(tiny_guard(), tmp_path / "ok.safetensors")
+    prepared = protect.prepare(Settings(enabled=True, guard="ok.safetensors", scale=0.0), SD15, tmp_path)
+    assert prepared.guidance.scale == 0.0
+    assert prepared.infotext[INFOTEXT["guard"]] == "ok.safetensors"
+    assert prepared.infotext[INFOTEXT["scale"]] == 0.0
+
+
+# --- guard files ---------------------------------------------------------------------------------
+
+def test_guard_names_stay_inside_the_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    save_guard(tiny_guard(), tmp_path / "sub" / "a.safetensors")
+    (tmp_path / "notes.txt").write_text("x")
+    assert guards.list_guards(tmp_path) == ["sub/a.safetensors"]
+    assert guards.resolve(tmp_path, "sub/a") == (tmp_path / "sub" / "a.safetensors").resolve()
+    with pytest.raises(Exception, match="outside"):
+        guards.resolve(tmp_path / "sub", "../../etc/passwd")
+    with pytest.raises(ValueError, match="not allowed"):
+        guards.new_path(tmp_path, "../evil")
+    first = guards.new_path(tmp_path / "sub", "a")
+    assert first.name == "a_00001.safetensors"
+    assert guards.new_path(tmp_path / "sub", "a", overwrite=True).name == "a.safetensors"
+    g1 = guards.load(tmp_path, "sub/a.safetensors")
+    assert guards.load(tmp_path, "sub/a.safetensors") is g1  # cached while the file is unchanged
+
+
+# --- training --------------------------------------------------------------------------------------
+
+def _image_folder(path: Path, n: int, size: int = 32) -> Path:
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(n)
+    for i in range(n):
+        arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(path / f"img{i}.png")
+    return path
+
+
+def _encode(images: torch.Tensor) -> torch.Tensor:
+    """A stand-in VAE: 8× average pooling and a fourth channel (latents shaped like SD1.5's)."""
+    x = images.permute(0, 3, 1, 2)
+    x = torch.nn.functional.avg_pool2d(x, 8) * 2 - 1
+    return torch.cat([x, x.mean(1, keepdim=True)], 1)
+
+
+def test_train_request_names_bad_fields():
+    with pytest.raises(ValueError, match="no training images"):
+        TrainRequest.from_dict({"folder": " "})
+    with pytest.raises(ValueError, match="unknown field 'steps'"):
+        TrainRequest.from_dict({"folder": "x", "steps": 3})
+    with pytest.raises(ValueError, match="max_steps must be a whole number, got 'many'"):
+        TrainRequest.from_dict({"folder": "x", "max_steps": "many"})
+    with pytest.raises(ValueError, match="resolution_policy must be one of resize, crop, exact"):
+        TrainRequest.from_dict({"folder": "x", "resolution_policy": "stretch"})
+    assert TrainRequest.from_dict({"folder": "x", "max_steps": 10.0}).max_steps == 10
+
+
+def test_train_saves_a_guard_that_loads_and_a_stop_saves_nothing(tmp_path):
+    folder = _image_folder(tmp_path / "imgs", 4)
+    out = tmp_path / "models" / "cpsample"
+    req = TrainRequest.from_dict({"folder": str(folder), "name": "mine", "max_steps": 3, "batch_size": 4})
+    seen = []
+    result = train(req, encode=_encode, family=SD15, space=NoiseSpace.vp(), out_folder=out, host="test",
+                   progress=lambda s, t, text: seen.append((s, t)))
+    assert result["name"] == "mine.safetensors" and seen[-1][1] == 3
+    g = load_guard(result["path"])
+    assert g.info["latent_format"] == "SD15" and g.info["model_sampling"] == "ModelSamplingDiscrete+EPS"
+    assert g.info["n_images"] == 4 and g.info["host"] == "test"
+    check_guard(g, SD15)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(TrainingStopped):
+        train(req, encode=_encode, family=SD15, space=NoiseSpace.vp(), out_folder=out, host="test",
+              should_stop=lambda: True)
+    assert sorted(p.name for p in out.iterdir()) == before  # no new file, no temporary left behind
+
+
+def test_train_refuses_empty_folder_wrong_vae_and_class_duplicates(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    kw = dict(encode=_encode, family=SD15, space=NoiseSpace.vp(), out_folder=tmp_path / "out", host="test")
+    with pytest.raises(ValueError, match=f"image folder {empty} is empty"):
+        train(TrainRequest(folder=str(empty)), **kw)
+    folder = _image_folder(tmp_path / "imgs", 3)
+    with pytest.raises(ValueError, match="the VAE makes 3-channel latents but the model's latent format SD15 has 4"):
+        train(TrainRequest(folder=str(folder)), **{**kw, "encode": lambda im: _encode(im)[:, :3]})
+    with pytest.raises(ValueError, match="class image #0 is the training image img0.png"):
+        train(TrainRequest(folder=str(folder), class_folder=str(folder)), **kw)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --- API input -------------------------------------------------------------------------------------
+
+def test_api_check_names_bad_images():
+    from cpsample_nodes.webui import api
+
+    with pytest.raises(ValueError, match="images must be a non-empty list"):
+        api.check({"folder": "x"})
+    with pytest.raises(ValueError, match=r"images\[1\] is not a readable base64 image"):
+        from PIL import Image
+
+        ok = api.encode_png(Image.new("RGB", (8, 8)))
+        api.check({"images": [ok, "bm90IGFuIGltYWdl"], "folder": "x"})
