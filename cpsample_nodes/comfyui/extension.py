@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import paths
+from . import paths, routes
 
 
 class CPSampleExtension(ComfyExtension):
@@ -19,4 +19,5 @@ class CPSampleExtension(ComfyExtension):
 
 def entrypoint() -> CPSampleExtension:
     paths.register()
+    routes.register()  # before the server adds its routes (it does so after packs load)
     return CPSampleExtension()

@@ -1,0 +1,98 @@
+"""What the nodes tell the frontend (web/cpsample.js) while and after they run.
+
+* ``cpsample.train`` {node, step, total, loss, accuracy, done}: Train Guard's live chart.
+* ``cpsample.gate`` {node, summary, text}: after each sampling run with a protected model, what the gate
+  did (``core.gate_log``); also one server log line.
+
+Events go to the browser tab that queued the prompt (PromptServer's current client id), as ComfyUI's
+own progress messages do. Nothing here carries image data.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from ..core.gate_log import GateLog, describe
+
+log = logging.getLogger("CPSample")
+
+TRAIN_EVENT = "cpsample.train"
+GATE_EVENT = "cpsample.gate"
+
+
+def send(event: str, data: dict[str, Any]) -> None:
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+        server.send_sync(event, data, getattr(server, "client_id", None))
+    except Exception:  # noqa: BLE001 - the UI is optional (a headless run has no PromptServer)
+        pass
+
+
+def _finite(v: Any) -> float | None:
+    return round(float(v), 5) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+class TrainChart:
+    """Collects Train Guard's progress into a small series and streams it (at most ~8 messages a second,
+    plus every new accuracy measurement, so a long run does not flood the socket)."""
+
+    MAX_POINTS = 400
+
+    def __init__(self, node_id: str | None) -> None:
+        self.node_id = node_id
+        self.points: list[dict[str, Any]] = []
+        self._last_sent = 0.0
+        self._last_acc: dict[str, float] = {}
+
+    def update(self, step: int, total: int, stats: dict[str, Any]) -> None:
+        acc = {k: round(float(v), 4) for k, v in (stats.get("accuracy") or {}).items()}
+        point = {"step": int(step), "loss": _finite(stats.get("loss")), "accuracy": acc}
+        new_acc = acc != self._last_acc
+        self._last_acc = acc
+        now = time.monotonic()
+        if new_acc or now - self._last_sent > 0.125 or step == total:
+            self._keep(point)
+            if self.node_id is not None:
+                send(TRAIN_EVENT, {"node": str(self.node_id), "total": int(total), "done": False, **point})
+            self._last_sent = now
+
+    def _keep(self, point: dict[str, Any]) -> None:
+        self.points.append(point)
+        if len(self.points) > self.MAX_POINTS:  # thin the older half, keep the recent detail
+            half = len(self.points) // 2
+            self.points = self.points[:half:2] + self.points[half:]
+
+    def finish(self, accuracy: dict[str, float], steps: int, memorised: bool) -> dict[str, Any]:
+        """The whole series plus the final per-band accuracy, for the node's ui output and a last event."""
+        final = {"node": str(self.node_id), "points": self.points, "steps": int(steps), "done": True,
+                 "final_accuracy": {k: round(float(v), 4) for k, v in accuracy.items()},
+                 "memorised": bool(memorised)}
+        if self.node_id is not None:
+            send(TRAIN_EVENT, final)
+        return final
+
+
+class GateReport:
+    """OUTER_SAMPLE wrapper on the protected model: one GateLog per sampling run, reported at its end.
+
+    ComfyUI calls it as ``fn(executor, noise, latent_image, sampler, sigmas, ...)`` for every sampler node
+    that uses the model; the post-CFG function records into ``gate`` in between."""
+
+    def __init__(self, gate: GateLog, node_id: str | None) -> None:
+        self.gate = gate
+        self.node_id = node_id
+
+    def __call__(self, executor, *args, **kwargs):
+        sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+        self.gate.reset(sigmas)
+        out = executor(*args, **kwargs)
+        summary = self.gate.summary()
+        text = describe(summary)
+        log.info(f"CPSample Protect Model{f' (node {self.node_id})' if self.node_id else ''}: {text}")
+        if self.node_id is not None:
+            send(GATE_EVENT, {"node": str(self.node_id), "summary": summary, "text": text})
+        return out
