@@ -18,7 +18,8 @@ from comfy_api.latest import io, ui
 
 from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, train_guard
 from ..core import images as imgs
-from . import host, paths
+from . import events, host, paths
+from .guard_facts import guard_facts
 from .patch import GUARD_INPUTS, protect
 from ..core.guard import DEFAULT_ALPHA, DEFAULT_SCALE
 
@@ -238,8 +239,10 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
 
     pbar = comfy.utils.ProgressBar(max_steps, node_id=node_id)
     last = {"acc": {}}
+    chart = events.TrainChart(node_id)  # the node's live loss / accuracy chart (web/cpsample.js)
 
     def progress(step, total, stats):
+        chart.update(step, total, stats)
         acc = stats.get("accuracy") or {}
         if acc != last["acc"]:
             last["acc"] = acc
@@ -277,7 +280,8 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
               f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
     log.info(report)
     _send_text(node_id, report)
-    return io.NodeOutput(guard, report, ui=ui.PreviewText(report))
+    final = chart.finish(acc, guard.info.get("steps") or 0, bool(guard.info.get("memorised")))
+    return io.NodeOutput(guard, report, ui={"text": (report,), "cpsample_train": (final,)})
 
 
 _TRAIN_DESCRIPTION = ("Trains a small noise-aware classifier (the guard) to memorise random labels on the images a "
@@ -430,7 +434,8 @@ class LoadGuard(io.ComfyNode):
         except GuardFileError as e:
             raise ValueError(f"cannot load guard {guard_name!r}: {e}") from None
         info = json.dumps(guard.info, indent=1, default=str, sort_keys=True)
-        return io.NodeOutput(guard, info)
+        # The node shows these facts in a panel (web/cpsample.js); the info output keeps the full JSON.
+        return io.NodeOutput(guard, info, ui={"cpsample_guard": (guard_facts(guard, guard_name, path),)})
 
 
 class ProtectModel(io.ComfyNode):
@@ -465,13 +470,15 @@ class ProtectModel(io.ComfyNode):
                                        "sample is heading); noisy: the paper's form, the noisy latent at σ."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The protected model (a clone).")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, guard, scale, alpha, start_percent, end_percent, objective="uncertainty",
                 guard_input=None) -> io.NodeOutput:
         try:
-            m = protect(model, guard, scale, alpha, start_percent, end_percent, objective, guard_input)
+            m = protect(model, guard, scale, alpha, start_percent, end_percent, objective, guard_input,
+                        node_id=_node_id(cls))
         except host.HostMismatch as e:
             raise ValueError(f"CPSample Protect Model: {e}") from None
         return io.NodeOutput(m)

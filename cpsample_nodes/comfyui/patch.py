@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import host
+from .events import GateReport
+from ..core.gate_log import GateLog
 from ..core.guard import INPUTS
 
 # What the guard reads, the core's default first ("denoised" = the x0 prediction).
@@ -33,6 +35,8 @@ class GuardPostCFG:
         self.objective = objective
         self._spaces = {}
         self.calls = 0
+        # What the gate did in the current sampling run (reset and reported by events.GateReport).
+        self.gate = GateLog()
         setattr(self, MARKER, True)
 
     def _guard_for(self, ms, device):
@@ -76,12 +80,15 @@ class GuardPostCFG:
             if s.numel() == 1:
                 return out
             out = torch.where(inside.to(out.device).view(view), out, denoised)
+        self.gate.record(sigma, denoised, out)
         return out
 
 
 def protect(model, guard, scale: float, alpha: float, start_percent: float, end_percent: float,
-            objective: str = "uncertainty", guard_input: str | None = None):
-    """A clone of ``model`` with the guard's post-CFG function; ``model`` itself when scale is 0."""
+            objective: str = "uncertainty", guard_input: str | None = None,
+            node_id: str | None = None):
+    """A clone of ``model`` with the guard's post-CFG function; ``model`` itself when scale is 0.
+    ``node_id``: the Protect Model node that gets the gate report after each sampling run."""
     host.check_guard(guard, model)
     if start_percent >= end_percent:
         raise ValueError(f"start_percent ({start_percent}) must be below end_percent ({end_percent})")
@@ -92,4 +99,16 @@ def protect(model, guard, scale: float, alpha: float, start_percent: float, end_
         raise ValueError(f"guard_input must be one of {', '.join(GUARD_INPUTS)}, got {guard_input!r}")
     fn = GuardPostCFG(guard, scale, alpha, start_percent, end_percent, objective, guard_input)
     m.set_model_sampler_post_cfg_function(fn)
+    _report_gate(m, fn, node_id)
     return m
+
+
+def _report_gate(m, fn: GuardPostCFG, node_id: str | None) -> None:
+    """Wrap each sampling run of ``m`` so the gate's work is reported after it (older hosts without
+    wrappers protect the same, without the report)."""
+    try:
+        from comfy.patcher_extension import WrappersMP
+    except ImportError:
+        return
+    if hasattr(m, "add_wrapper_with_key"):
+        m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, MARKER, GateReport(fn.gate, node_id))
