@@ -25,10 +25,10 @@ AXES = {"scale": "cpsample_scale", "alpha": "cpsample_alpha", "start_percent": "
 class Refused(ValueError):
     """CPSample will not run this generation; the message says why and what to do."""
 
-    status_code = 400  # the webui's API answers with this status and the message
-
     def __init__(self, message: str):
         super().__init__(message)
+        # the webui's API answers with these (read from the instance's own attributes)
+        self.status_code = 400
         self.detail = message
 
 

@@ -35,8 +35,9 @@ class Settings:
     @classmethod
     def from_args(cls, args: Sequence[Any]) -> "Settings":
         """The script's args in ``ARGS`` order (the UI, or an API list, which may stop early:
-        the rest keep their defaults), or one dict by name (handier in API calls)."""
-        if len(args) == 1 and isinstance(args[0], Mapping):
+        the rest keep their defaults), or a dict by name first (handier in API calls; the webui
+        fills the places after it with the UI's defaults, which are then ignored)."""
+        if args and isinstance(args[0], Mapping):
             return cls.from_dict(args[0])
         if len(args) > len(ARGS):
             raise SettingsError(f"CPSample takes at most {len(ARGS)} args ({', '.join(ARGS)}), got {len(args)}")
