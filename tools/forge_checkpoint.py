@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Write a random-weight, full-size SD1.5 checkpoint that Forge loads, built from Forge's own classes.
+
+    <forge venv>/bin/python tools/forge_checkpoint.py --forge .cache/forge/webui --out FILE
+
+Run by tools/forge_env.py inside Forge's venv. Why full size: Forge detects the model family from the
+UNet's state dict but always builds the VAE and CLIP text encoder at SD1.5 size, so a shrunken model
+is "Failed to recognize model type!". The keys are the original (LDM) layout a downloaded SD1.5
+`.safetensors` has; after writing, the file goes through Forge's own detector and key split, which
+must say SD15 with no missing or unexpected keys. Weights are seeded, stored in fp16 (2.1 GB).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# The UNet config Forge's detector derives from an SD1.5 state dict (huggingface_guess SD15 + detection).
+UNET_CONFIG = {
+    "in_channels": 4, "model_channels": 320, "out_channels": 4, "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4], "use_spatial_transformer": True, "context_dim": 768,
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "num_heads": 8, "num_head_channels": -1, "use_linear_in_transformer": False, "adm_in_channels": None,
+}
+SD15_REPO = "runwayml/stable-diffusion-v1-5"
+
+
+def _forge_imports(forge: Path) -> None:
+    os.chdir(forge)
+    sys.argv = sys.argv[:1] + ["--always-cpu"]  # Forge's backend reads its flags at import: CPU, no CUDA probe
+    for p in (forge, forge / "repositories" / "huggingface_guess", forge / "packages_3rdparty"):
+        sys.path.insert(0, str(p))
+
+
+def build_state_dict(forge: Path, seed: int) -> dict:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from backend.nn.clip import IntegratedCLIP
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+    from backend.nn.vae import IntegratedAutoencoderKL
+
+    torch.manual_seed(seed)
+    repo = forge / "backend" / "huggingface" / SD15_REPO
+    sd = {}
+    with torch.no_grad():
+        unet = IntegratedUNet2DConditionModel(**UNET_CONFIG)
+        # The UNet zero-initialises its output convolutions: it would predict zero noise everywhere.
+        for name, p in unet.named_parameters():
+            if name.endswith("weight") and p.dim() == 4 and not p.any():
+                p.normal_(0.0, 0.02)
+        sd.update({"model.diffusion_model." + k: v for k, v in unet.state_dict().items()})
+        del unet
+        vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae")))
+        sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
+        del vae
+        clip = IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")))
+        # Fresh LayerNorms (weight 1, bias 0) make every token's features average exactly zero; the hosts'
+        # prompt emphasis rescales by original_mean / new_mean and would turn that into 0/0 = NaN (black
+        # images). A trained CLIP has norms with offsets: give the random one some.
+        for name, p in clip.named_parameters():
+            if "layer_norm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.05)
+                if name.endswith("final_layer_norm.bias"):
+                    p.add_(0.1)
+        sd.update({"cond_stage_model." + k: v for k, v in clip.state_dict().items()
+                   if k.startswith("transformer.text_model.") and not k.endswith("position_ids")})
+        del clip
+    return {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+
+
+def check(path: Path, forge: Path) -> dict:
+    """Forge's own detection and key split: SD15, every component's keys present, nothing left over."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from backend.loader import split_state_dict
+    from backend.nn.clip import IntegratedCLIP
+    from backend.nn.vae import IntegratedAutoencoderKL
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+
+    parts, guess = split_state_dict(str(path))
+    if guess.huggingface_repo != SD15_REPO:
+        raise SystemExit(f"Forge detects {guess.huggingface_repo}, not SD1.5")
+    repo = forge / "backend" / "huggingface" / SD15_REPO
+    with torch.device("meta"):
+        wanted = {
+            "unet": IntegratedUNet2DConditionModel.from_config(guess.unet_config).state_dict(),
+            "vae": IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae"))).state_dict(),
+            "text_encoder": IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")),
+                                           add_text_projection=True).state_dict(),
+        }
+    ignorable = {"transformer.text_projection.weight", "transformer.text_model.embeddings.position_ids", "logit_scale"}
+    report = {}
+    for name, model_sd in wanted.items():
+        got = parts.get(name, {})
+        missing = sorted(set(model_sd) - set(got) - ignorable)
+        unexpected = sorted(set(got) - set(model_sd) - ignorable)
+        shapes = [k for k in set(got) & set(model_sd) if tuple(got[k].shape) != tuple(model_sd[k].shape)]
+        if missing or unexpected or shapes:
+            raise SystemExit(f"{name}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
+        report[name] = len(got)
+    return {"detected": guess.huggingface_repo, "tensors": report}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--forge", type=Path, required=True, help="Forge's folder (webui)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    forge, out = args.forge.resolve(), args.out.resolve()
+    _forge_imports(forge)
+    from safetensors.torch import save_file
+
+    t0 = time.time()
+    sd = build_state_dict(forge, args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".partial.safetensors")  # Forge picks the loader by the suffix
+    save_file(sd, str(tmp), metadata={"format": "pt", "cpsample": "random-weight SD1.5 for tests"})
+    del sd
+    report = check(tmp, forge)
+    tmp.replace(out)  # only a checked file gets the real name
+    print(f"[forge_checkpoint] {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.0f} s: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
