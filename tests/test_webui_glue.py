@@ -123,6 +123,8 @@ def test_calibration_applies_unless_off_or_pinned():
     assert kw["scale"] == 1000.0 and kw["alpha"] == 0.2
     kw, used = guide_kwargs(guard, Settings(enabled=True, guard="g", use_calibration=False))
     assert not used and kw["scale"] == 1000.0
+    kw, used = guide_kwargs(guard, Settings(enabled=True, guard="g", scale=0.0))  # scale 0 is off, always
+    assert not used and kw["scale"] == 0.0
     kw, used = guide_kwargs(base, s)  # a guard without a calibration
     assert not used and kw["scale"] == 1000.0
 
@@ -503,3 +505,22 @@ def test_api_check_names_bad_images():
 
         ok = api.encode_png(Image.new("RGB", (8, 8)))
         api.check({"images": [ok, "bm90IGFuIGltYWdl"], "folder": "x"})
+
+
+def test_a_guard_file_with_a_calibration_steers_with_it(tmp_path):
+    guard = tiny_guard()
+    if not callable(getattr(guard, "calibrated_settings", None)):
+        pytest.skip("this core has no guard calibration")
+    guard.info["calibration"] = {"settings": {"scale": 200.0, "alpha": 0.1, "sigma_max": 1.5}}
+    save_guard(guard, tmp_path / "cal.safetensors")
+    prepared = protect.prepare(Settings(enabled=True, guard="cal.safetensors"), SD15, tmp_path)
+    assert prepared.calibrated
+    assert prepared.guidance.kwargs["sigma_max"] == 1.5
+    assert prepared.infotext[INFOTEXT["scale"]] == 200.0 and prepared.infotext[INFOTEXT["alpha"]] == 0.1
+    guard.info["calibration"] = {"settings": {"scale": 200.0, "alpha": 3.0}}  # a hand-edited file
+    save_guard(guard, tmp_path / "edited.safetensors")
+    with pytest.raises(protect.Refused, match="guard 'edited.safetensors' has an unusable calibration: .*alpha"):
+        protect.prepare(Settings(enabled=True, guard="edited.safetensors"), SD15, tmp_path)
+    # the calibration checkbox off: the sliders steer
+    manual = protect.prepare(Settings(enabled=True, guard="cal.safetensors", use_calibration=False), SD15, tmp_path)
+    assert not manual.calibrated and manual.infotext[INFOTEXT["scale"]] == Settings().scale

@@ -41,10 +41,12 @@ def calibration(guard: Guard) -> dict[str, Any]:
 
 def guide_kwargs(guard: Guard, settings: Settings, pinned: frozenset[str] = frozenset()) -> tuple[dict, bool]:
     """The keyword arguments for ``Guard.guide``: the settings, with the guard's calibration on top
-    when asked for, except for settings pinned by hand (an X/Y/Z axis). Returns (kwargs, calibrated)."""
+    when asked for (scale, alpha, max_step, sigma_max), except for settings pinned by hand (an X/Y/Z
+    axis). Returns (kwargs, calibrated)."""
     kw: dict[str, Any] = {"scale": settings.scale, "alpha": settings.alpha, "objective": settings.objective,
                           "guard_input": settings.guard_input}
-    cal = calibration(guard) if settings.use_calibration else {}
+    # scale 0 turns protection off whatever the calibration says (as Protect Model in ComfyUI)
+    cal = calibration(guard) if settings.use_calibration and settings.scale > 0 else {}
     cal = {k: v for k, v in cal.items() if k not in pinned}
     kw.update(cal)
     return kw, bool(cal)
