@@ -15,10 +15,13 @@ there), so guards and outputs belong to one test session and the cached Forge fo
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +31,17 @@ from comfyui_harness import free_port, synthetic_png
 
 REPO = Path(__file__).resolve().parent.parent
 EXTENSION_NAME = "CPSample"
+
+
+def _own_session_dying_with_parent() -> None:
+    """In the child: a process group of its own (stop() ends it whole), and on Linux a SIGTERM when the
+    test process dies, so a killed pytest leaves no Forge behind holding GBs of memory."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def make_data_dir(root: Path, checkpoint: Path, link: bool = True) -> dict:
@@ -116,7 +130,7 @@ class ForgeServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), cwd=self.forge_dir, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         preexec_fn=_own_session_dying_with_parent)
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -133,12 +147,18 @@ class ForgeServer:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal_group(signal.SIGKILL)
             self.proc.wait(timeout=20)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # the server's own group (see _own_session_dying_with_parent)
+        except ProcessLookupError:
+            pass
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
