@@ -12,7 +12,7 @@ import gradio as gr
 
 from modules import script_callbacks, scripts
 from modules.ui_common import create_refresh_button
-from modules.ui_components import FormRow, InputAccordion
+from modules.ui_components import InputAccordion
 
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
@@ -43,11 +43,10 @@ class CPSampleScript(scripts.Script):
         choices = _guard_choices()
         with InputAccordion(False, label="CPSample", elem_id=self.elem_id("enabled")) as enabled:
             with gr.Row():
-                with FormRow():  # the host's layout for a dropdown with its refresh button
-                    guard = gr.Dropdown(label="Guard", choices=choices, value=choices[0] if choices else None,
-                                        allow_custom_value=True, elem_id=self.elem_id("guard"))
-                    create_refresh_button(guard, lambda: None, lambda: {"choices": _guard_choices()},
-                                          self.elem_id("guard_refresh"))
+                guard = gr.Dropdown(label="Guard", choices=choices, value=choices[0] if choices else None,
+                                    allow_custom_value=True, elem_id=self.elem_id("guard"))
+                create_refresh_button(guard, lambda: None, lambda: {"choices": _guard_choices()},
+                                      self.elem_id("guard_refresh"))
                 use_calibration = gr.Checkbox(label="Use the guard's calibration", value=True,
                                               elem_id=self.elem_id("use_calibration"))
             with gr.Row():
