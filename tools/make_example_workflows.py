@@ -49,8 +49,8 @@ TRAIN = {
 PROTECTED = {
     "title": "CPSample: protected txt2img (with a LoRA)",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 200], widgets={"ckpt_name": CKPT}),
-        dict(id=2, type="LoraLoader", pos=[380, 200],
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": CKPT}),
+        dict(id=2, type="LoraLoader", pos=[380, 340],
              widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
              links={"model": (1, 0), "clip": (1, 1)}),
         dict(id=3, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": GUARD_FILE}),
@@ -58,11 +58,11 @@ PROTECTED = {
              widgets={"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
                       "objective": "uncertainty", "guard_input": "denoised"},
              links={"model": (2, 0), "guard": (3, 0)}),
-        dict(id=5, type="CLIPTextEncode", pos=[740, 300], widgets={"text": "a photo of a red house by a lake"},
+        dict(id=5, type="CLIPTextEncode", pos=[740, 520], widgets={"text": "a photo of a red house by a lake"},
              links={"clip": (2, 1)}, title="Positive"),
-        dict(id=6, type="CLIPTextEncode", pos=[740, 500], widgets={"text": "blurry"}, links={"clip": (2, 1)},
+        dict(id=6, type="CLIPTextEncode", pos=[740, 720], widgets={"text": "blurry"}, links={"clip": (2, 1)},
              title="Negative"),
-        dict(id=7, type="EmptyLatentImage", pos=[740, 700], widgets={"width": 64, "height": 64, "batch_size": 2}),
+        dict(id=7, type="EmptyLatentImage", pos=[740, 920], widgets={"width": 64, "height": 64, "batch_size": 2}),
         dict(id=8, type="KSampler", pos=[1100, 200],
              widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
                       "denoise": 1.0},
@@ -70,7 +70,7 @@ PROTECTED = {
         dict(id=9, type="VAEDecode", pos=[1460, 200], links={"samples": (8, 0), "vae": (1, 2)}),
         dict(id=10, type="SaveImage", pos=[1820, 200], size=[340, 340], widgets={"filename_prefix": "cpsample_protected"},
              links={"images": (9, 0)}),
-        dict(id=11, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (
+        dict(id=11, type="MarkdownNote", pos=[20, 500], size=[340, 220], widgets={"text": (
             "**Protected sampling.** The guard comes from the *train a guard* example (or your own, in "
             "models/cpsample). Protect Model goes after the LoRA, on the model that was fine-tuned. "
             "*scale* is the guidance strength (0 = off, bit-identical); *alpha* the confidence band: only "
@@ -112,6 +112,8 @@ WORKFLOWS = {"cpsample_train_guard": TRAIN, "cpsample_protected_txt2img": PROTEC
              "cpsample_replication_check": REPLICATION}
 
 FRONTEND_WIDGET_NODES = {"MarkdownNote": ["text"], "Note": ["text"]}
+# Height of the panel web/cpsample.js draws in these nodes (chart, facts, gate report), so saved sizes fit it.
+PANEL_HEIGHT = {"CPSampleTrainGuard": 190, "CPSampleLoadGuard": 150, "CPSampleProtectModel": 150}
 
 
 def _inputs_in_order(info: dict) -> list[tuple[str, list]]:
@@ -193,7 +195,8 @@ def build_ui(spec: dict, object_info: dict) -> dict:
         if wv:
             node["widgets_values"] = wv
         rows = max(len([i for i in node["inputs"] if "widget" not in i]), len(node["outputs"]))
-        node["size"] = n.get("size", [320, 46 + 22 * rows + 26 * n_widgets])
+        panel = PANEL_HEIGHT.get(ntype, 0)
+        node["size"] = n.get("size", [340 if panel else 320, 46 + 22 * rows + 26 * n_widgets + panel])
         nodes_out.append(node)
     for lid, src, slot, dst, name in pending:
         dst_node = next(x for x in nodes_out if x["id"] == dst)

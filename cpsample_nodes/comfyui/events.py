@@ -66,11 +66,15 @@ class TrainChart:
             half = len(self.points) // 2
             self.points = self.points[:half:2] + self.points[half:]
 
-    def finish(self, accuracy: dict[str, float], steps: int, memorised: bool) -> dict[str, Any]:
-        """The whole series plus the final per-band accuracy, for the node's ui output and a last event."""
-        final = {"node": str(self.node_id), "points": self.points, "steps": int(steps), "done": True,
-                 "final_accuracy": {k: round(float(v), 4) for k, v in accuracy.items()},
-                 "memorised": bool(memorised)}
+    def finish(self, info: dict[str, Any]) -> dict[str, Any]:
+        """The whole series plus the trained guard's final per-band accuracy (``info``: the guard's
+        metadata), for the node's ui output and a last event. ``required_bands`` are the bands where
+        memorising is possible, the ones "memorised" is judged on."""
+        acc = info.get("accuracy") or {}
+        final = {"node": str(self.node_id), "points": self.points, "steps": int(info.get("steps") or 0),
+                 "done": True, "final_accuracy": {k: round(float(v), 4) for k, v in acc.items()},
+                 "required_bands": [str(b) for b in info.get("required_bands") or []],
+                 "memorised": bool(info.get("memorised"))}
         if self.node_id is not None:
             send(TRAIN_EVENT, final)
         return final

@@ -280,7 +280,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
               f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
     log.info(report)
     _send_text(node_id, report)
-    final = chart.finish(acc, guard.info.get("steps") or 0, bool(guard.info.get("memorised")))
+    final = chart.finish(guard.info)
     return io.NodeOutput(guard, report, ui={"text": (report,), "cpsample_train": (final,)})
 
 

@@ -57,8 +57,8 @@ export function drawTraining(canvas, train) {
   const points = train?.points ?? [];
   const total = Math.max(1, train?.total ?? train?.steps ?? points.at(-1)?.step ?? 1);
   const left = 34, right = 8;
-  const lossBox = { x: left, y: 16, w: w - left - right, h: Math.max(20, (h - 60) * 0.4) };
-  const accBox = { x: left, y: lossBox.y + lossBox.h + 16, w: w - left - right, h: Math.max(20, (h - 60) * 0.6) };
+  const lossBox = { x: left, y: 16, w: w - left - right, h: Math.max(20, (h - 72) * 0.4) };
+  const accBox = { x: left, y: lossBox.y + lossBox.h + 16, w: w - left - right, h: Math.max(20, (h - 72) * 0.6) };
   const xOf = (step) => lossBox.x + (step / total) * lossBox.w;
 
   const losses = points.map((p) => p.loss).filter((v) => Number.isFinite(v));
@@ -87,6 +87,8 @@ export function drawTraining(canvas, train) {
     if (train?.done && Number.isFinite(fin)) pts.push([xOf(train.steps ?? total), accBox.y + accBox.h - fin * accBox.h]);
     ctx.fillStyle = color;
     polyline(ctx, pts, color);
+    const off = (i - (bands.length - 1) / 2) * 1.5; // bands that overlap (all at 100%) stay distinguishable
+    for (const [x, y] of pts) ctx.fillRect(x - 1.5, y - 1.5 + off, 3, 3);
   });
   // x axis and legend
   ctx.fillStyle = fg;
@@ -96,12 +98,12 @@ export function drawTraining(canvas, train) {
   ctx.textAlign = "right";
   ctx.fillText(`${total} steps`, accBox.x + accBox.w, accBox.y + accBox.h + 2);
   let lx = accBox.x;
-  const ly = accBox.y + accBox.h + 14;
+  let ly = accBox.y + accBox.h + 14;
   ctx.textAlign = "left";
   bands.forEach((band, i) => {
     const label = `σ ${band}`;
     const tw = ctx.measureText(label).width + 16;
-    if (lx + tw > w) return;
+    if (lx + tw > w) { lx = accBox.x; ly += 12; } // wrap the legend
     ctx.fillStyle = BAND_COLORS[i % BAND_COLORS.length];
     ctx.fillRect(lx, ly + 3, 8, 3);
     ctx.fillStyle = fg;

@@ -60,9 +60,13 @@ export function renderTraining(root, train) {
     head.textContent = "Run the workflow: loss and accuracy per σ band appear here while the guard trains.";
     head.className = "cps-head cps-note";
   } else {
-    const acc = Object.values(train.done ? train.final_accuracy ?? last.accuracy : last.accuracy ?? {});
+    // "memorised" is judged on the bands where memorising is possible (low σ); at high σ no guard can
+    // tell images apart, so those bands are shown in the chart but not in the headline.
+    const all = train.done ? train.final_accuracy ?? last.accuracy ?? {} : last.accuracy ?? {};
+    const needed = train.required_bands?.length ? train.required_bands : Object.keys(all);
+    const acc = needed.filter((b) => b in all).map((b) => all[b]);
     const required = train.done ? "" : ` / ${train.total}`;
-    const worst = acc.length ? ` · worst band ${pct(Math.min(...acc))}` : "";
+    const worst = acc.length ? ` · worst ${train.required_bands?.length ? "needed " : ""}band ${pct(Math.min(...acc))}` : "";
     const state = train.done ? (train.memorised ? " · memorised" : " · NOT memorised") : "";
     head.textContent = `step ${train.done ? train.steps : last.step}${required} · loss ${last.loss?.toFixed(3) ?? "?"}${worst}${state}`;
     head.className = `cps-head ${train.done ? (train.memorised ? "cps-ok" : "cps-bad") : ""}`;
