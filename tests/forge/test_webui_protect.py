@@ -59,6 +59,7 @@ def test_protection_changes_the_image_and_off_or_scale_zero_does_not(forge, smal
     diff = np.abs(on.astype(int) - plain.astype(int))
     assert diff.max() > 0 and diff.mean() > 0.5, f"protected image barely differs (mean {diff.mean():.3f})"
     assert info_on["extra_generation_params"][INFOTEXT["guard"]] == guard_name
+    assert info_on["extra_generation_params"]["CPSample gate"].startswith("gate opened on 1 of 1 samples")
     if sampler == "Euler a":  # the args may also be one dict by name
         by_name, _, _ = _run(forge, payload, [{"enabled": True, "guard": guard_name, "scale": 5000.0, "alpha": 0.5}])
         assert np.array_equal(by_name, on)
@@ -123,3 +124,28 @@ def test_img2img_is_protected_too(forge, small_txt2img, guard_name):
         assert status == 200, body
         results[label] = _pixels(body["images"][0])
     assert not np.array_equal(results["plain"], results["on"])
+
+
+def test_xyz_plot_scale_axis(forge, small_txt2img, guard_name):
+    """The X/Y/Z plot's [CPSample] Scale axis turns protection on and sets the scale per cell."""
+    xyz = next((s for s in forge.get("/sdapi/v1/script-info") if s["name"] == "x/y/z plot" and not s["is_img2img"]),
+               None)
+    labels = xyz["args"][0]["choices"] if xyz else []
+    if "[CPSample] Scale" not in labels:
+        pytest.skip("the X/Y/Z axes are added with the web UI (this Forge runs without it)")
+    assert {"[CPSample] Alpha", "[CPSample] Start at", "[CPSample] End at"} <= set(labels)
+    payload = small_txt2img()
+    plain, _, _ = _run(forge, payload)
+    payload.update({
+        "script_name": "x/y/z plot",
+        "script_args": [labels.index("[CPSample] Scale"), "0, 5000", [], 0, "", [], 0, "", [],
+                        False, True, False, False, False, False, False, 0, False],
+        # the accordion is off: the axis turns it on; the guard and alpha come from the accordion's args
+        "alwayson_scripts": {TITLE: {"args": [False, guard_name, 1000.0, 0.5]}},
+    })
+    body = forge.txt2img(payload)
+    cells = [_pixels(b) for b in body["images"][-2:]]  # after the grid(s): one image per cell
+    infotexts = json.loads(body["info"])["infotexts"][-2:]
+    assert "CPSample scale: 0" in infotexts[0] and "CPSample scale: 5000" in infotexts[1], infotexts
+    assert np.array_equal(cells[0], plain)
+    assert not np.array_equal(cells[1], plain)
