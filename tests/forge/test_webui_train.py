@@ -96,3 +96,29 @@ def test_interrupt_during_training_saves_nothing(forge):
     names = [p.name for p in _guards_dir(forge).iterdir()]
     assert not [n for n in names if "interrupted" in n], names  # neither the guard nor a temporary file
     _alive(forge)
+
+
+def test_check_route_finds_a_copy_and_draws_the_pairs(forge):
+    import base64
+    import io
+
+    from PIL import Image
+
+    demo = forge.input_dir / "demo"
+    copy = base64.b64encode((demo / "train_05.png").read_bytes()).decode()
+    other = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 140, 200)).save(other, format="PNG")
+    fresh = base64.b64encode(other.getvalue()).decode()
+    status, body = forge.post("/cpsample/check", {"images": [copy, "data:image/png;base64," + fresh],
+                                                  "folder": str(demo), "k": 3})
+    assert status == 200, body
+    assert body["flagged"] == 1, body["report"]
+    assert body["rows"][0]["nearest"] == "train_05.png" and body["rows"][0]["ratio"] == 0.0
+    assert "image 0: nearest train_05.png" in body["report"] and "LIKELY COPY" in body["report"].splitlines()[1]
+    pairs = Image.open(io.BytesIO(base64.b64decode(body["pairs"])))
+    assert pairs.width == 2 * 64 + 4 and pairs.height >= 2 * 64  # generated | nearest, one row each
+    status, body = forge.post("/cpsample/check", {"images": ["not base64!"], "folder": str(demo)})
+    assert status == 400 and "images[0] is not a readable base64 image" in body["detail"], body
+    status, body = forge.post("/cpsample/check", {"images": [copy], "folder": str(demo / "nope")})
+    assert status == 400 and "does not exist" in body["detail"], body
+    _alive(forge)
