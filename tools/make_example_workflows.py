@@ -108,8 +108,56 @@ REPLICATION = {
     ],
 }
 
+CALIBRATED = {
+    "title": "CPSample: train a guard, calibrate it on your model, save it, generate protected (recommended)",
+    "nodes": [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 380], widgets={"ckpt_name": CKPT}),
+        dict(id=2, type="LoraLoader", pos=[20, 560],
+             widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
+             links={"model": (1, 0), "clip": (1, 1)}, title="Your fine-tune (LoRA)"),
+        dict(id=3, type="CLIPTextEncode", pos=[380, 620], widgets={"text": "a photo of a red house by a lake"},
+             links={"clip": (2, 1)}, title="Positive"),
+        dict(id=4, type="CLIPTextEncode", pos=[380, 820], widgets={"text": "blurry"}, links={"clip": (2, 1)},
+             title="Negative"),
+        dict(id=5, type="CPSampleTrainGuard", pos=[380, 20],
+             widgets={"folder": FOLDER, "seed": 0, "max_steps": 400, "batch_size": 32,
+                      "resolution_policy": "resize", "resolution": 0},
+             links={"model": (2, 0), "vae": (1, 2)}),
+        dict(id=6, type="CPSampleCalibrateGuard", pos=[740, 20], size=[380, 720],
+             widgets={"folder": FOLDER, "seed": 0, "probes": 32, "steps": 8, "cfg": 5.0,
+                      "sampler_name": "euler_ancestral", "scheduler": "normal", "width": 0, "height": 0},
+             links={"model": (2, 0), "guard": (5, 0), "positive": (3, 0), "negative": (4, 0), "vae": (1, 2)}),
+        dict(id=7, type="CPSampleSaveGuard", pos=[1160, 20],
+             widgets={"filename": "cpsample_demo_calibrated", "overwrite": True}, links={"guard": (6, 0)}),
+        dict(id=8, type="PreviewAny", pos=[1160, 170], size=[400, 300], links={"source": (6, 1)},
+             title="Calibration report"),
+        dict(id=9, type="CPSampleProtectModel", pos=[1160, 510],
+             widgets={"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
+                      "objective": "uncertainty", "guard_input": "denoised",
+                      "settings": "calibration (if the guard has one)"},
+             links={"model": (2, 0), "guard": (6, 0)}),
+        dict(id=10, type="EmptyLatentImage", pos=[380, 1020], widgets={"width": 64, "height": 64, "batch_size": 2}),
+        dict(id=11, type="KSampler", pos=[1520, 510],
+             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
+                      "denoise": 1.0},
+             links={"model": (9, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (10, 0)}),
+        dict(id=12, type="VAEDecode", pos=[1520, 840], links={"samples": (11, 0), "vae": (1, 2)}),
+        dict(id=13, type="SaveImage", pos=[1880, 510], size=[300, 340],
+             widgets={"filename_prefix": "cpsample_calibrated"}, links={"images": (12, 0)}),
+        dict(id=14, type="MarkdownNote", pos=[20, 20], size=[340, 330], widgets={"text": (
+            "**The recommended path.** 1. *Train Guard* learns the images in *folder* (the ones your model was "
+            "fine-tuned on). 2. *Calibrate Guard* samples your fine-tune with your prompt and sampler on "
+            "*probes* seeds, counts how many copy a training image, and finds the gentlest guard setting that "
+            "cuts those copies to a tenth; its picture shows the copy rate per setting and the seeds that "
+            "copied, before and after. 3. *Save Guard* keeps the calibrated guard (Load Guard brings it back "
+            "next time, no retraining). 4. *Protect Model* (settings: calibration) applies the measured "
+            "setting; scale 0 turns it off. Give Calibrate the sampler, steps and CFG you generate with. "
+            "Real fine-tunes: 50+ steps and 64 probes.")}),
+    ],
+}
+
 WORKFLOWS = {"cpsample_train_guard": TRAIN, "cpsample_protected_txt2img": PROTECTED,
-             "cpsample_replication_check": REPLICATION}
+             "cpsample_replication_check": REPLICATION, "cpsample_calibrated_txt2img": CALIBRATED}
 
 FRONTEND_WIDGET_NODES = {"MarkdownNote": ["text"], "Note": ["text"]}
 # Height of the panel web/cpsample.js draws in these nodes (chart, facts, gate report), so saved sizes fit it.

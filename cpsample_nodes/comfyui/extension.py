@@ -12,9 +12,10 @@ class CPSampleExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         paths.register()
+        from .calibrate_node import CalibrateGuard
         from .nodes import NODES
 
-        return list(NODES)
+        return list(NODES) + [CalibrateGuard]
 
 
 def entrypoint() -> CPSampleExtension:

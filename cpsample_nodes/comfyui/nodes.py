@@ -2,7 +2,7 @@
 
 Node ids are stable (workflows store them): CPSampleTrainGuard, CPSampleTrainGuardWithClassImages,
 CPSampleSaveGuard, CPSampleLoadGuard,
-CPSampleProtectModel, CPSampleReplicationCheck.
+CPSampleProtectModel, CPSampleReplicationCheck; CPSampleCalibrateGuard lives in calibrate_node.py.
 """
 from __future__ import annotations
 
@@ -438,6 +438,54 @@ class LoadGuard(io.ComfyNode):
         return io.NodeOutput(guard, info, ui={"cpsample_guard": (guard_facts(guard, guard_name, path),)})
 
 
+SETTINGS_CALIBRATION = "calibration (if the guard has one)"
+SETTINGS_MANUAL = "manual"
+SETTINGS_MODES = (SETTINGS_CALIBRATION, SETTINGS_MANUAL)
+
+
+def _protect_settings(guard, mode: str, scale: float, alpha: float) -> tuple[float, float, dict, str]:
+    """(scale, alpha, further guide kwargs, a sentence saying which settings Protect Model uses)."""
+    if mode not in SETTINGS_MODES:
+        raise ValueError(f"settings must be one of {list(SETTINGS_MODES)}, got {mode!r}")
+    if scale == 0:
+        return 0.0, alpha, {}, "CPSample Protect Model: scale 0, protection off (the model is returned unchanged)"
+    has_cal = guard.info.get("calibration") is not None
+    # 'manual' never reads the calibration; otherwise it is checked (a hand-edited file fails by value)
+    cal = guard.calibrated_settings() if mode == SETTINGS_CALIBRATION else None
+    if cal is None:
+        if has_cal:
+            why = " (the guard's calibration is ignored: settings 'manual')"
+        elif mode == SETTINGS_CALIBRATION:
+            why = " (this guard has no calibration: CPSample Calibrate Guard measures one on your model)"
+        else:
+            why = ""
+        return scale, alpha, {}, f"CPSample Protect Model: manual settings scale {scale:g}, α {alpha:g}{why}"
+    extra = {k: cal[k] for k in ("max_step", "sigma_max") if k in cal}
+    scale, alpha = cal.get("scale", scale), cal.get("alpha", alpha)
+    info = guard.info.get("calibration") or {}
+    before, after = info.get("unguarded_rate"), info.get("calibrated_rate")
+    rates = ""
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+        rates = f"; copies on {info.get('probes', '?')} probes {before:.0%} → {after:.0%}"
+    if info.get("reached") is False:
+        rates += " (the calibration missed its target: the best setting found; see its report)"
+    used = _format_settings({"scale": scale, "alpha": alpha, **extra})
+    return scale, alpha, extra, f"CPSample Protect Model: calibrated settings {used}{rates}"
+
+
+def _format_settings(settings: dict) -> str:
+    """e.g. 'scale 1000, α 0.2, σ ≤ 2, max step 1' (guide keyword arguments for people)."""
+    parts = []
+    for k, v in settings.items():
+        if k == "sigma_max":
+            parts.append("every step" if v is None else f"σ ≤ {v:g}")
+        elif k == "max_step":
+            parts.append(f"max step {'none' if v is None else format(v, 'g')}")
+        else:
+            parts.append(f"{'α' if k == 'alpha' else k} {v:g}")
+    return ", ".join(parts)
+
+
 class ProtectModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -468,6 +516,13 @@ class ProtectModel(io.ComfyNode):
                 io.Combo.Input("guard_input", options=list(GUARD_INPUTS), default=GUARD_INPUTS[0],
                                tooltip="denoised: the guard reads the model's x0 prediction (sees early where a "
                                        "sample is heading); noisy: the paper's form, the noisy latent at σ."),
+                # Last and optional: workflows saved before it keep their widget values and get the default.
+                io.Combo.Input("settings", options=list(SETTINGS_MODES), default=SETTINGS_CALIBRATION,
+                               optional=True,
+                               tooltip="calibration: a guard from CPSample Calibrate Guard brings the strength, "
+                                       "α and σ window measured on your model, used instead of scale and alpha "
+                                       "(scale 0 still turns protection off); a guard without a calibration "
+                                       "uses scale and alpha as set. manual: always scale and alpha as set."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The protected model (a clone).")],
             hidden=[io.Hidden.unique_id],
@@ -475,13 +530,16 @@ class ProtectModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, guard, scale, alpha, start_percent, end_percent, objective="uncertainty",
-                guard_input=None) -> io.NodeOutput:
+                guard_input=None, settings=None) -> io.NodeOutput:
         try:
-            m = protect(model, guard, scale, alpha, start_percent, end_percent, objective, guard_input,
+            scale, alpha, extra, text = _protect_settings(guard, settings or SETTINGS_CALIBRATION, scale, alpha)
+            m = protect(model, guard, scale, alpha, start_percent, end_percent, objective, guard_input, extra,
                         node_id=_node_id(cls))
-        except host.HostMismatch as e:
+        except ValueError as e:  # HostMismatch, a bad window or a hand-edited calibration
             raise ValueError(f"CPSample Protect Model: {e}") from None
-        return io.NodeOutput(m)
+        log.info(text)
+        _send_text(_node_id(cls), text)
+        return io.NodeOutput(m, ui=ui.PreviewText(text))
 
 
 class ReplicationCheck(io.ComfyNode):

@@ -25,9 +25,11 @@ class GuardPostCFG:
     """Callable stored in model_options; holds the guard and the settings."""
 
     def __init__(self, guard, scale: float, alpha: float, start_percent: float, end_percent: float,
-                 objective: str = "uncertainty", guard_input: str | None = None):
+                 objective: str = "uncertainty", guard_input: str | None = None, extra: dict | None = None):
         self.guard = guard
         self.guard_input = guard_input
+        # Further guide keyword arguments (a calibration's max_step / sigma_max); empty = the guide's defaults.
+        self.extra = dict(extra or {})
         self.scale = float(scale)
         self.alpha = float(alpha)
         self.start_percent = float(start_percent)
@@ -54,6 +56,8 @@ class GuardPostCFG:
     def _window(self, ms):
         hi = float(ms.percent_to_sigma(self.start_percent)) if self.start_percent > 0 else float("inf")
         lo = float(ms.percent_to_sigma(self.end_percent)) if self.end_percent < 1 else 0.0
+        if self.extra.get("sigma_max") is not None:  # a calibrated σ window narrows the percent window
+            hi = min(hi, float(self.extra["sigma_max"]))
         return lo, hi
 
     def __call__(self, args: dict):
@@ -74,6 +78,7 @@ class GuardPostCFG:
         g = self._guard_for(ms, x.device)
         self.calls += 1
         kw = {"guard_input": self.guard_input} if self.guard_input else {}
+        kw.update(self.extra)
         out = g.guide(denoised, x, sigma, scale=self.scale, alpha=self.alpha, objective=self.objective, **kw)
         if not bool(inside.all()):  # per-sample σ (rare): keep samples outside the window untouched
             view = (-1,) + (1,) * (denoised.dim() - 1)
@@ -85,10 +90,11 @@ class GuardPostCFG:
 
 
 def protect(model, guard, scale: float, alpha: float, start_percent: float, end_percent: float,
-            objective: str = "uncertainty", guard_input: str | None = None,
+            objective: str = "uncertainty", guard_input: str | None = None, extra: dict | None = None,
             node_id: str | None = None):
     """A clone of ``model`` with the guard's post-CFG function; ``model`` itself when scale is 0.
-    ``node_id``: the Protect Model node that gets the gate report after each sampling run."""
+    ``node_id``: the Protect Model node that gets the gate report after each sampling run.
+    ``extra``: further ``Guard.guide`` keyword arguments (max_step, sigma_max of a calibration)."""
     host.check_guard(guard, model)
     if start_percent >= end_percent:
         raise ValueError(f"start_percent ({start_percent}) must be below end_percent ({end_percent})")
@@ -97,7 +103,7 @@ def protect(model, guard, scale: float, alpha: float, start_percent: float, end_
     m = model.clone()
     if guard_input is not None and guard_input not in GUARD_INPUTS:
         raise ValueError(f"guard_input must be one of {', '.join(GUARD_INPUTS)}, got {guard_input!r}")
-    fn = GuardPostCFG(guard, scale, alpha, start_percent, end_percent, objective, guard_input)
+    fn = GuardPostCFG(guard, scale, alpha, start_percent, end_percent, objective, guard_input, extra)
     m.set_model_sampler_post_cfg_function(fn)
     _report_gate(m, fn, node_id)
     return m

@@ -68,6 +68,9 @@ def comfy_layout(comfy_env, tmp_path_factory):
     _make_guard_file(layout["extra_guards"] / "flux16_guard.safetensors", 16, "flow", "Flux")
     _make_guard_file(layout["extra_guards"] / "sdxl_guard.safetensors", 4, "vp", "SDXL")
     (layout["extra_guards"] / "not_a_guard.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    # A test-only pack with a model that copies its training images (Calibrate Guard's tests).
+    (Path(layout["base"]) / "custom_nodes" / "test_models_pack").symlink_to(
+        Path(__file__).resolve().parent / "test_models_pack", target_is_directory=True)
     yield layout
     if os.environ.get("CPSAMPLE_KEEP_COMFYUI"):
         print(f"\nComfyUI test directory kept: {root}")

@@ -16,8 +16,9 @@ from cpsample_nodes.core import load_guard, read_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
-            "CPSampleReplicationCheck"]
-EXAMPLES = ["cpsample_train_guard", "cpsample_protected_txt2img", "cpsample_replication_check"]
+            "CPSampleReplicationCheck", "CPSampleCalibrateGuard"]
+EXAMPLES = ["cpsample_train_guard", "cpsample_protected_txt2img", "cpsample_replication_check",
+            "cpsample_calibrated_txt2img"]
 CKPT = "tiny-sd15.safetensors"
 DEMO_GUARD = "cpsample_demo_guard.safetensors"
 

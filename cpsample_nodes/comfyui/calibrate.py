@@ -1,0 +1,213 @@
+"""Calibrate Guard's sampler: the user's MODEL, prompt and sampler as the core's ``sample(guide, seeds)``.
+
+Every probe is deterministic per seed, whatever batch it runs in: its starting noise is
+``comfy.sample.prepare_noise`` of that seed (as KSampler with batch size 1), and samplers that add noise get
+a noise sampler built per probe the way their own default is built for a batch of one with that seed (a
+seeded generator for the ancestral family, a seeded Brownian tree for the DPM++ SDE family). So probe seed s
+is the image KSampler makes with seed s and batch size 1 (up to the float rounding of batching).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from . import evidence, host
+from .patch import MARKER
+
+Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Elements per sampling batch (8 SD1.5 latents at 512 px); a probe batch never exceeds MAX_BATCH.
+BATCH_ELEMENTS = 8 * 4 * 64 * 64
+MAX_BATCH = 16
+
+
+class _GuidePostCFG:
+    """Post-CFG function applying a core ``guide`` to the CFG result (where Protect Model acts)."""
+
+    def __init__(self, guide: Guide):
+        self.guide = guide
+
+    def __call__(self, args: dict) -> torch.Tensor:
+        return self.guide(args["denoised"], args["input"], args["sigma"])
+
+
+# Samplers whose default noise is a Brownian tree (value: the tree lives on the CPU), as comfy's
+# k_diffusion/sampling.py builds it; the other noise-adding samplers use default_noise_sampler.
+BROWNIAN = {"dpmpp_sde": True, "dpmpp_2m_sde": True, "dpmpp_2m_sde_heun": True, "dpmpp_3m_sde": True,
+            "dpmpp_sde_gpu": False, "dpmpp_2m_sde_gpu": False, "dpmpp_2m_sde_heun_gpu": False,
+            "dpmpp_3m_sde_gpu": False}
+
+
+def _per_probe_noise(sampler_name: str, seeds: Sequence[int], shape: tuple, device, sigmas: torch.Tensor
+                     ) -> Callable:
+    """A noise sampler for a batch of probes: each probe's noise comes from its own copy of the sampler's
+    default noise sampler, built as for a batch of one with the probe's seed."""
+    one = torch.zeros((1,) + tuple(shape), device=device)
+    if sampler_name in BROWNIAN:
+        from comfy.k_diffusion.sampling import BrownianTreeNoiseSampler
+
+        lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
+        per = [BrownianTreeNoiseSampler(one, lo, hi, seed=int(s), cpu=BROWNIAN[sampler_name]) for s in seeds]
+    else:
+        from comfy.k_diffusion.sampling import default_noise_sampler
+
+        per = [default_noise_sampler(one, seed=int(s)) for s in seeds]
+
+    def sample(sigma, sigma_next):
+        return torch.cat([p(sigma, sigma_next) for p in per])
+
+    return sample
+
+
+class ProbeSampler:
+    """``sample(guide, seeds)`` → final clean latents [len(seeds), C, h, w] in the model's latent space
+    (``latent_format.process_in``, the space the guard was trained in)."""
+
+    def __init__(self, model, positive, negative, steps: int, cfg: float, sampler_name: str, scheduler: str,
+                 latent_shape: tuple[int, int, int], on_step: Callable[[], None] | None = None):
+        import comfy.samplers
+
+        self.model = model
+        self.positive, self.negative = positive, negative
+        self.steps, self.cfg = int(steps), float(cfg)
+        self.sampler_name, self.scheduler = sampler_name, scheduler
+        self.latent_shape = tuple(int(v) for v in latent_shape)
+        self.on_step = on_step
+        self.latent_format = host.latent_format(model)
+        fn = getattr(comfy.samplers.sampler_object(sampler_name), "sampler_function", None)
+        try:
+            self._takes_noise_sampler = fn is not None and "noise_sampler" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            self._takes_noise_sampler = False
+        numel = max(1, self.latent_shape[0] * self.latent_shape[1] * self.latent_shape[2])
+        self.batch = max(1, min(MAX_BATCH, BATCH_ELEMENTS // numel))
+        self.images = 0  # probe images sampled so far (each is `steps` sampler steps)
+
+    def describe(self, width: int, height: int) -> str:
+        return (f"{self.sampler_name}/{self.scheduler}, {self.steps} steps, cfg {self.cfg:g}, {width}x{height} px "
+                f"({_model_name(self.model)})")
+
+    def _sampler(self, seeds: Sequence[int], device, sigmas: torch.Tensor):
+        import comfy.samplers
+
+        sampler = comfy.samplers.sampler_object(self.sampler_name)
+        if self._takes_noise_sampler:
+            noise = _per_probe_noise(self.sampler_name, seeds, self.latent_shape, device, sigmas)
+            sampler.extra_options = {**sampler.extra_options, "noise_sampler": noise}
+        return sampler
+
+    def _callback(self, step, x0, x, total):
+        if self.on_step is not None:
+            self.on_step()
+
+    def _batch(self, model, seeds: Sequence[int]) -> torch.Tensor:
+        import comfy.sample
+        import comfy.samplers
+
+        latent = torch.zeros((len(seeds),) + self.latent_shape)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise = torch.cat([comfy.sample.prepare_noise(latent[:1], int(s)) for s in seeds])
+        sigmas = comfy.samplers.KSampler(model, steps=self.steps, device=model.load_device, sampler=self.sampler_name,
+                                         scheduler=self.scheduler, denoise=1.0,
+                                         model_options=model.model_options).sigmas
+        sampler = self._sampler(seeds, model.load_device, sigmas)
+        out = comfy.sample.sample_custom(model, noise, self.cfg, sampler, sigmas, self.positive, self.negative, latent,
+                                         callback=self._callback, disable_pbar=True, seed=int(seeds[0]))
+        return self.latent_format.process_in(out.to("cpu", torch.float32))
+
+    def __call__(self, guide: Guide | None, seeds: Iterable[int]) -> torch.Tensor:
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            return torch.zeros((0,) + self.latent_shape)
+        model = self.model
+        if guide is not None:  # on a clone, as Protect Model does: the input MODEL is never changed
+            model = self.model.clone()
+            model.set_model_sampler_post_cfg_function(_GuidePostCFG(guide))
+        outs = []
+        for i in range(0, len(seeds), self.batch):
+            outs.append(self._batch(model, seeds[i:i + self.batch]))
+            self.images += len(seeds[i:i + self.batch])
+        return torch.cat(outs)
+
+
+def check_unprotected(model) -> None:
+    """Calibration measures the model's own copies: a MODEL already through Protect Model would be guided
+    twice (its guard on top of every setting tried)."""
+    fns = (getattr(model, "model_options", None) or {}).get("sampler_post_cfg_function", [])
+    if any(getattr(fn, MARKER, False) for fn in fns):
+        raise ValueError("the model is already protected (CPSample Protect Model comes before Calibrate Guard): "
+                         "connect the fine-tuned model without Protect Model; protect it after calibrating")
+
+
+def _model_name(model) -> str:
+    try:
+        return host.describe(model)["latent_format"] + " model"
+    except Exception:  # noqa: BLE001 - only a description
+        return "model"
+
+
+def vae_decoder(vae, latent_format) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Latents in the model's space → IMAGE [B, H, W, 3] in [0, 1] (VAE Decode's output)."""
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        raw = latent_format.process_out(latents.clone())
+        return vae.decode(raw)[..., :3].to("cpu", torch.float32).clamp(0, 1)
+
+    return decode
+
+
+def copied_probes(cal, latents: torch.Tensor) -> list[tuple[int, int, int, str]]:
+    """Per probe that copied without the guard: (probe index, seed, nearest training image, and what
+    the chosen setting made of it: "no copy" / "still a copy" / "" when nothing was calibrated)."""
+    from ..core.metrics import nearest_neighbors
+
+    idx = cal.copied.nonzero().flatten()
+    if idx.numel() == 0:
+        return []
+    nearest = nearest_neighbors(cal.unguarded[idx], latents.float().cpu(), 1)[1][:, 0]
+    out = []
+    for k, i in enumerate(idx.tolist()):
+        after = "" if cal.calibrated_copied is None else (
+            "still a copy" if bool(cal.calibrated_copied[i]) else "no copy")
+        out.append((i, int(cal.seeds[i]), int(nearest[k]), after))
+    return out
+
+
+def copies_text(copies: list[tuple[int, int, int, str]], names: list[str]) -> str:
+    """One line per copying probe: KSampler with that seed and batch size 1 makes the same image."""
+    lines = ["probe seeds that copied (seed: nearest training image -> with the calibration):"]
+    lines += [f"  {seed}: {names[j]} -> {after or 'not calibrated'}" for _, seed, j, after in copies]
+    return "\n".join(lines)
+
+
+def evidence_picture(cal, copies: list[tuple[int, int, int, str]], decode, train_images: torch.Tensor,
+                     names: list[str], sampler: str) -> torch.Tensor:
+    """The node's IMAGE: the chart, then unguarded | calibrated | nearest training image per copying probe."""
+    n = cal.probes
+    title = f"CPSample calibration: {n} probes, {sampler}"
+    if not copies:
+        return evidence.picture(cal.rows, None, title, note=f"no copies among {n} probes: nothing to calibrate")
+    shown = copies[:evidence.MAX_ROWS]
+    idx = torch.tensor([i for i, _, _, _ in shown])
+    nearest = torch.tensor([j for _, _, j, _ in shown])
+    target = math.floor(cal.target * len(copies) + 1e-9) / n
+    calibrated = None if cal.calibrated is None else decode(cal.calibrated[idx])
+    captions = [f"seed {seed}: copies {names[j]} -> {after}" for _, seed, j, after in shown]
+    note = f"{len(shown)} of {len(copies)} probe seeds that copied shown" if len(copies) > len(shown) else None
+    return evidence.picture(cal.rows, target, title, decode(cal.unguarded[idx]), calibrated,
+                            train_images[nearest], captions, note=note)
+
+
+def calibration_summary(cal) -> str:
+    """One line for the node: what was chosen and what it did to the copies."""
+    from ..core.calibration import describe
+
+    n = cal.probes
+    if cal.no_copies:
+        return f"no copies among {n} probes: the gentlest setting is kept ({describe(cal.settings)})"
+    before, after = round(cal.unguarded_rate * n), round(cal.calibrated_rate * n)
+    missed = "" if cal.reached else " (target missed: the best setting found)"
+    return f"calibrated: {describe(cal.settings)}; copies {before}/{n} -> {after}/{n}{missed}"

@@ -1,0 +1,164 @@
+"""Calibrate Guard's picture: the copy rate of each setting tried (against the gate α, one line per
+σ window), then one row per probe seed that copied: unguarded | calibrated | nearest training image."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+WIDTH = 640
+CELL = 192          # side of each image cell
+MAX_ROWS = 8        # copy seeds shown
+BG, FG, DIM = (24, 24, 24), (235, 235, 235), (150, 150, 150)
+
+
+# Pillow's built-in font has no Greek letters: the picture's text is ASCII (a = alpha).
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+SERIES = [(120, 170, 230), (200, 130, 230), (230, 200, 90), (100, 210, 210), (230, 130, 150)]
+UNGUARDED, TARGET, CHOSEN, SPOILS = (220, 90, 80), (90, 200, 110), (90, 200, 110), (230, 160, 60)
+
+
+def _window_name(sigma_max) -> str:
+    return "all steps" if sigma_max is None else f"sigma <= {sigma_max:.3g}"
+
+
+def _dashed(d, y: float, x0: float, x1: float, colour) -> None:
+    for x in range(int(x0), int(x1), 8):
+        d.line([(x, y), (min(x + 4, x1), y)], fill=colour, width=2)
+
+
+def chart(rows: list[dict], target_rate: float | None, title: str, width: int = WIDTH):
+    """PIL image: copy rate against α, one line per σ window, the unguarded rate and the target."""
+    from PIL import Image, ImageDraw
+
+    base = next((r for r in rows if not r.get("settings")), None)
+    tried = [r for r in rows if r.get("settings")]
+    alphas = sorted({float(r["settings"].get("alpha", 0.0)) for r in tried}) or [0.0]
+    windows: list = []
+    for r in tried:
+        if r["settings"].get("sigma_max") not in windows:
+            windows.append(r["settings"].get("sigma_max"))
+    windows.sort(key=lambda w: math.inf if w is None else float(w))
+    rates = [float(r.get("copy_rate") or 0.0) for r in rows] + [target_rate or 0.0]
+    top_rate = next((t for t in (0.05, 0.1, 0.2, 0.4, 0.6, 0.8) if max(rates) * 1.1 <= t), 1.0)
+    h, left, top, bottom, right = 300, 48, 50, 60, 110
+    img = Image.new("RGB", (width, h), BG)
+    d = ImageDraw.Draw(img)
+    f, small = _font(14), _font(11)
+    d.text((8, 6), title, fill=FG, font=f)
+    d.text((8, 26), "copies among the probes against the gate alpha, one line per sigma window; "
+                    "hollow: abandoned early", fill=DIM, font=small)
+    pw, ph = width - left - right, h - top - bottom
+    y0 = top + ph
+
+    def ypos(rate: float) -> float:
+        return y0 - min(1.0, rate / top_rate) * ph
+
+    def xpos(alpha: float) -> float:
+        return left + (alphas.index(alpha) + 0.5) * pw / len(alphas)
+
+    for k in range(5):
+        rate = top_rate * k / 4
+        d.line([(left, ypos(rate)), (left + pw, ypos(rate))], fill=(55, 55, 55))
+        d.text((4, ypos(rate) - 6), f"{rate:.0%}", fill=DIM, font=small)
+    for a in alphas:
+        d.text((xpos(a) - 12, y0 + 6), f"{a:g}", fill=DIM, font=small)
+    d.text((left + pw / 2 - 20, y0 + 22), "alpha (gate)", fill=DIM, font=small)
+    if base is not None:
+        rate = float(base.get("copy_rate") or 0.0)
+        _dashed(d, ypos(rate), left, left + pw, UNGUARDED)
+        d.text((left + pw + 6, ypos(rate) - 7), f"unguarded {rate:.0%}", fill=UNGUARDED, font=small)
+    if target_rate is not None:
+        _dashed(d, ypos(target_rate), left, left + pw, TARGET)
+        d.text((left + pw + 6, ypos(target_rate) - 7), f"target {target_rate:.0%}", fill=TARGET, font=small)
+    for w_i, w in enumerate(windows):
+        col = SERIES[w_i % len(SERIES)]
+        pts = sorted(((xpos(float(r["settings"].get("alpha", 0.0))), ypos(float(r.get("copy_rate") or 0.0)), r)
+                      for r in tried if r["settings"].get("sigma_max") == w), key=lambda p: p[0])
+        if len(pts) > 1:
+            d.line([(x, y) for x, y, _ in pts], fill=col, width=2)
+        for x, y, r in pts:
+            outcome = str(r.get("outcome", ""))
+            if outcome.startswith("rejected"):
+                d.line([(x - 5, y - 5), (x + 5, y + 5)], fill=SPOILS, width=2)
+                d.line([(x - 5, y + 5), (x + 5, y - 5)], fill=SPOILS, width=2)
+            elif r.get("complete", True):
+                d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=col)
+            else:
+                d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=col, width=2)
+            if outcome == "chosen":
+                d.ellipse([x - 9, y - 9, x + 9, y + 9], outline=CHOSEN, width=2)
+                d.text((x - 20, y - 26), "chosen", fill=CHOSEN, font=small)
+    x = left
+    for w_i, w in enumerate(windows):
+        name = _window_name(w)
+        d.rectangle([x, h - 16, x + 10, h - 6], fill=SERIES[w_i % len(SERIES)])
+        d.text((x + 14, h - 18), name, fill=DIM, font=small)
+        x += 24 + int(d.textlength(name, font=small))
+    if any(str(r.get("outcome", "")).startswith("rejected") for r in tried):
+        d.text((x, h - 18), "x: spoils samples", fill=SPOILS, font=small)
+    return img
+
+
+def _cell(image: torch.Tensor):
+    from PIL import Image
+
+    arr = (image[..., :3].detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    im = Image.fromarray(arr, "RGB")
+    scale = CELL / max(im.size)
+    return im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.NEAREST
+                     if scale >= 1 else Image.LANCZOS)
+
+
+def pairs(unguarded: torch.Tensor, calibrated: torch.Tensor | None, nearest: torch.Tensor,
+          captions: list[str], width: int = WIDTH):
+    """PIL image: per row unguarded | calibrated | nearest training image (IMAGE tensors [n, H, W, 3])."""
+    from PIL import Image, ImageDraw
+
+    n = unguarded.shape[0]
+    cap, head = 18, 20
+    img = Image.new("RGB", (width, head + n * (CELL + cap)), BG)
+    d = ImageDraw.Draw(img)
+    small = _font(12)
+    gap = (width - 3 * CELL) // 4
+    for c, name in enumerate(("unguarded", "calibrated", "nearest training image")):
+        d.text((gap + c * (CELL + gap), 3), name, fill=FG, font=small)
+    for i in range(n):
+        y = head + i * (CELL + cap)
+        cells = [unguarded[i], calibrated[i] if calibrated is not None else None, nearest[i]]
+        for c, im in enumerate(cells):
+            if im is not None:
+                img.paste(_cell(im), (gap + c * (CELL + gap), y))
+        d.text((gap, y + CELL + 2), captions[i], fill=(255, 230, 120), font=small)
+    return img
+
+
+def picture(rows: list[dict], target_rate: float | None, title: str, unguarded: torch.Tensor | None = None,
+            calibrated: torch.Tensor | None = None, nearest: torch.Tensor | None = None,
+            captions: list[str] | None = None, note: str | None = None) -> torch.Tensor:
+    """IMAGE [1, H, W, 3]: the chart above the copy rows (or above ``note`` when no probe copied)."""
+    from PIL import Image, ImageDraw
+
+    parts = [chart(rows, target_rate, title)]
+    if unguarded is not None and unguarded.shape[0]:
+        parts.append(pairs(unguarded[:MAX_ROWS], None if calibrated is None else calibrated[:MAX_ROWS],
+                           nearest[:MAX_ROWS], (captions or [""] * unguarded.shape[0])[:MAX_ROWS]))
+    if note:
+        extra = Image.new("RGB", (WIDTH, 28), BG)
+        ImageDraw.Draw(extra).text((8, 6), note, fill=FG, font=_font(13))
+        parts.append(extra)
+    canvas = Image.new("RGB", (WIDTH, sum(p.size[1] for p in parts)), BG)
+    y = 0
+    for p in parts:
+        canvas.paste(p, (0, y))
+        y += p.size[1]
+    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)[None]
