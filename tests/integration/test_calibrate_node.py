@@ -242,6 +242,27 @@ def test_no_training_images_fails_clearly(folder, needle, calibrated, comfy, run
     assert_still_serving(comfy, run_prompt)
 
 
+def test_probes_at_another_size(calibrated, comfy, run_prompt):
+    """width x height other than the guard's: the training images are brought to the probe size."""
+    entry = run_prompt(calibrate_prompt(guard_file=f"{CALIBRATED}.safetensors", width=48, height=48))
+    report = ui_text(entry, 8)
+    assert "8 training images from cpsample_demo at 48x48 px" in report and "48x48 px (SD15" in report, report
+    assert "note: these are not exactly the latents the guard was trained on" in report, report
+
+
+@pytest.mark.parametrize("width,height,needle", [(48, 0, "set both"), (60, 64, "multiples of the VAE's 8")])
+def test_bad_probe_size_fails_clearly(width, height, needle, calibrated, comfy, run_prompt):
+    p = calibrate_prompt(guard_file=f"{CALIBRATED}.safetensors", width=width, height=height)
+    try:
+        entry = run_prompt(p, expect="error")
+    except H.PromptError as e:  # 60 is off the widget's step of 8 where the version checks steps
+        assert e.status == 400 and "width" in json.dumps(e.body), e.body
+    else:
+        msg = error_of(entry)["exception_message"]
+        assert needle in msg and str(width) in msg, msg
+    assert_still_serving(comfy, run_prompt)
+
+
 def test_guard_for_another_model_refused(comfy, run_prompt):
     entry = run_prompt(calibrate_prompt(guard_file="sdxl_guard.safetensors"), expect="error")
     err = error_of(entry)
@@ -345,7 +366,7 @@ def test_calibration_on_a_copying_model(comfy, comfy_layout, run_prompt):
         protected = run_prompt(kernel_prompt(seed, protect=True))
         assert "calibrated settings" in ui_text(protected, 22), ui_text(protected, 22)
         assert "0 of 1 flagged" in ui_text(protected, 25), (seed, ui_text(protected, 25))
-    assert seconds < 90, f"training and calibration took {seconds:.0f} s"
+    assert seconds < 240, f"training and calibration took {seconds:.0f} s"  # about 40 s on 2 loaded cores
 
 
 # ------------------------------------------------------------------------------------------- example
