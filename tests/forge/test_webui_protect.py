@@ -149,3 +149,28 @@ def test_xyz_plot_scale_axis(forge, small_txt2img, guard_name):
     assert "CPSample scale: 0" in infotexts[0] and "CPSample scale: 5000" in infotexts[1], infotexts
     assert np.array_equal(cells[0], plain)
     assert not np.array_equal(cells[1], plain)
+
+
+def test_interrupt_during_a_protected_generation_leaves_the_host_clean(forge, small_txt2img, guard_name):
+    import threading
+    import time
+
+    before, _, _ = _run(forge, small_txt2img())
+    result = {}
+    payload = {**small_txt2img(steps=12), "alwayson_scripts": {TITLE: {"args": [True, guard_name, 5000.0, 0.5]}}}
+    t = threading.Thread(target=lambda: result.setdefault("answer", forge.post("/sdapi/v1/txt2img", payload)))
+    t.start()
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        state = forge.get("/sdapi/v1/progress?skip_current_image=true", timeout=30).get("state", {})
+        if state.get("sampling_step", 0) >= 1 and state.get("job"):
+            break
+        time.sleep(0.2)
+    forge.interrupt()
+    t.join(timeout=300)
+    status, body = result["answer"]
+    assert status == 200, body  # an interrupted generation returns what it has
+    # nothing of CPSample stays hooked: the next plain generation is the same image as before it
+    after, info, _ = _run(forge, small_txt2img())
+    assert not any(k.startswith("CPSample") for k in info["extra_generation_params"])
+    assert np.array_equal(after, before)
