@@ -65,8 +65,8 @@ def run_and_wait(page: Chromium, server: H.ComfyServer, timeout: float = 600.0) 
         page.pump(0.5)
 
 
-def fit_view(page: Chromium, top: int = 80, left: int = 70, margin: int = 30) -> None:
-    """Scale and move the canvas so the whole graph is visible below the menu bar."""
+def fit_view(page: Chromium, top: int = 115, left: int = 70, margin: int = 30) -> None:
+    """Scale and move the canvas so the whole graph is visible below the menu bar and the run summary."""
     page.evaluate(f"""(() => {{
         const c = window.app.canvas, nodes = window.app.graph._nodes;
         const xs = nodes.flatMap(n => [n.pos[0], n.pos[0] + n.size[0]]);
