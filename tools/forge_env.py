@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".cache" / "forge"
+# CPSAMPLE_FORGE_CACHE: build elsewhere (e.g. to time a from-scratch build beside a working one).
+CACHE = Path(os.environ.get("CPSAMPLE_FORGE_CACHE", REPO / ".cache" / "forge")).resolve()
 FORGE_DIR = CACHE / "webui"
 VENV = CACHE / "venv"
 MODELS = CACHE / "models"
