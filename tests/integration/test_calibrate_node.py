@@ -8,6 +8,7 @@ kernel density on the demo latents, sampled by ComfyUI's own samplers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -205,6 +206,36 @@ def test_uncalibrated_guard_runs_as_before(uncalibrated, comfy, comfy_layout, ru
     assert "manual settings scale 5, α 0.5 (this guard has no calibration" in ui_text(entry, 11)
     run_prompt(protect_prompt("old_manual", uncalibrated, settings="manual"))
     assert torch.equal(saved_latent(comfy_layout, "old_default"), saved_latent(comfy_layout, "old_manual"))
+
+
+def test_workflow_saved_before_the_settings_input_loads_and_runs(uncalibrated, comfy, comfy_layout):
+    """In the real frontend: a Protect Model saved before `settings` existed (one widget value fewer) keeps its
+    values in place, gets the default, and the workflow runs as before (the guard has no calibration)."""
+    import comfy_page as P
+    from cdp import Chromium, find_chromium
+
+    if not find_chromium():
+        if os.environ.get("CPSAMPLE_REQUIRE_COMFYUI"):
+            pytest.fail("no Chromium: install Debian's chromium (tools/ensure_chromium.sh)")
+        pytest.skip("no Chromium installed (tools/ensure_chromium.sh)")
+    wf = json.loads((H.REPO / "example_workflows" / "cpsample_protected_txt2img.json").read_text())
+    node = next(n for n in wf["nodes"] if n["type"] == "CPSampleProtectModel")
+    assert node["widgets_values"][-1] == "calibration (if the guard has one)"
+    node["widgets_values"] = node["widgets_values"][:-1]  # as saved before the input existed
+    next(n for n in wf["nodes"] if n["type"] == "CPSampleLoadGuard")["widgets_values"] = [uncalibrated]
+    P.prepare_server(comfy)
+    with Chromium(width=1600, height=900) as page:
+        P.open_app(page, comfy.url)
+        page.evaluate(f"(async () => {{ await window.app.loadGraphData({json.dumps(wf)}); return true; }})()")
+        widgets = page.evaluate("""Object.fromEntries(window.app.graph._nodes
+            .find(n => n.comfyClass === "CPSampleProtectModel").widgets.map(w => [w.name, w.value]))""")
+        entry = P.run_and_wait(page, comfy)
+    expected = {"scale": 1000, "alpha": pytest.approx(0.01), "start_percent": 0, "end_percent": 1,
+                "objective": "uncertainty", "guard_input": "denoised", "settings": "calibration (if the guard has one)"}
+    assert {k: widgets.get(k) for k in expected} == expected, widgets
+    assert entry["status"]["status_str"] == "success", H.history_error(entry)
+    prot = next(k for k, v in entry["prompt"][2].items() if v["class_type"] == "CPSampleProtectModel")
+    assert "manual settings scale 1000, α 0.01 (this guard has no calibration" in ui_text(entry, prot)
 
 
 def test_scale_zero_still_bit_identical(calibrated, comfy, comfy_layout, run_prompt):
