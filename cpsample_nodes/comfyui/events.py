@@ -47,10 +47,12 @@ class TrainChart:
         self.points: list[dict[str, Any]] = []
         self._last_sent = 0.0
         self._last_acc: dict[str, float] = {}
+        self._last_point: dict[str, Any] | None = None
 
     def update(self, step: int, total: int, stats: dict[str, Any]) -> None:
         acc = {k: round(float(v), 4) for k, v in (stats.get("accuracy") or {}).items()}
         point = {"step": int(step), "loss": _finite(stats.get("loss")), "accuracy": acc}
+        self._last_point = point
         new_acc = acc != self._last_acc
         self._last_acc = acc
         now = time.monotonic()
@@ -71,6 +73,8 @@ class TrainChart:
         metadata), for the node's ui output and a last event. ``required_bands`` are the bands where
         memorising is possible, the ones "memorised" is judged on."""
         acc = info.get("accuracy") or {}
+        if self._last_point is not None and (not self.points or self.points[-1]["step"] != self._last_point["step"]):
+            self._keep(self._last_point)  # the step training stopped at ends the series
         final = {"node": str(self.node_id), "points": self.points, "steps": int(info.get("steps") or 0),
                  "done": True, "final_accuracy": {k: round(float(v), 4) for k, v in acc.items()},
                  "required_bands": [str(b) for b in info.get("required_bands") or []],
