@@ -46,6 +46,21 @@ def forge_env() -> dict:
     return env
 
 
+_RUNNING: list = []  # the session's Forge, for the early stop below
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop Forge after the last test that uses it: the session's other tests (ComfyUI, units) should not
+    run next to an idle server holding ~7 GB of memory."""
+    if not _RUNNING:
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1:] if item in items else []
+    if not any("forge" in getattr(it, "fixturenames", ()) for it in later):
+        for server in _RUNNING:
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def forge(forge_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("forge")
@@ -58,13 +73,19 @@ def forge(forge_env, tmp_path_factory):
     # built-in scripts no arguments on its first API generation ("not enough values to unpack"): tests
     # should meet a steady host.
     t0 = time.time()
-    server.txt2img({"prompt": "warm-up", "seed": 0, "width": 64, "height": 64, "steps": 1,
-                    "sampler_name": "Euler", "scheduler": "Automatic", "save_images": False})
+    try:
+        server.txt2img({"prompt": "warm-up", "seed": 0, "width": 64, "height": 64, "steps": 1,
+                        "sampler_name": "Euler", "scheduler": "Automatic", "save_images": False})
+    except BaseException:
+        server.stop()
+        raise
     server.first_txt2img_s = time.time() - t0
     print(f"\nForge {forge_env['forge_version']} at {server.url} (startup {server.startup_s:.1f} s, first "
           f"txt2img {server.first_txt2img_s:.1f} s), log {server.log_path}")
+    _RUNNING.append(server)
     yield server
     server.stop()
+    _RUNNING.remove(server)
     if os.environ.get("CPSAMPLE_KEEP_FORGE") or os.environ.get("CI"):
         print(f"\n--- Forge log tail ({server.log_path}) ---\n{server.log()[-4000:]}")
     if os.environ.get("CPSAMPLE_KEEP_FORGE"):
