@@ -47,6 +47,8 @@ def save_guard(guard: Guard, path: str | os.PathLike) -> Path:
         "created": str(info.get("created", "")),
         "info": json.dumps(info, default=str),
     }
+    if info.get("calibration") is not None:  # readable without loading the weights (read_metadata)
+        meta["calibration"] = json.dumps(info["calibration"], default=str)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

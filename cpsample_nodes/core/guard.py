@@ -21,6 +21,34 @@ DEFAULT_ALPHA = 0.01
 AUTO_ALPHA_FRACTION = 0.95
 
 
+# The keyword arguments of Guard.guide that a calibration may set.
+SETTING_KEYS = ("scale", "alpha", "max_step", "sigma_max")
+
+
+def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``settings`` (guide keyword arguments) after checking every key and value."""
+    unknown = sorted(set(settings) - set(SETTING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown guide settings {unknown}; allowed: {list(SETTING_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        optional = key in ("max_step", "sigma_max")
+        if value is None and optional:
+            out[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"guide setting {key} must be a finite number, got {value!r}")
+        value = float(value)
+        if key == "alpha" and not 0 <= value <= 0.5:
+            raise ValueError(f"guide setting alpha must lie in [0, 0.5], got {value}")
+        if key == "scale" and value < 0:
+            raise ValueError(f"guide setting scale must be at least 0, got {value}")
+        if optional and value <= 0:
+            raise ValueError(f"guide setting {key} must be positive or None, got {value}")
+        out[key] = value
+    return out
+
+
 class Guard(nn.Module):
     """A trained guard. ``info`` holds what was recorded at training (see ``files.py``)."""
 
@@ -79,6 +107,17 @@ class Guard(nn.Module):
             raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
         return 1.0 / (1.0 + math.exp(fraction * float(margin)))
 
+    def calibrated_settings(self) -> dict[str, Any] | None:
+        """The ``guide`` keyword arguments that ``calibrate`` chose for this guard (``info["calibration"]``),
+        checked; None for a guard never calibrated. A file edited by hand fails here, naming the value."""
+        cal = self.info.get("calibration")
+        if cal is None:
+            return None
+        settings = cal.get("settings") if isinstance(cal, dict) else None
+        if not isinstance(settings, dict):
+            raise ValueError(f"this guard's calibration holds no settings dict (got {type(settings).__name__})")
+        return check_settings(settings)
+
     @torch.no_grad()
     def probability(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """p(label 1) for noisy latents x [B, C, H, W] at σ ([B] or scalar) → float32 [B]."""
@@ -87,7 +126,7 @@ class Guard(nn.Module):
 
     def guide(self, denoised: Tensor, x: Tensor, sigma: Tensor | float, scale: float = DEFAULT_SCALE,
               alpha: float = DEFAULT_ALPHA, objective: str = "uncertainty", max_step: float | None = 1.0,
-              guard_input: str = "denoised") -> Tensor:
+              guard_input: str = "denoised", sigma_max: float | None = None) -> Tensor:
         """CPSample guidance on an x0 prediction.
 
         ``denoised + scale·w(σ)·∇ₓ objective`` for the items whose p lies outside [α, 1−α]; the
@@ -99,10 +138,15 @@ class Guard(nn.Module):
         gradient is ∇ₓ. "denoised" reads the model's x0 prediction as a clean latent (σ = the
         space's σ_min) and steps along ∇ over x0, which sees where a trajectory is heading while σ
         is still too high for the guard to tell noisy latents apart.
-        Returns ``denoised`` itself when scale is 0 or no item is confident.
+        ``sigma_max`` (None: every step) guides only the items whose σ ≤ sigma_max: on some models
+        a copy is decided late, and leaving the early steps alone spares the samples that do not copy.
+        Returns ``denoised`` itself when scale is 0, no item lies inside the σ window or none is
+        confident.
         """
         if scale == 0:
             return denoised
+        if sigma_max is not None and not (isinstance(sigma_max, (int, float)) and sigma_max > 0):
+            raise ValueError(f"sigma_max must be None or a positive number, got {sigma_max!r}")
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if not 0 <= alpha <= 0.5:
@@ -111,6 +155,11 @@ class Guard(nn.Module):
             raise ValueError(f"guard_input must be one of {INPUTS}, got {guard_input!r}")
         self._check(x)
         dev = self._param().device
+        inside = None
+        if sigma_max is not None:
+            inside = as_sigma(sigma, x.shape[0], x).to(dev) <= sigma_max
+            if not bool(inside.any()):  # skip the guard's forward and backward altogether
+                return denoised
         # Hosts call this under torch.inference_mode(): leave it, and clone so the inputs are
         # normal tensors that autograd can record.
         with torch.inference_mode(False), torch.enable_grad():
@@ -129,6 +178,8 @@ class Guard(nn.Module):
             confident = (p < alpha) | (p > 1 - alpha)
             finite = torch.isfinite(grad).flatten(1).all(1) & torch.isfinite(logit.detach())
             active = confident & finite
+            if inside is not None:
+                active = active & inside
             if not bool(active.any()):
                 return denoised
             view = (-1,) + (1,) * (x.dim() - 1)

@@ -1,0 +1,408 @@
+"""Calibration: find the gentlest guard settings that stop the user's own model from copying.
+
+The right gate (α) and σ window differ from model to model (docs/protection.md), so the guard
+measures them on the caller's sampler: it samples probe seeds without the guard, counts copies the
+way Replication Check does (calibrated ℓ2 ratio against the training latents, and on decoded pixels
+when a decoder is given), then tries a ladder of settings from gentle to strong and keeps the first
+that cuts the copies to the target without spoiling samples.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from .guard import DEFAULT_SCALE, Guard, check_settings
+from .metrics import REPLICA_L2_RATIO, calibrated_l2_ratio
+from .training import TrainingStopped
+
+Tensor = torch.Tensor
+GuideFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+SampleFn = Callable[[GuideFn | None, list[int]], Tensor]
+DecodeFn = Callable[[Tensor], Tensor]
+
+MIN_PROBES = 8          # fewer seeds cannot tell a 10x cut from chance
+CHUNK = 8               # seeds per sampler call: the unit of early abandonment
+L2_K = 5                # calibrated ℓ2: nearest vs mean of the next 5 (clipped to N − 1), as Replication Check
+# The ladder. Windows are noise-to-signal ratios (σ itself for vp, σ/(1−σ) for flow), narrow to all
+# steps: a narrow window only touches the late steps, where each push is at most max_step·σ.
+WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
+ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3)
+MAX_STEP = 1.0
+# A setting spoils too much when more than this share of its samples (at least one) leave the
+# range of natural latents (see _Reference).
+SPOIL_SHARE = 0.05
+SPOIL_MARGIN = 0.25     # the natural range is widened by this share of its width on each side
+
+
+class CalibrationStopped(TrainingStopped):
+    """``should_stop()`` asked calibration to end (a cancel, not a failure)."""
+
+
+def window_sigma(guard: Guard, ratio: float | None) -> float | None:
+    """σ_max in the guard's space for a noise-to-signal ratio (None: every step)."""
+    if ratio is None:
+        return None
+    return float(ratio) if guard.space.kind == "vp" else float(ratio / (1.0 + ratio))
+
+
+def ladder(guard: Guard) -> list[list[dict[str, Any]]]:
+    """Candidate settings, one list per σ window (narrow first), α ascending within a window."""
+    return [[{"scale": DEFAULT_SCALE, "alpha": a, "max_step": MAX_STEP, "sigma_max": window_sigma(guard, w)}
+             for a in ALPHAS] for w in WINDOWS]
+
+
+def describe(settings: dict[str, Any]) -> str:
+    window = "all steps" if settings.get("sigma_max") is None else f"σ ≤ {settings['sigma_max']:.3g}"
+    return f"α {settings['alpha']:g}, {window}"
+
+
+@dataclass
+class _Reference:
+    """Per-sample statistics of natural latents (training latents and the unguarded samples): a
+    guided sample outside their widened range is spoiled: washed out (std), blown up (max |x|),
+    shifted (mean) or speckled (high-frequency share)."""
+    lo: Tensor
+    hi: Tensor
+
+    @staticmethod
+    def stats(x: Tensor) -> Tensor:
+        x = x.double()
+        flat = x.flatten(1)
+        var = flat.var(1).clamp_min(1e-12)
+        hf = torch.zeros_like(var)
+        if x.dim() == 4 and x.shape[-1] > 1:
+            hf = hf + (x[..., 1:] - x[..., :-1]).pow(2).flatten(1).mean(1)
+        if x.dim() == 4 and x.shape[-2] > 1:
+            hf = hf + (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).mean(1)
+        return torch.stack([flat.std(1), flat.mean(1), flat.abs().amax(1), hf / var], 1)
+
+    @classmethod
+    def of(cls, natural: Tensor) -> "_Reference":
+        s = cls.stats(natural)
+        lo, hi = s.amin(0), s.amax(0)
+        pad = SPOIL_MARGIN * (hi - lo)
+        return cls(lo - pad, hi + pad)
+
+    def spoiled(self, x: Tensor) -> Tensor:
+        s = self.stats(x)
+        return ((s < self.lo) | (s > self.hi)).any(1)
+
+
+@dataclass
+class _Row:
+    """One setting's measurements so far, seed by seed (in the probe order)."""
+    settings: dict[str, Any]
+    copies: dict[int, bool] = field(default_factory=dict)
+    spoiled: dict[int, bool] = field(default_factory=dict)
+    change: dict[int, float] = field(default_factory=dict)
+    samples: dict[int, Tensor] = field(default_factory=dict)
+    model_calls: int = 0
+    seconds: float = 0.0
+    abandoned: bool = False
+
+    def n_copies(self) -> int:
+        return sum(self.copies.values())
+
+    def n_spoiled(self) -> int:
+        return sum(self.spoiled.values())
+
+
+@dataclass
+class Calibration:
+    """What ``calibrate`` found. ``settings`` go to ``guard.guide(denoised, x, sigma, **settings)``.
+
+    ``rows``: one dict per setting tried, in the order tried. ``unguarded`` / ``calibrated``: the
+    probe samples [n, C, H, W] without the guard and with the chosen settings (None when nothing
+    was calibrated); ``copied`` / ``calibrated_copied``: which probes were copies."""
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]]
+    seeds: list[int]
+    unguarded_rate: float
+    calibrated_rate: float
+    reached: bool
+    no_copies: bool
+    target: float
+    model_calls: int
+    seconds: float
+    sampler: str | None
+    unguarded: Tensor
+    copied: Tensor
+    calibrated: Tensor | None = None
+    calibrated_copied: Tensor | None = None
+
+    @property
+    def probes(self) -> int:
+        return len(self.seeds)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able record stored in ``guard.info["calibration"]`` (nothing per image)."""
+        return {
+            "version": 1,
+            "settings": dict(self.settings),
+            "unguarded_rate": round(self.unguarded_rate, 6),
+            "calibrated_rate": round(self.calibrated_rate, 6),
+            "reached": self.reached,
+            "no_copies": self.no_copies,
+            "probes": self.probes,
+            "target": self.target,
+            "sampler": self.sampler,
+            "model_calls": self.model_calls,
+            "seconds": round(self.seconds, 2),
+            "tried": [{"settings": r["settings"], "copies": r["copies"], "evaluated": r["evaluated"],
+                       "spoiled": r["spoiled"], "outcome": r["outcome"]} for r in self.rows],
+        }
+
+    def report(self) -> str:
+        n = self.probes
+        u = int(self.copied.sum())
+        lines = [f"calibration on {n} probe seeds" + (f" ({self.sampler})" if self.sampler else "") + ":",
+                 f"unguarded: {u} of {n} probes copy a training image ({self.unguarded_rate:.1%})"]
+        if self.no_copies:
+            lines.append(f"no copies among {n} probes: nothing to calibrate; keeping the gentlest setting "
+                         f"({describe(self.settings)})")
+        else:
+            lines.append(f"target: at most {_allowed(u, self.target)} copies "
+                         f"({self.target:g} of the unguarded count, rounded down)")
+            head = f"{'setting':<24}{'copies':>14}{'spoiled':>9}{'change':>8}{'calls':>8}  outcome"
+            lines += [head, "-" * len(head)]
+            for r in self.rows:
+                ch = "" if r["change_noncopy"] is None else f"{r['change_noncopy']:.3f}"
+                copies = f"{r['copies']}/{r['evaluated']}"
+                lines.append(f"{r['label']:<24}{copies:>14}{r['spoiled']:>9}{ch:>8}{r['model_calls']:>8}"
+                             f"  {r['outcome']}")
+            verdict = "reaches the target" if self.reached else "MISSES the target (best found)"
+            lines.append(f"chosen: {describe(self.settings)}: {self.calibrated_rate:.1%} copies "
+                         f"(unguarded {self.unguarded_rate:.1%}), {verdict}")
+        lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _allowed(unguarded_copies: int, target: float) -> int:
+    return int(math.floor(target * unguarded_copies + 1e-9))
+
+
+def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[int] = range(64), *,
+              decode: DecodeFn | None = None, target_ratio: float = 0.1,
+              progress: Callable[[int, int, dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None,
+              sampler_description: str | None = None) -> Calibration:
+    """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
+
+    ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
+    seed; ``guide`` is None or ``guide(denoised, x, sigma) -> denoised`` applied after every model
+    call. ``latents``: the training latents [N, C, H, W] the guard was trained on. ``decode``
+    (optional) maps latents to images, so copies are counted on pixels as well. The target: at most
+    ``target_ratio`` × the unguarded copies. ``progress(done, total, stats)`` counts sampled images;
+    ``should_stop()`` returning True raises ``CalibrationStopped``.
+    """
+    started = time.monotonic()
+    seeds = _check_args(guard, latents, seeds, target_ratio)
+    train = latents.detach().float().cpu()
+    train_px = _decoded(decode, train) if decode is not None else None
+    k = max(1, min(L2_K, train.shape[0] - 1))
+    calls = [0]
+    n = len(seeds)
+    windows = ladder(guard)
+    total = n * (1 + sum(len(w) for w in windows))
+    done = [0]
+
+    def counting(fn: GuideFn | None) -> GuideFn:
+        def guide(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+            calls[0] += int(denoised.shape[0])  # one model call per image and step
+            return denoised if fn is None else fn(denoised, x, sigma)
+        return guide
+
+    def run(fn: GuideFn | None, chunk: list[int], what: str) -> Tensor:
+        if should_stop is not None and should_stop():
+            raise CalibrationStopped(f"calibration stopped while sampling {what}")
+        # The unguarded run gets a guide that returns denoised unchanged: the samples are those of
+        # no guide, and the model calls are counted the same way as for the guided runs.
+        out = sample(counting(fn), list(chunk))
+        out = _check_samples(out, chunk, train)
+        done[0] += len(chunk)
+        if progress is not None:
+            progress(min(done[0], total), total, {"setting": what, "model_calls": calls[0]})
+        return out
+
+    def copies_of(x: Tensor) -> Tensor:
+        flags = calibrated_l2_ratio(x, train, k) < REPLICA_L2_RATIO
+        if train_px is not None:
+            flags = flags | (calibrated_l2_ratio(_decoded(decode, x), train_px, k) < REPLICA_L2_RATIO)
+        return flags
+
+    # 1. the unguarded run, shared by every setting
+    base = torch.cat([run(None, seeds[i:i + CHUNK], "unguarded") for i in range(0, n, CHUNK)])
+    copied = copies_of(base)
+    u = int(copied.sum())
+    unguarded_calls = calls[0]
+    gentlest = windows[0][0]
+    if u == 0:
+        cal = Calibration(dict(gentlest), [], list(seeds), 0.0, 0.0, True, True, target_ratio, calls[0],
+                          time.monotonic() - started, sampler_description, base, copied)
+        _store(guard, cal)
+        if progress is not None:
+            progress(total, total, {"setting": "done", "model_calls": calls[0]})
+        return cal
+
+    allowed = _allowed(u, target_ratio)
+    reference = _Reference.of(torch.cat([train, base]))
+    # Copy seeds first: a setting that cannot remove them is abandoned after a chunk or two.
+    order = [i for i in range(n) if copied[i]] + [i for i in range(n) if not copied[i]]
+    allowed_spoiled = max(1, int(math.floor(SPOIL_SHARE * n)))
+    rows: list[_Row] = []
+
+    def evaluate(row: _Row, full: bool = False) -> bool:
+        """Sample the seeds this row still lacks; stop once the target is out of reach (unless
+        ``full``). True when every probe was measured."""
+        todo = [i for i in order if i not in row.copies]
+        for j in range(0, len(todo), CHUNK):
+            if not full and (row.n_copies() > allowed or row.n_spoiled() > allowed_spoiled):
+                row.abandoned = True
+                return False
+            idx = todo[j:j + CHUNK]
+            t0, c0 = time.monotonic(), calls[0]
+            fn = _guide_fn(guard, row.settings)
+            x = run(fn, [seeds[i] for i in idx], describe(row.settings))
+            row.model_calls += calls[0] - c0
+            row.seconds += time.monotonic() - t0
+            flags, bad = copies_of(x), reference.spoiled(x)
+            for m, i in enumerate(idx):
+                row.copies[i], row.spoiled[i] = bool(flags[m]), bool(bad[m])
+                row.samples[i] = x[m]
+                if not copied[i]:
+                    row.change[i] = float((x[m] - base[i]).norm() / base[i].norm().clamp_min(1e-12))
+        row.abandoned = False
+        return True
+
+    def passes(row: _Row) -> bool:
+        return len(row.copies) == n and row.n_copies() <= allowed and row.n_spoiled() <= allowed_spoiled
+
+    chosen: _Row | None = None
+    for window in windows:
+        # Test the window with its strongest α first: if even that cannot reach the target, the
+        # gentler gates of the same window will not either, and the window is skipped.
+        strongest = _Row(window[-1])
+        rows.append(strongest)
+        evaluate(strongest)
+        if strongest.abandoned and strongest.n_copies() > allowed:
+            continue
+        for settings in window[:-1]:
+            row = _Row(settings)
+            rows.append(row)
+            evaluate(row)
+            if passes(row):
+                chosen = row
+                break
+        if chosen is None and passes(strongest):
+            chosen = strongest
+        if chosen is not None:
+            break
+
+    reached = chosen is not None
+    if chosen is None:
+        # Nothing reached the target: measure the most promising setting on every probe and say so.
+        chosen = min(rows, key=lambda r: (r.n_copies() / max(1, len(r.copies)), r.n_spoiled()))
+        evaluate(chosen, full=True)
+    flags = torch.tensor([chosen.copies[i] for i in range(n)])
+    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, allowed_spoiled, n) for r in rows],
+                      list(seeds), u / n, float(flags.double().mean()), reached, False, target_ratio,
+                      calls[0], time.monotonic() - started, sampler_description, base, copied,
+                      torch.stack([chosen.samples[i] for i in range(n)]), flags)
+    cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
+                        "spoiled": int(reference.spoiled(base).sum()), "change_noncopy": None,
+                        "model_calls": unguarded_calls, "seconds": None, "outcome": "measured"})
+    _store(guard, cal)
+    if progress is not None:
+        progress(total, total, {"setting": "done", "model_calls": calls[0]})
+    return cal
+
+
+def _guide_fn(guard: Guard, settings: dict[str, Any]) -> GuideFn:
+    def fn(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        return guard.guide(denoised, x, sigma, **settings)
+    return fn
+
+
+def _row_dict(row: _Row, chosen: bool, allowed: int, allowed_spoiled: int, n: int) -> dict[str, Any]:
+    evaluated = len(row.copies)
+    changes = list(row.change.values())
+    if chosen:
+        outcome = "chosen"
+    elif row.abandoned and row.n_copies() > allowed:
+        outcome = "abandoned: too many copies"
+    elif row.abandoned or row.n_spoiled() > allowed_spoiled:
+        outcome = "rejected: spoils samples"
+    else:
+        outcome = "passed" if evaluated == n and row.n_copies() <= allowed else "not chosen"
+    return {
+        "label": describe(row.settings),
+        "settings": dict(row.settings),
+        "copies": row.n_copies(),
+        "evaluated": evaluated,
+        # over the probes measured; copy seeds come first, so a partial rate overstates the full one
+        "copy_rate": row.n_copies() / max(1, evaluated),
+        "complete": evaluated == n,
+        "spoiled": row.n_spoiled(),
+        "change_noncopy": (sum(changes) / len(changes)) if changes else None,
+        "model_calls": row.model_calls,
+        "seconds": round(row.seconds, 2),
+        "outcome": outcome,
+    }
+
+
+def _store(guard: Guard, cal: Calibration) -> None:
+    info = dict(guard.info)
+    info["calibration"] = cal.summary()
+    guard.info = info
+
+
+def _decoded(decode: DecodeFn, x: Tensor) -> Tensor:
+    out = decode(x)
+    if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"decode must return one image per latent ({x.shape[0]}), got {got}")
+    if not torch.isfinite(out).all():
+        raise ValueError("decode returned NaN or infinite values")
+    return out.detach().float().cpu()
+
+
+def _check_args(guard: Guard, latents: Tensor, seeds: Iterable[int], target_ratio: float) -> list[int]:
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
+        got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+        raise ValueError(f"latents must be the training latents shaped [N, C, H, W], got {got}")
+    if latents.shape[1] != guard.latent_channels:
+        raise ValueError(f"this guard takes {guard.latent_channels}-channel latents, the training latents "
+                         f"have {latents.shape[1]} channels")
+    if latents.shape[0] < 2:
+        raise ValueError(f"need at least 2 training latents to tell a copy apart, got {latents.shape[0]}")
+    if not torch.isfinite(latents).all():
+        raise ValueError("the training latents contain NaN or infinite values")
+    try:
+        seeds = [int(s) for s in seeds]
+    except (TypeError, ValueError):
+        raise ValueError(f"seeds must be integers, got {seeds!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must be distinct (a repeated seed repeats its sample)")
+    if len(seeds) < MIN_PROBES:
+        raise ValueError(f"calibration needs at least {MIN_PROBES} probe seeds to measure a copy rate, "
+                         f"got {len(seeds)}")
+    if isinstance(target_ratio, bool) or not isinstance(target_ratio, (int, float)) or not 0 <= target_ratio < 1:
+        raise ValueError(f"target_ratio must lie in [0, 1), got {target_ratio!r}")
+    return seeds
+
+
+def _check_samples(out: Any, chunk: Sequence[int], train: Tensor) -> Tensor:
+    want = (len(chunk), *train.shape[1:])
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"sample must return a tensor of latents shaped {list(want)}, got {type(out).__name__}")
+    if tuple(out.shape) != want:
+        raise ValueError(f"sample returned latents shaped {list(out.shape)} for {len(chunk)} seeds; expected "
+                         f"{list(want)} (one per seed, the training latents' channels and size)")
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
+        raise ValueError(f"sample returned NaN or infinite values in {bad} of {len(chunk)} latents")
+    return out.detach().float().cpu()

@@ -1,0 +1,133 @@
+"""calibrate() on the closed-form mixture: it finds settings that remove a copying model's copies,
+says so when a model does not copy, survives save/load, and rejects bad arguments clearly."""
+import json
+
+import pytest
+import torch
+
+from benchmarks.calibration_samplers import mixture_sampler
+from benchmarks.mixture import Mixture
+from cpsample_nodes.core import (Calibration, CalibrationStopped, NoiseSpace, calibrate, load_guard, read_metadata,
+                                 save_guard)
+from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio
+
+STEPS = 20
+
+
+class _Gaussian:
+    """The mixture with λ = 0: the exact posterior mean of N(0, I) alone, a model that never copies."""
+
+    @staticmethod
+    def denoise(x, sigma):
+        return (x / (1.0 + sigma**2)).float()
+
+
+def _copy_rate(x, train):
+    return float((calibrated_l2_ratio(x, train, 5) < REPLICA_L2_RATIO).double().mean())
+
+
+@pytest.fixture(scope="module")
+def copying(small_guard):
+    """A mixture that copies its 8 training latents about half the time, calibrated once."""
+    guard, train = small_guard
+    sample = mixture_sampler(Mixture(train.flatten(1), lam=0.5, tau=0.05), NoiseSpace.vp(), STEPS, "euler_a")
+    seen = []
+    # probe seeds away from 0: seed 0's start noise would be the fixture's first training latent
+    cal = calibrate(guard, sample, train, seeds=range(500, 532), sampler_description="euler_a 20 steps",
+                    progress=lambda done, total, stats: seen.append((done, total)))
+    return guard, train, sample, cal, seen
+
+
+def test_copying_model_gets_settings_that_remove_its_copies(copying):
+    guard, train, sample, cal, seen = copying
+    assert isinstance(cal, Calibration) and not cal.no_copies
+    assert cal.unguarded_rate >= 0.25, cal.report()
+    assert cal.reached and cal.calibrated_rate <= 0.1 * cal.unguarded_rate, cal.report()
+    # the settings really are guide() arguments, and on fresh seeds they still cut the copies
+    fresh = list(range(1000, 1064))
+    plain = sample(None, fresh)
+    guarded = sample(lambda d, x, s: guard.guide(d, x, s, **cal.settings), fresh)
+    assert _copy_rate(guarded, train) <= 0.25 * _copy_rate(plain, train), (cal.settings, cal.report())
+    # gentlest first: every setting tried before the chosen one failed
+    tried = [r for r in cal.rows if r["settings"] is not None]
+    assert tried[-1]["outcome"] == "chosen" or any(r["outcome"] == "chosen" for r in tried)
+    assert cal.rows[0]["label"] == "unguarded" and cal.rows[0]["copies"] == int(cal.copied.sum())
+    # early abandonment: a setting that fails stops before all 32 probes
+    assert any(r["outcome"].startswith("abandoned") and r["evaluated"] < 32 for r in tried), cal.report()
+    assert cal.model_calls == sum(r["model_calls"] for r in cal.rows) > 0
+    assert cal.model_calls % STEPS == 0
+    assert seen and seen[-1][0] == seen[-1][1]
+    report = cal.report()
+    assert "unguarded" in report and "chosen" in report and "model calls" in report
+
+
+def test_calibration_is_stored_and_survives_save_load(copying, tmp_path):
+    guard, _, _, cal, _ = copying
+    stored = guard.info["calibration"]
+    for key in ("settings", "unguarded_rate", "calibrated_rate", "probes", "sampler", "model_calls", "target"):
+        assert key in stored, key
+    assert stored["probes"] == 32 and stored["sampler"] == "euler_a 20 steps"
+    assert guard.calibrated_settings() == cal.settings
+    path = save_guard(guard, tmp_path / "g.safetensors")
+    back = load_guard(path)
+    assert back.info["calibration"] == json.loads(json.dumps(stored))
+    assert back.calibrated_settings() == cal.settings
+    assert json.loads(read_metadata(path)["calibration"])["settings"] == json.loads(json.dumps(cal.settings))
+
+
+def test_non_copying_model_is_told_so(small_guard):
+    guard, train = small_guard
+    g = guard.with_space(guard.space)  # own info dict: leave the shared fixture's alone
+    sample = mixture_sampler(_Gaussian(), NoiseSpace.vp(), STEPS, "euler")
+    cal = calibrate(g, sample, train, seeds=range(500, 516))
+    assert cal.no_copies and cal.unguarded_rate == 0.0 and cal.rows == []
+    assert "no copies among 16 probes" in cal.report()
+    assert cal.model_calls == 16 * STEPS  # only the unguarded run
+    assert g.calibrated_settings() == cal.settings and g.info["calibration"]["no_copies"] is True
+
+
+def test_sigma_window_in_guide(small_guard):
+    guard, train = small_guard
+    x = train + 0.05 * torch.randn_like(train)
+    sig = torch.full((train.shape[0],), 0.5)
+    moved = guard.guide(train, x, sig, alpha=0.3)
+    assert not torch.equal(moved, train)
+    assert guard.guide(train, x, sig, alpha=0.3, sigma_max=0.4) is train  # nobody inside the window
+    assert torch.equal(guard.guide(train, x, sig, alpha=0.3, sigma_max=1.0), moved)
+    mixed = torch.tensor([0.5, 2.0] * (train.shape[0] // 2))
+    out = guard.guide(train, x, mixed, alpha=0.3, sigma_max=1.0)
+    assert torch.equal(out[1::2], train[1::2]) and not torch.equal(out[0::2], train[0::2])
+    with pytest.raises(ValueError, match="sigma_max"):
+        guard.guide(train, x, sig, sigma_max=-1.0)
+
+
+def test_bad_arguments_get_clear_errors(small_guard):
+    guard, train = small_guard
+    g = guard.with_space(guard.space)
+    g.info.pop("calibration", None)  # the shared fixture may have been calibrated by another test
+    sample = mixture_sampler(Mixture(train.flatten(1), lam=0.5, tau=0.05), NoiseSpace.vp(), 4, "euler")
+    with pytest.raises(ValueError, match="at least 8 probe seeds.*got 4"):
+        calibrate(g, sample, train, seeds=range(4))
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\], got \(4, 8, 8\)"):
+        calibrate(g, sample, train[0], seeds=range(8))
+    with pytest.raises(ValueError, match="4-channel latents.*3 channels"):
+        calibrate(g, sample, train[:, :3], seeds=range(8))
+    with pytest.raises(ValueError, match=r"shaped \[8, 4, 4, 4\] for 8 seeds"):
+        calibrate(g, lambda guide, seeds: torch.zeros(len(seeds), 4, 4, 4), train, seeds=range(8))
+    with pytest.raises(ValueError, match="NaN or infinite values in 8 of 8"):
+        calibrate(g, lambda guide, seeds: torch.full((len(seeds), 4, 8, 8), float("nan")), train, seeds=range(8))
+    with pytest.raises(ValueError, match="sample must return a tensor.*got list"):
+        calibrate(g, lambda guide, seeds: [0] * len(seeds), train, seeds=range(8))
+    with pytest.raises(ValueError, match="distinct"):
+        calibrate(g, sample, train, seeds=[1] * 8)
+    with pytest.raises(ValueError, match="target_ratio.*1.5"):
+        calibrate(g, sample, train, seeds=range(8), target_ratio=1.5)
+    with pytest.raises(CalibrationStopped):
+        calibrate(g, sample, train, seeds=range(8), should_stop=lambda: True)
+    assert "calibration" not in g.info
+    g.info = {**g.info, "calibration": {"settings": {"alpha": 2.0}}}
+    with pytest.raises(ValueError, match="alpha must lie in .* got 2.0"):
+        g.calibrated_settings()
+    g.info = {**g.info, "calibration": {"settings": {"gate": 0.1}}}
+    with pytest.raises(ValueError, match="unknown guide settings \\['gate'\\]"):
+        g.calibrated_settings()
