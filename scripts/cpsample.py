@@ -4,7 +4,6 @@ Forge: a post-CFG function on a clone of the UNet patcher, set before every samp
 own PAG and SAG do); it sees every sampler's x0 prediction, x and σ. A1111: the shared CFG
 callbacks, registered once here and acting only inside CPSample's own generations.
 """
-import logging
 import sys
 from pathlib import Path
 
@@ -19,11 +18,8 @@ if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
 from cpsample_nodes.core.guard import DEFAULT_ALPHA, DEFAULT_SCALE, OBJECTIVES  # noqa: E402
-from cpsample_nodes.webui import a1111, guards, host, protect  # noqa: E402
-from cpsample_nodes.webui.guidance import hook_forge_unet  # noqa: E402
-from cpsample_nodes.webui.settings import GUARD_INPUTS, INFOTEXT, SettingsError  # noqa: E402
-
-log = logging.getLogger("CPSample")
+from cpsample_nodes.webui import a1111, generation, guards, host, protect  # noqa: E402
+from cpsample_nodes.webui.settings import GUARD_INPUTS, INFOTEXT  # noqa: E402
 
 
 def _guard_choices() -> list[str]:
@@ -84,42 +80,16 @@ class CPSampleScript(scripts.Script):
         return [enabled, guard, scale, alpha, start, end, objective, guard_input, use_calibration]
 
     def process(self, p, *args):
-        a1111.end()  # a session left over by a generation that failed
-        p.cpsample = None
-        try:
-            settings, pinned = protect.settings_for(args, p)
-            if not settings.enabled:
-                return
-            family = host.model_family(p.sd_model)
-            prepared = protect.prepare(settings, family, host.guards_dir(), pinned)
-        except (SettingsError, ValueError) as e:  # Refused, a1111.Unsupported
-            error = e if isinstance(e, protect.Refused) else protect.Refused(str(e))
-            log.error(str(error))
-            protect.refuse(p, error)
-            return
-        p.extra_generation_params.update(prepared.infotext)
-        p.cpsample = prepared
-        if prepared.guidance.scale > 0 and not host.is_forge(p.sd_model):
-            a1111.begin(p, prepared.guidance, p.sd_model, family)
+        generation.start(p, args, host.guards_dir())
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        prepared = getattr(p, "cpsample", None)
-        if prepared is None or prepared.guidance.scale == 0 or not host.is_forge(p.sd_model):
-            return
-        objects = p.sd_model.forge_objects
-        objects.unet = hook_forge_unet(objects.unet, prepared.guidance)
+        generation.before_sampling(p)
 
     def postprocess_batch(self, p, *args, **kwargs):
-        prepared = getattr(p, "cpsample", None)
-        summary = prepared.guidance.summary() if prepared is not None and prepared.guidance.scale > 0 else None
-        if summary:
-            p.extra_generation_params["CPSample gate"] = summary.split(";")[0]
+        generation.after_batch(p)
 
     def postprocess(self, p, processed, *args):
-        a1111.end(p)
-        prepared = getattr(p, "cpsample", None)
-        if prepared is not None and prepared.guidance.scale > 0:
-            log.info("CPSample: %s", prepared.guidance.summary() or f"guided {prepared.guidance.steps} steps")
+        generation.finish(p)
 
 
 script_callbacks.on_cfg_denoiser(a1111.on_cfg_denoiser, name="cpsample_cfg_denoiser")

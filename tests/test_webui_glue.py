@@ -524,3 +524,109 @@ def test_a_guard_file_with_a_calibration_steers_with_it(tmp_path):
     # the calibration checkbox off: the sliders steer
     manual = protect.prepare(Settings(enabled=True, guard="cal.safetensors", use_calibration=False), SD15, tmp_path)
     assert not manual.calibrated and manual.infotext[INFOTEXT["scale"]] == Settings().scale
+
+
+# --- one generation through the script's calls (what scripts/cpsample.py forwards) -----------------
+
+class FakeA1111Model:
+    is_sdxl = False
+    parameterization = "eps"
+
+    def __init__(self):
+        self.alphas_cumprod = sd_alphas().float()
+
+
+class FakeUnetPatcher:
+    """Forge's UnetPatcher as the hook uses it: clone() and set_model_sampler_post_cfg_function()."""
+
+    def __init__(self):
+        self.post_cfg = []
+
+    def clone(self):
+        c = FakeUnetPatcher()
+        c.post_cfg = list(self.post_cfg)
+        return c
+
+    def set_model_sampler_post_cfg_function(self, fn, disable_cfg1_optimization=False):
+        self.post_cfg.append(fn)
+
+
+def _forge_model():
+    SD15Format = type("SD15", (), {"latent_channels": 4})
+    unet = FakeUnetPatcher()
+    unet.model = SimpleNamespace(predictor=FakeForgePrediction())
+    return SimpleNamespace(model_config=SimpleNamespace(latent_format=SD15Format()),
+                           forge_objects=SimpleNamespace(unet=unet))
+
+
+def _proc(sd_model):
+    p = Proc()
+    p.sd_model, p.extra_generation_params = sd_model, {}
+    return p
+
+
+def test_a1111_generation_from_process_to_postprocess(tmp_path):
+    from cpsample_nodes.webui import generation
+
+    save_guard(tiny_guard(), tmp_path / "g.safetensors")
+    p = _proc(FakeA1111Model())
+    prepared = generation.start(p, (True, "g.safetensors", 5000.0, 0.5), tmp_path)
+    assert prepared is not None and a1111.active() is not None
+    assert p.extra_generation_params[INFOTEXT["guard"]] == "g.safetensors"
+    x0 = torch.randn(1, 4, 8, 8)
+    x = x0 + 2.0 * torch.randn_like(x0)
+    a1111.on_cfg_denoiser(SimpleNamespace(x=torch.cat([x, x]), sigma=torch.tensor([2.0, 2.0]),
+                                          denoiser=SimpleNamespace(p=p)))
+    params = SimpleNamespace(x=x0)
+    a1111.on_cfg_after_cfg(params)
+    assert not torch.equal(params.x, x0)  # steered
+    generation.before_sampling(p)  # nothing to do on A1111
+    generation.after_batch(p)
+    if prepared.guidance.log is not None:
+        assert p.extra_generation_params["CPSample gate"].startswith("gate opened on 1 of 1 samples")
+    generation.finish(p)
+    assert a1111.active() is None
+    # the next generation with CPSample off leaves everything alone and writes nothing
+    q = _proc(FakeA1111Model())
+    assert generation.start(q, (False, "g.safetensors"), tmp_path) is None
+    assert a1111.active() is None and not q.extra_generation_params
+
+
+def test_a1111_generation_refused_fails_at_sampling_and_hooks_nothing(tmp_path):
+    from cpsample_nodes.webui import generation
+
+    save_guard(tiny_guard(latent_format="SDXL"), tmp_path / "xl.safetensors")
+    p = _proc(FakeA1111Model())
+    assert generation.start(p, (True, "xl.safetensors"), tmp_path) is None
+    assert a1111.active() is None and not p.extra_generation_params
+    with pytest.raises(protect.Refused, match="trained on SDXL latents but the model uses SD15 latents"):
+        p.sample(conditioning=None, unconditional_conditioning=None)
+    sd3 = _proc(SimpleNamespace(is_sd3=True))
+    generation.start(sd3, (True, "xl.safetensors"), tmp_path)
+    with pytest.raises(protect.Refused, match="for SD3 use Forge or ComfyUI"):
+        sd3.sample()
+
+
+def test_forge_generation_hooks_a_clone_of_the_unet_only(tmp_path):
+    from cpsample_nodes.webui import generation
+
+    save_guard(tiny_guard(), tmp_path / "g.safetensors")
+    model = _forge_model()
+    original = model.forge_objects.unet
+    p = _proc(model)
+    generation.start(p, (True, "g.safetensors", 5000.0, 0.5), tmp_path)
+    assert a1111.active() is None  # Forge needs no callbacks
+    generation.before_sampling(p)
+    hooked = model.forge_objects.unet
+    assert hooked is not original and not original.post_cfg
+    assert len(hooked.post_cfg) == 1 and isinstance(hooked.post_cfg[0], ForgePostCFG)
+    d = torch.randn(1, 4, 8, 8)
+    out = hooked.post_cfg[0]({"denoised": d, "input": d + torch.randn_like(d), "sigma": torch.tensor([1.0]),
+                              "model": original.model})
+    assert not torch.equal(out, d)
+    # scale 0: no hook at all (the same image bit for bit)
+    model.forge_objects.unet = original
+    zero = _proc(model)
+    generation.start(zero, (True, "g.safetensors", 0.0, 0.5), tmp_path)
+    generation.before_sampling(zero)
+    assert model.forge_objects.unet is original
