@@ -28,6 +28,9 @@ def test_counts_opened_samples_steps_and_push():
     assert per[1]["opened"] == 1 and per[1]["push"] == pytest.approx(0.5) and per[1]["push_over_sigma"] == pytest.approx(0.1)
     assert per[2]["opened"] == 2 and per[2]["push"] == pytest.approx(0.3) and per[2]["push_max"] == pytest.approx(0.4)
     assert describe(s).startswith("gate opened on 2 of 3 samples, in steps 1-2 of 4")
+    one = GateLog()
+    one.record(2.0, x, moved)
+    assert describe(one.summary()).startswith("gate opened on 1 of 3 samples, in step 0 of 1;")
 
 
 def test_without_a_schedule_each_new_sigma_is_a_step_and_reset_starts_over():

@@ -156,8 +156,44 @@ CALIBRATED = {
     ],
 }
 
+# The gate at work: with the tiny demo model no txt2img sample comes near a training picture, so the gate
+# stays shut there (correctly); starting from a training picture, as a model that copies would, it opens.
+GATE = {
+    "title": "CPSample: protected img2img from a training picture (the gate opens)",
+    "nodes": [
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": CKPT}),
+        dict(id=2, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": GUARD_FILE}),
+        dict(id=3, type="CPSampleProtectModel", pos=[740, 20],
+             widgets={"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
+                      "objective": "uncertainty", "guard_input": "noisy"},
+             links={"model": (1, 0), "guard": (2, 0)}),
+        dict(id=4, type="LoadImage", pos=[20, 520], size=[320, 360], widgets={"image": f"{FOLDER}/train_03.png"},
+             title="A training picture"),
+        dict(id=5, type="VAEEncode", pos=[380, 520], links={"pixels": (4, 0), "vae": (1, 2)}),
+        dict(id=6, type="CLIPTextEncode", pos=[740, 520], widgets={"text": "a photo"}, links={"clip": (1, 1)},
+             title="Positive"),
+        dict(id=7, type="CLIPTextEncode", pos=[740, 720], widgets={"text": ""}, links={"clip": (1, 1)},
+             title="Negative"),
+        dict(id=8, type="KSampler", pos=[1100, 200],
+             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+                      "denoise": 0.5},
+             links={"model": (3, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (5, 0)}),
+        dict(id=9, type="VAEDecode", pos=[1460, 200], links={"samples": (8, 0), "vae": (1, 2)}),
+        dict(id=10, type="SaveImage", pos=[1820, 200], size=[340, 340],
+             widgets={"filename_prefix": "cpsample_protected_img2img"}, links={"images": (9, 0)}),
+        dict(id=11, type="MarkdownNote", pos=[380, 700], size=[340, 240], widgets={"text": (
+            "**Watch the gate open.** Sampling starts from one of the guard's training pictures (denoise 0.5), "
+            "where a model that copies would end up. Protect Model reports after the run how many samples the "
+            "gate opened on, in which steps, and how far it pushed them (at most σ per step). With txt2img the "
+            "tiny demo model never comes near a training picture, so there the gate stays shut. *guard_input* "
+            "is *noisy* here (the paper's form) because the demo model's random x0 prediction is meaningless; "
+            "keep *denoised* with a real model. Needs the guard from the *train a guard* example.")}),
+    ],
+}
+
 WORKFLOWS = {"cpsample_train_guard": TRAIN, "cpsample_protected_txt2img": PROTECTED,
-             "cpsample_replication_check": REPLICATION, "cpsample_calibrated_txt2img": CALIBRATED}
+             "cpsample_replication_check": REPLICATION, "cpsample_calibrated_txt2img": CALIBRATED,
+             "cpsample_protected_img2img": GATE}
 
 FRONTEND_WIDGET_NODES = {"MarkdownNote": ["text"], "Note": ["text"]}
 # Height of the panel web/cpsample.js draws in these nodes (chart, facts, gate report), so saved sizes fit it.
@@ -225,7 +261,8 @@ def build_ui(spec: dict, object_info: dict) -> dict:
                     val = opts.get("default", ispec[0][0] if isinstance(ispec[0], list) and ispec[0] else None)
                 wv.append(val)
                 if H._extra_widget_values(name, ispec):
-                    wv.append("fixed")
+                    upload = isinstance(ispec[1], dict) and ispec[1].get("image_upload") if len(ispec) > 1 else False
+                    wv.append("image" if upload else "fixed")  # the upload button's value, as the frontend saves it
                 if name in (n.get("links") or {}):
                     link = next(l for l in pending if l[3] == n["id"] and l[4] == name)
                     node["inputs"].append({"name": name, "type": ispec[0] if isinstance(ispec[0], str) else "COMBO",

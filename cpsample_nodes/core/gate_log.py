@@ -116,6 +116,7 @@ def describe(summary: dict[str, Any]) -> str:
     if not n:
         return (f"gate opened on 0 of {total} samples in {summary['evaluated_steps']} guided steps of "
                 f"{summary['total_steps']}: the guard was not confident about any of them")
-    return (f"gate opened on {n} of {total} samples, in steps {_ranges(summary['opened_steps'])} of "
+    steps = summary["opened_steps"]
+    return (f"gate opened on {n} of {total} samples, in step{'s' if len(steps) > 1 else ''} {_ranges(steps)} of "
             f"{summary['total_steps']}; mean push {summary['mean_push']:.3g} per element "
             f"({summary['mean_push_over_sigma']:.2f} σ)")

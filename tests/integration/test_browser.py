@@ -124,6 +124,9 @@ def test_example_runs_from_the_frontend(name, comfy, page):
         assert s["evaluated_steps"] >= 1 and all(st["sigma"] > 0 for st in s["per_step"]), s
         assert 0 <= s["opened_samples"] <= s["samples"]
         assert re.match(r"gate (opened on \d+ of \d+ samples|never evaluated)", gate["text"]), gate["text"]
+        if name == "cpsample_protected_img2img":  # starts from a training picture: the gate must open
+            assert s["opened_samples"] >= 1 and s["opened_steps"], s
+            assert 0 < s["mean_push_over_sigma"] <= 1.0 + 1e-6, s  # each push capped at σ RMS
         assert p["inked"] > 200, f"the gate chart drew only {p['inked']} pixels"
         assert f"CPSample Protect Model (node {p['id']}): {gate['text']}" in comfy.log()
     assert not pack_errors(page), pack_errors(page)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
             "CPSampleReplicationCheck", "CPSampleCalibrateGuard"]
 EXAMPLES = ["cpsample_train_guard", "cpsample_protected_txt2img", "cpsample_replication_check",
-            "cpsample_calibrated_txt2img"]
+            "cpsample_calibrated_txt2img", "cpsample_protected_img2img"]
 CKPT = "tiny-sd15.safetensors"
 DEMO_GUARD = "cpsample_demo_guard.safetensors"
 

@@ -68,7 +68,7 @@ def test_gate_opens_near_a_training_image(comfy, memorised_guard):
     assert entry["status"]["status_str"] == "success", H.history_error(entry)
     lines = gate_lines(comfy)
     assert len(lines) == before + 1, lines
-    m = re.match(r"gate opened on (\d+) of 2 samples, in steps ([\d, -]+) of (\d+); mean push ([\d.e-]+) per "
+    m = re.match(r"gate opened on (\d+) of 2 samples, in steps? ([\d, -]+) of (\d+); mean push ([\d.e-]+) per "
                  r"element \(([\d.]+) σ\)", lines[-1])
     assert m, lines[-1]
     assert int(m.group(1)) >= 1 and int(m.group(3)) == 8, lines[-1]
