@@ -41,15 +41,23 @@ def denoiser(mix: Mixture, space: NoiseSpace) -> Callable[[torch.Tensor, float],
 
 def mixture_sampler(mix: Mixture, space: NoiseSpace, steps: int, sampler: str):
     """``sample(guide, seeds) -> [len(seeds), *SHAPE]`` for ``calibrate`` and the evaluation."""
+    sigmas = schedule(space, steps)
+    s0 = sigmas[0]
+    start = s0 if space.kind == "vp" else math.sqrt(s0**2 + (1 - s0) ** 2)
+    return seeded_sampler(denoiser(mix, space), space.kind, sigmas, SHAPE, sampler, start)
+
+
+def seeded_sampler(den_fn: Callable[[torch.Tensor, float], torch.Tensor], kind: str, sigmas: Sequence[float],
+                   shape: tuple, sampler: str, start: float):
+    """Euler or Euler ancestral on ``sigmas`` (ending at 0) for a denoiser ``den_fn(x, σ)``, with each
+    seed's own noise; the start latent is ``start`` × the seed's first draw."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    sigmas = schedule(space, steps)
-    den_fn = denoiser(mix, space)
+    sigmas = [float(s) for s in sigmas]
+    steps = len(sigmas) - 1
 
     def sample(guide: GuideFn | None, seeds: Sequence[int]) -> torch.Tensor:
-        noise = seed_noise(seeds, steps)
-        s0 = sigmas[0]
-        start = s0 if space.kind == "vp" else math.sqrt(s0**2 + (1 - s0) ** 2)
+        noise = seed_noise(seeds, steps, shape)
         x = noise[0] * start
         for i in range(steps):
             s, s_next = sigmas[i], sigmas[i + 1]
@@ -58,7 +66,7 @@ def mixture_sampler(mix: Mixture, space: NoiseSpace, steps: int, sampler: str):
                 den = guide(den, x, torch.full((x.shape[0],), s))
             if sampler == "euler" or s_next == 0:
                 x = x + (x - den) / s * (s_next - s)
-            elif space.kind == "vp":  # Euler ancestral (η = 1)
+            elif kind == "vp":  # Euler ancestral (η = 1)
                 s_up = min(s_next, math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
                 s_down = math.sqrt(max(s_next**2 - s_up**2, 0.0))
                 x = x + (x - den) / s * (s_down - s) + noise[i + 1] * s_up

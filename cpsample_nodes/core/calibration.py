@@ -34,8 +34,8 @@ ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3)
 MAX_STEP = 1.0
 # A setting spoils too much when more than this share of its samples (at least one) leave the
 # range of natural latents (see _Reference).
-SPOIL_SHARE = 0.05
-SPOIL_MARGIN = 0.25     # the natural range is widened by this share of its width on each side
+SPOIL_SHARE = 0.1
+SPOIL_MARGIN = 1.0      # the natural range is widened by its own width on each side: gross failures only
 
 
 class CalibrationStopped(TrainingStopped):

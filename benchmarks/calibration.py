@@ -1,0 +1,210 @@
+"""Does ``calibrate`` find settings that protect? Calibrate on probe seeds, evaluate on fresh seeds.
+
+For each benchmark, guard seed (an independently trained guard, retrained every run) and sampler:
+calibrate on ``--probes`` probe seeds with the public ``calibrate``, then sample ``--samples`` fresh
+seeds unguarded, with the uncalibrated defaults of ``Guard.guide``, with the calibrated settings and
+with a few hand-tuned settings, and measure each with the benchmark's own metrics.
+
+    python benchmarks/calibration.py --bench mixture-vp --json benchmarks/results/calibration_mixture_vp.json
+    python benchmarks/calibration.py --bench mixture-flow
+    python benchmarks/calibration.py --bench digits-full --samples 500
+    python benchmarks/calibration.py --bench digits-prior --samples 500
+
+Benchmarks: the closed-form mixture of benchmarks/mixture.py in vp space and in flow space
+(x = (1−σ)x0 + σε; replicas: nearest training latent within 0.1 × the median nearest-neighbour
+distance; quality: Fréchet distance / the ideal sampler's), and the digits fine-tunes of
+benchmarks/finetune ("full": total collapse, gaussian-negative guard; "prior": DreamBooth-style,
+class guard; replicas: calibrated ℓ2 ratio < 1/3; quality: the digit CNN's confident share).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.calibration_samplers import mixture_sampler, seeded_sampler  # noqa: E402
+from benchmarks.mixture import SHAPE, Mixture, evaluate as mixture_metrics  # noqa: E402
+from cpsample_nodes.core import Guard, NoiseSpace, calibrate, train_guard  # noqa: E402
+from cpsample_nodes.core.calibration import describe, window_sigma  # noqa: E402
+from cpsample_nodes.core.metrics import frechet_distance, pairwise_l2  # noqa: E402
+
+PROBE_SEEDS = 10_000   # probes: 10000.., fresh evaluation seeds: 20000..; both away from the data seeds
+EVAL_SEEDS = 20_000
+BATCH = 250
+# Hand-tuned rows: (label, guide settings with the σ window as a noise-to-signal ratio)
+HAND = [("α 0.05, all steps", {"alpha": 0.05}, None),
+        ("α 0.2, σ ≤ 2", {"alpha": 0.2}, 2.0),
+        ("α 0.3, σ ≤ 2", {"alpha": 0.3}, 2.0)]
+
+
+class Bench:
+    """One benchmark: its training latents, samplers, guard training and metrics."""
+    name: str
+    train: torch.Tensor
+    quality_key: str       # the metric that says how good the samples are
+    higher_is_better: bool
+
+    def sampler(self, kind: str) -> Callable: ...
+    def guard(self, seed: int) -> Guard: ...
+    def metrics(self, x: torch.Tensor) -> dict[str, float]: ...
+
+
+class MixtureBench(Bench):
+    quality_key, higher_is_better = "fd_ratio", False
+
+    def __init__(self, kind: str, samples: int, steps: int, data_seed: int = 0):
+        self.name = f"mixture-{kind}"
+        self.space = NoiseSpace.vp() if kind == "vp" else NoiseSpace.flow()
+        g = torch.Generator().manual_seed(data_seed)  # as benchmarks/mixture.py: train, reference, ideal
+        self.train = torch.randn(32, *SHAPE, generator=g)
+        self.reference = torch.randn(samples, *SHAPE, generator=g)
+        ideal = torch.randn(samples, *SHAPE, generator=g)
+        d = pairwise_l2(self.train, self.train) + torch.eye(32, dtype=torch.float64) * 1e9
+        self.threshold = 0.1 * float(d.min(1).values.median())
+        self.floor = frechet_distance(ideal.flatten(1), self.reference.flatten(1))
+        self.mix = Mixture(self.train.flatten(1), 0.5, 0.05)
+        self.steps = steps
+
+    def sampler(self, kind: str) -> Callable:
+        return mixture_sampler(self.mix, self.space, self.steps, kind)
+
+    def guard(self, seed: int) -> Guard:
+        return train_guard(self.train, self.space, seed=seed)
+
+    def metrics(self, x: torch.Tensor) -> dict[str, float]:
+        r = mixture_metrics(x, self.train, self.reference, self.threshold)
+        return {"replicas": r["replicas"], "fd_ratio": r["fd"] / self.floor, "std": r["std"]}
+
+
+class DigitsBench(Bench):
+    quality_key, higher_is_better = "quality_share", True
+
+    def __init__(self, preset: str, samples: int):
+        from benchmarks.finetune import pipeline as P
+        from benchmarks.finetune.classifier import classify
+        from benchmarks.finetune.diffusion import SIGMA_MAX, SIGMA_MIN, karras_sigmas
+
+        self.name = f"digits-{preset}"
+        self.cfg = P.FULL if preset == "full" else P.PRIOR
+        self.split = P.get_split(self.cfg)
+        self.clf = P.get_classifier(self.cfg, self.split)
+        self.model = P.get_finetuned(self.cfg, self.split)  # trains base and fine-tune once (cached)
+        _, _, self.ref_feats = classify(self.clf, self.split.heldout)
+        self.train = self.split.finetune
+        # the presets' guards: "full" gaussian negatives, "prior" class images (pretraining digits)
+        self.negatives = "gaussian" if preset == "full" else self.split.pretrain
+        self.space = NoiseSpace.vp(SIGMA_MIN, SIGMA_MAX)
+        self.sigmas = karras_sigmas(self.cfg.sample_steps, SIGMA_MIN, SIGMA_MAX).tolist()
+        self.samples = samples
+
+    def sampler(self, kind: str) -> Callable:
+        start = (1.0 + self.sigmas[0] ** 2) ** 0.5  # as benchmarks/finetune/diffusion.sample_euler
+
+        @torch.no_grad()
+        def den(x, s):
+            return self.model(x, torch.full((x.shape[0],), s))
+
+        inner = seeded_sampler(den, "vp", self.sigmas, (1, 16, 16), kind, start)
+        return lambda guide, seeds: inner(guide, seeds).clamp(-1, 1)
+
+    def guard(self, seed: int) -> Guard:
+        return train_guard(self.train, self.space, seed=seed, max_steps=self.cfg.guard_steps,
+                           negatives=self.negatives)
+
+    def metrics(self, x: torch.Tensor) -> dict[str, float]:
+        from benchmarks.finetune.evaluate import sample_metrics
+
+        m = sample_metrics(x, self.split, self.clf, self.ref_feats)
+        return {"replicas": m["replication_l2"], "quality_share": m["quality_share"],
+                "blurred": m["replication_l2_blur"], "fd_clf": m["frechet_clf"]}
+
+
+def sample_many(sample: Callable, guide, n: int) -> torch.Tensor:
+    seeds = list(range(EVAL_SEEDS, EVAL_SEEDS + n))
+    return torch.cat([sample(guide, seeds[i:i + BATCH]) for i in range(0, n, BATCH)])
+
+
+def guide_of(guard: Guard, settings: dict | None):
+    if settings is None:
+        return None
+    return lambda d, x, s: guard.guide(d, x, s, **settings)
+
+
+def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
+        save: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    rows: list[dict] = []
+    for gs in guard_seeds:
+        t0 = time.time()
+        guard = bench.guard(gs)
+        train_s = time.time() - t0
+        print(f"[{bench.name}] guard seed {gs}: trained in {train_s:.0f} s ({guard.info['steps']} steps, "
+              f"memorised {guard.info['memorised']})", flush=True)
+        for kind in samplers:
+            sample = bench.sampler(kind)
+            g = guard.with_space(guard.space)  # a fresh info dict per sampler
+            cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
+                            sampler_description=f"{bench.name} {kind}")
+            print(cal.report(), flush=True)
+            settings: list[tuple[str, dict | None]] = [("none", None), ("defaults", {}),
+                                                        ("calibrated: " + describe(cal.settings), cal.settings)]
+            for label, kw, ratio in HAND:
+                settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
+            for label, kw in settings:
+                t1 = time.time()
+                m = bench.metrics(sample_many(sample, guide_of(guard, kw), samples))
+                row = {"bench": bench.name, "guard_seed": gs, "sampler": kind, "setting": label,
+                       "settings": kw, **m, "sample_s": round(time.time() - t1, 1)}
+                if label.startswith("calibrated"):
+                    row.update({"calibration_model_calls": cal.model_calls,
+                                "calibration_s": round(cal.seconds, 1),
+                                "probe_unguarded_rate": cal.unguarded_rate,
+                                "probe_calibrated_rate": cal.calibrated_rate, "reached": cal.reached,
+                                "no_copies": cal.no_copies})
+                rows.append(row)
+                save(rows)  # after every row: a long run that is cut short still leaves its rows
+                print(f"  {bench.name} g{gs} {kind:8} {label:34} replicas {m['replicas']:6.1%}  "
+                      f"{bench.quality_key} {m[bench.quality_key]:.3f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", choices=["mixture-vp", "mixture-flow", "digits-full", "digits-prior"],
+                    default="mixture-vp")
+    ap.add_argument("--guard-seeds", default="0,1,2")
+    ap.add_argument("--samplers", default="euler_a,euler")
+    ap.add_argument("--probes", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=1000, help="fresh evaluation seeds per row")
+    ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))
+    t0 = time.time()
+    if args.bench.startswith("mixture"):
+        bench: Bench = MixtureBench(args.bench.split("-")[1], args.samples, args.steps)
+    else:
+        bench = DigitsBench(args.bench.split("-")[1], args.samples)
+    def save(rows: list[dict], finished: bool = False) -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.json.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"command": "python benchmarks/calibration.py " + " ".join(sys.argv[1:]),
+                                       "finished": finished, "seconds": round(time.time() - t0),
+                                       "rows": rows, "quality": bench.quality_key}, indent=1, default=str))
+            tmp.replace(args.json)
+
+    rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
+               args.samples, save)
+    save(rows, finished=True)
+    print(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
