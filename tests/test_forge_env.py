@@ -1,4 +1,4 @@
-"""The Forge test-environment builder and the browser driver, without building or starting Forge."""
+"""The Forge test-environment builder, without building or starting Forge."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import forge_env  # noqa: E402
-import headless_chromium  # noqa: E402
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -46,15 +45,3 @@ def test_stale_stamp_is_not_ready(monkeypatch, tmp_path):
     monkeypatch.setattr(forge_env, "STAMP", tmp_path / "stamp.json")
     (tmp_path / "stamp.json").write_text('{"recipe_info": {"recipe": 0}}')
     assert not forge_env.is_ready()
-
-
-@pytest.mark.skipif(headless_chromium.find_chromium() is None, reason="chromium is missing")
-def test_chromium_pipe_evaluates_and_screenshots(tmp_path):
-    with headless_chromium.Chromium() as browser:
-        page = browser.open("data:text/html,<p id=x style='font-size:40px'>CPSample</p>", width=320, height=120)
-        assert page.wait_for("document.querySelector('#x') && document.querySelector('#x').textContent",
-                             timeout=60) == "CPSample"
-        png = page.screenshot(tmp_path / "shot.png", clip={"x": 0, "y": 0, "width": 200, "height": 80})
-        profile = browser._profile
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not Path(profile).exists()  # the fresh profile is removed with the browser

@@ -112,7 +112,10 @@ class ForgeServer:
                "--skip-torch-cuda-test", "--skip-version-check", "--no-download-sd-model",
                "--always-cpu", "--use-cpu", "all", "--precision", "full", "--disable-nan-check", "--no-hashing",
                "--api", "--server-name", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--ckpt", str(self.layout["checkpoint"])]
+               "--data-dir", str(self.data_dir), "--ckpt", str(self.layout["checkpoint"]),
+               # Gradio serves only the allowed paths, by default the data dir: with the data dir outside
+               # Forge's folder, Forge's own script.js and javascript/ would answer 403.
+               "--gradio-allowed-path", str(self.forge_dir)]
         if not self.webui:
             cmd.append("--nowebui")
         return cmd + self.extra_args

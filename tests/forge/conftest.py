@@ -69,9 +69,7 @@ def forge(forge_env, tmp_path_factory):
     server = FH.ForgeServer(layout, forge_env["python"], forge_env["forge_dir"],
                             webui=not os.environ.get("CPSAMPLE_FORGE_NOWEBUI"), threads=threads or None)
     server.start(timeout=360)
-    # Warm up: the first generation loads the model (~10 s), and with the web UI on, Forge hands the
-    # built-in scripts no arguments on its first API generation ("not enough values to unpack"): tests
-    # should meet a steady host.
+    # Warm up: the first generation loads the model (~10 s); tests meet a loaded host and time only their own work.
     t0 = time.time()
     try:
         server.txt2img({"prompt": "warm-up", "seed": 0, "width": 64, "height": 64, "steps": 1,

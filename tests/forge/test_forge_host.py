@@ -21,7 +21,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
-import headless_chromium  # noqa: E402
+import cdp  # noqa: E402
 
 pytestmark = pytest.mark.forge
 
@@ -137,21 +137,30 @@ def _screenshot_dir(tmp_path: Path) -> Path:
 
 def _clip(rect: dict, pad: int = 8, width: int = 1400) -> dict:
     x, y = max(0, rect["x"] - pad), max(0, rect["y"] - pad)
-    return {"x": x, "y": y, "width": min(width - x, rect["width"] + 2 * pad), "height": rect["height"] + 2 * pad}
+    return {"x": x, "y": y, "width": min(width - x, rect["width"] + 2 * pad), "height": rect["height"] + 2 * pad,
+            "scale": 1}
+
+
+def _shoot(page: "cdp.Chromium", path: Path, clip: dict) -> Path:
+    """A screenshot of one region of the page, also below the fold."""
+    shot = page.call("Page.captureScreenshot", timeout=120, format="png", clip=clip, captureBeyondViewport=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    return path
 
 
 def test_browser_shows_accordion_and_tab(forge, tmp_path):
     if not forge.webui:
         pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
-    if headless_chromium.find_chromium() is None:
+    if cdp.find_chromium() is None:
         if os.environ.get("CPSAMPLE_REQUIRE_FORGE"):
             pytest.fail("chromium is missing (tools/ensure_chromium.sh installs it)")
         pytest.skip("chromium is missing")
     out = _screenshot_dir(tmp_path)
     width = 1400
     t0 = time.time()
-    with headless_chromium.Chromium() as browser:
-        page = browser.open(forge.url + "/", width=width, height=1100)
+    with cdp.Chromium(width=width, height=1100) as page:
+        page.navigate(forge.url + "/")
         # Forge builds the page in the browser: wait until the script areas of both tabs are there.
         page.wait_for(f"!!{_ROOT}.querySelector('#txt2img_script_container .gradio-accordion')", timeout=180)
         load_s = time.time() - t0
@@ -164,12 +173,12 @@ def test_browser_shows_accordion_and_tab(forge, tmp_path):
             if (!label.classList.contains('open')) label.click();
             acc.scrollIntoView({block: 'start'});
             return true;"""))
-        time.sleep(1.5)
         page.wait_for(_accordion_js("txt2img", "return acc.querySelector('.label-wrap').classList.contains('open');"),
                       timeout=20)
+        page.pump(1.5)  # let the opened accordion lay out
         rect = page.evaluate(_accordion_js("txt2img", "return " + _rect("acc") + ";"))
         assert rect["height"] > 60, f"the accordion did not open: {rect}"
-        acc_png = page.screenshot(out / "webui_accordion.png", clip=_clip(rect, width=width))
+        acc_png = _shoot(page, out / "webui_accordion.png", _clip(rect, width=width))
 
         # The tab button names its panel (aria-controls, Forge's `tab_<id>`): click it, wait until shown.
         panel_id = page.evaluate(_tab_button_js("btn.click(); return btn.getAttribute('aria-controls') || 'none';"))
@@ -178,11 +187,13 @@ def test_browser_shows_accordion_and_tab(forge, tmp_path):
         page.evaluate("window.scrollTo(0, 0)")
         page.wait_for(f"(() => {{ const p = {panel_js}; return !!p && p.offsetParent !== null "
                       "&& p.getBoundingClientRect().height > 50; })()", timeout=30)
-        time.sleep(1.5)
+        page.pump(1.5)
         panel = page.evaluate(_rect(f"({panel_js})"))
-        top = {"x": 0, "y": 0, "width": width, "height": panel["y"] + panel["height"] + 8}
-        tab_png = page.screenshot(out / "webui_tab.png", clip=top)
+        tab_png = _shoot(page, out / "webui_tab.png",
+                         {"x": 0, "y": 0, "width": width, "height": panel["y"] + panel["height"] + 8, "scale": 1})
+        errors = [c for c in page.console if c["level"] == "error" and "cpsample" in (c["text"] + c["url"]).lower()]
     print(f"\nForge UI loaded in Chromium in {load_s:.1f} s; screenshots: {acc_png}, {tab_png}")
+    assert not errors, f"the page logged errors from the extension: {errors}"
     for png in (acc_png, tab_png):
         with Image.open(png) as im:
             assert im.width > 200 and im.height > 60, (png, im.size)
