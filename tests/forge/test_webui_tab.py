@@ -1,0 +1,80 @@
+"""The CPSample tab in a real browser: train a guard from the tab, see the report, check a copy.
+
+Drives Forge's own page in headless Chromium (tools/cdp.py): types into the tab's fields as a user
+would (input events), clicks the buttons and reads what the page shows; the hover help is there too.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from cpsample_nodes.core import load_guard
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+import cdp  # noqa: E402
+
+pytestmark = pytest.mark.forge
+ROOT = "(typeof gradioApp === 'function' ? gradioApp() : document)"
+
+
+def _type(page, elem_id: str, text: str) -> None:
+    assert page.evaluate(f"""(() => {{
+        const el = {ROOT}.querySelector('#{elem_id} textarea, #{elem_id} input');
+        if (!el) return false;
+        el.value = {json.dumps(text)};
+        el.dispatchEvent(new Event('input', {{bubbles: true}}));
+        el.dispatchEvent(new Event('change', {{bubbles: true}}));
+        return true; }})()"""), f"no field #{elem_id}"
+
+
+def _click(page, elem_id: str) -> None:
+    assert page.evaluate(f"(() => {{ const b = {ROOT}.querySelector('#{elem_id}'); "
+                         "if (!b) return false; b.click(); return true; })()"), f"no button #{elem_id}"
+
+
+def _text(elem_id: str) -> str:
+    return f"(() => {{ const el = {ROOT}.querySelector('#{elem_id} textarea'); return el ? el.value : ''; }})()"
+
+
+def test_tab_trains_a_guard_and_reports(forge):
+    if not forge.webui:
+        pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
+    if cdp.find_chromium() is None:
+        if os.environ.get("CPSAMPLE_REQUIRE_FORGE"):
+            pytest.fail("chromium is missing (tools/ensure_chromium.sh installs it)")
+        pytest.skip("chromium is missing")
+    with cdp.Chromium(width=1400, height=1100) as page:
+        page.navigate(forge.url + "/")
+        page.wait_for(f"!!{ROOT}.querySelector('#cpsample_train_button')", timeout=180)
+        # javascript/cpsample.js gave the fields their hover help once the UI loaded
+        tip = page.wait_for(f"{ROOT}.querySelector('#script_txt2img_cpsample_scale')?.title", timeout=60)
+        assert "Guidance strength" in tip
+        assert "Stop training" in page.evaluate(f"{ROOT}.querySelector('#cpsample_train_interrupt').title")
+        page.evaluate(f"(() => {{ const b = Array.from({ROOT}.querySelectorAll('#tabs > .tab-nav button, "
+                      "#tabs > div > button')).find(b => b.textContent.trim() === 'CPSample'); "
+                      "if (b) b.click(); })()")
+        # a bad folder first: the report names it, nothing is written
+        _type(page, "cpsample_train_folder", str(forge.input_dir / "no such folder"))
+        _click(page, "cpsample_train_button")
+        bad = page.wait_for(f"(() => {{ const t = {_text('cpsample_train_report')}; "
+                            "return t.startsWith('Error') ? t : null; })()", timeout=120)
+        assert "no such folder" in bad and "does not exist" in bad, bad
+        # then the demo folder
+        _type(page, "cpsample_train_folder", str(forge.input_dir / "demo"))
+        _type(page, "cpsample_train_name", "from tab")
+        _type(page, "cpsample_train_max_steps", "10")
+        _type(page, "cpsample_train_batch_size", "8")
+        _click(page, "cpsample_train_button")
+        report = page.wait_for(f"(() => {{ const t = {_text('cpsample_train_report')}; "
+                               "return t.includes('Saved to') ? t : null; })()", timeout=400)
+    assert "8 images at 64x64 px" in report and "SD15" in report, report
+    path = forge.models_dir / "cpsample" / "from tab.safetensors"
+    assert path.is_file(), report
+    guard = load_guard(path)
+    assert guard.info["steps"] <= 10 and guard.info["host"].startswith("Forge")
