@@ -104,5 +104,11 @@ def on_ui_tabs():
     return [(tab, "CPSample", "cpsample")]
 
 
+def on_app_started(demo, app):
+    opts = shared.cmd_opts
+    if opts.api or opts.nowebui:  # the routes come with the webui's own API, behind its credentials
+        api.register(app, api.parse_auth(opts.api_auth))
+
+
 script_callbacks.on_ui_tabs(on_ui_tabs, name="cpsample_tab")
-script_callbacks.on_app_started(lambda demo, app: api.register(app), name="cpsample_api")
+script_callbacks.on_app_started(on_app_started, name="cpsample_api")

@@ -630,3 +630,15 @@ def test_forge_generation_hooks_a_clone_of_the_unet_only(tmp_path):
     generation.start(zero, (True, "g.safetensors", 0.0, 0.5), tmp_path)
     generation.before_sampling(zero)
     assert model.forge_objects.unet is original
+
+
+def test_api_credentials_as_the_webui_reads_them():
+    from cpsample_nodes.webui import api
+
+    creds = api.parse_auth("alice:s3cret,bob:pa:ss")
+    assert creds == {"alice": "s3cret", "bob": "pa:ss"}
+    assert api.authorized(creds, "alice", "s3cret")
+    assert not api.authorized(creds, "alice", "wrong") and not api.authorized(creds, "eve", "s3cret")
+    assert api.parse_auth(None) == {} and api.parse_auth("") == {}
+    with pytest.raises(ValueError, match="'alice' has no ':password'"):
+        api.parse_auth("alice")

@@ -6,11 +6,15 @@ POST /cpsample/check    replication check (JSON: images as base64, folder, k, th
 
 Bad input answers 400 with the reason in "detail"; the server keeps serving. Training holds the
 webui's queue (one job at a time) and stops at /sdapi/v1/interrupt, saving nothing.
+
+The routes read folders on the server and show pictures from them, so they are offered only where
+the webui's own API is (--api or --nowebui) and ask for the same credentials as it (--api-auth).
 """
 from __future__ import annotations
 
 import base64
 import io
+from hmac import compare_digest
 from typing import Any
 
 from ..core import GuardFileError
@@ -57,9 +61,37 @@ def check(body: dict[str, Any]) -> dict[str, Any]:
     return {**result, "pairs": encode_png(result["pairs"])}
 
 
-def register(app) -> None:
-    """Add the routes to the webui's FastAPI app (called from on_app_started)."""
-    from fastapi import Body, HTTPException
+def parse_auth(api_auth: str | None) -> dict[str, str]:
+    """--api-auth "user:password,user2:password2" → {user: password}, as the webui reads it."""
+    creds = {}
+    for item in (api_auth or "").split(","):
+        if item.strip():
+            user, sep, password = item.partition(":")
+            if not sep:
+                raise ValueError(f"--api-auth entry {user!r} has no ':password'")
+            creds[user] = password
+    return creds
+
+
+def authorized(creds: dict[str, str], user: str, password: str) -> bool:
+    return user in creds and compare_digest(password, creds[user])
+
+
+def register(app, creds: dict[str, str] | None = None) -> None:
+    """Add the routes to the webui's FastAPI app (called from on_app_started); with ``creds`` they
+    ask for HTTP basic credentials like the webui's own API."""
+    from fastapi import Body, Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    dependencies = []
+    if creds:
+        def auth(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
+            if authorized(creds, credentials.username, credentials.password):
+                return True
+            raise HTTPException(status_code=401, detail="Incorrect username or password",
+                                headers={"WWW-Authenticate": "Basic"})
+
+        dependencies = [Depends(auth)]
 
     def answer(fn, body):
         if not isinstance(body, dict):
@@ -69,14 +101,14 @@ def register(app) -> None:
         except CLIENT_ERRORS as e:
             raise HTTPException(status_code=400, detail=str(e)) from None
 
-    @app.get("/cpsample/guards")
+    @app.get("/cpsample/guards", dependencies=dependencies)
     def cpsample_guards() -> dict:
         return tasks.list_guards()
 
-    @app.post("/cpsample/train")
+    @app.post("/cpsample/train", dependencies=dependencies)
     def cpsample_train(body: Any = Body(...)) -> dict:
         return answer(train, body)
 
-    @app.post("/cpsample/check")
+    @app.post("/cpsample/check", dependencies=dependencies)
     def cpsample_check(body: Any = Body(...)) -> dict:
         return answer(check, body)
