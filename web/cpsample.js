@@ -47,6 +47,7 @@ function onTrainEvent({ detail }) {
     const prev = node.cpsample.train;
     const train = prev && !prev.done && prev.total === detail.total ? prev : { points: [], total: detail.total, done: false };
     if (detail.step < (train.points.at(-1)?.step ?? 0)) train.points = []; // a new run
+    node.cpsample.live = (node.cpsample.live ?? 0) + 1; // messages received while training (tests read it)
     train.points.push({ step: detail.step, loss: detail.loss, accuracy: detail.accuracy });
     node.cpsample.train = train;
   }

@@ -65,7 +65,7 @@ def panel(page, node_type: str) -> dict:
             for (let i = 3; i < d.length; i += 4) if (d[i] > 0) inked++;
         }}
         return {{id: n.id, text: root?.textContent ?? null, inked, inDom: !!root?.isConnected,
-                 train: n.cpsample?.train ?? null, gate: n.cpsample?.gate ?? null}};
+                 train: n.cpsample?.train ?? null, gate: n.cpsample?.gate ?? null, live: n.cpsample?.live ?? 0}};
     }})()""")
 
 
@@ -99,6 +99,7 @@ def test_example_runs_from_the_frontend(name, comfy, page):
         p = panel(page, "CPSampleTrainGuard")
         train = p["train"]
         assert p["inDom"] and train and train["done"], p
+        assert p["live"] >= 5, f"only {p['live']} live chart messages arrived while training"
         steps = [pt["step"] for pt in train["points"]]
         assert len(steps) >= 5 and steps == sorted(steps) and steps[-1] == train["steps"], steps[:20]
         losses = [pt["loss"] for pt in train["points"] if pt["loss"] is not None]
