@@ -67,7 +67,10 @@ class CPSampleScript(scripts.Script):
         # Paste / "send to": the settings come back; an infotext without CPSample keys turns it off.
         self.infotext_fields = [
             (enabled, lambda d: INFOTEXT["guard"] in d),
-            (guard, INFOTEXT["guard"]),
+            # a gradio update: the host cannot convert into a dropdown that has no value yet, and the
+            # list may be older than the guard
+            (guard, lambda d: gr.update(value=d[INFOTEXT["guard"]], choices=_guard_choices())
+             if INFOTEXT["guard"] in d else None),
             (scale, INFOTEXT["scale"]),
             (alpha, INFOTEXT["alpha"]),
             (start, INFOTEXT["start_percent"]),

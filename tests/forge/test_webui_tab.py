@@ -78,3 +78,49 @@ def test_tab_trains_a_guard_and_reports(forge):
     assert path.is_file(), report
     guard = load_guard(path)
     assert guard.info["steps"] <= 10 and guard.info["host"].startswith("Forge")
+
+
+def _value(elem_id: str, kind: str = "input") -> str:
+    return f"{ROOT}.querySelector('#{elem_id} {kind}')?.value"
+
+
+def test_paste_restores_the_accordion(forge, small_txt2img):
+    """An infotext pasted into the prompt (the ↙ button) sets the accordion as the image was made;
+    one without CPSample keys turns it off."""
+    if not forge.webui:
+        pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
+    if cdp.find_chromium() is None:
+        if os.environ.get("CPSAMPLE_REQUIRE_FORGE"):
+            pytest.fail("chromium is missing (tools/ensure_chromium.sh installs it)")
+        pytest.skip("chromium is missing")
+    status, body = forge.post("/cpsample/train", {"folder": str(forge.input_dir / "demo"), "name": "paste",
+                                                  "max_steps": 5, "batch_size": 8, "overwrite": True})
+    assert status == 200, body
+    args = [True, "paste.safetensors", 2500.0, 0.25, 0.1, 0.9, "opposite", "noisy", False]
+    info = json.loads(forge.txt2img({**small_txt2img(), "alwayson_scripts": {"CPSample": {"args": args}}})["info"])
+    protected_infotext = info["infotexts"][0]
+    plain_infotext = json.loads(forge.txt2img(small_txt2img())["info"])["infotexts"][0]
+    acc = "script_txt2img_cpsample"
+    with cdp.Chromium(width=1400, height=1100) as page:
+        page.navigate(forge.url + "/")
+        page.wait_for(f"!!{ROOT}.querySelector('#{acc}_enabled-visible-checkbox')", timeout=180)
+        _type(page, "txt2img_prompt", protected_infotext)
+        assert page.evaluate(f"(() => {{ const b = {ROOT}.querySelector('#txt2img_tools #paste'); "
+                             "if (!b) return false; b.click(); return true; })()"), "no paste button"
+        page.wait_for(f"{ROOT}.querySelector('#{acc}_enabled-visible-checkbox').checked", timeout=60)
+        page.wait_for(f"{_value(acc + '_scale', 'input[type=number]')} === '2500'", timeout=30)
+        restored = page.evaluate(f"""({{
+            guard: {_value(acc + '_guard')},
+            alpha: {_value(acc + '_alpha', 'input[type=number]')},
+            start: {_value(acc + '_start_percent', 'input[type=number]')},
+            end: {_value(acc + '_end_percent', 'input[type=number]')},
+            objective: {_value(acc + '_objective')},
+            guard_input: {_value(acc + '_guard_input')},
+            calibration: {ROOT}.querySelector('#{acc}_use_calibration input').checked,
+        }})""")
+        assert restored == {"guard": "paste.safetensors", "alpha": "0.25", "start": "0.1", "end": "0.9",
+                            "objective": "opposite", "guard_input": "noisy", "calibration": False}, restored
+        # an infotext without CPSample keys turns the accordion off
+        _type(page, "txt2img_prompt", plain_infotext)
+        page.evaluate(f"{ROOT}.querySelector('#txt2img_tools #paste').click()")
+        page.wait_for(f"!{ROOT}.querySelector('#{acc}_enabled-visible-checkbox').checked", timeout=60)
