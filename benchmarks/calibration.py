@@ -40,8 +40,7 @@ EVAL_SEEDS = 20_000
 BATCH = 250
 # Hand-tuned rows: (label, guide settings with the σ window as a noise-to-signal ratio)
 HAND = [("α 0.05, all steps", {"alpha": 0.05}, None),
-        ("α 0.2, σ ≤ 2", {"alpha": 0.2}, 2.0),
-        ("α 0.3, σ ≤ 2", {"alpha": 0.3}, 2.0)]
+        ("α 0.2, σ ≤ 2", {"alpha": 0.2}, 2.0)]
 
 
 class Bench:
@@ -174,6 +173,52 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
     return rows
 
 
+def _spread(values: list[float], fmt: str) -> str:
+    lo, hi, mean = min(values), max(values), sum(values) / len(values)
+    return format(mean, fmt) if lo == hi else f"{format(mean, fmt)} ({format(lo, fmt)}–{format(hi, fmt)})"
+
+
+def summarize(paths: list[Path]) -> str:
+    """One markdown table over result files: per benchmark and sampler, unguarded, uncalibrated
+    defaults, calibrated and the best hand-tuned row, mean over guard seeds (min–max)."""
+    lines = ["| benchmark | sampler | setting | guards | replicas | quality | calibration cost |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        q, rows = data["quality"], data["rows"]
+        better = (lambda a, b: a > b) if q == "quality_share" else (lambda a, b: a < b)
+        qfmt = ".1%" if q == "quality_share" else ".2f"
+        for bench, kind in dict.fromkeys((r["bench"], r["sampler"]) for r in rows):
+            here = [r for r in rows if r["bench"] == bench and r["sampler"] == kind]
+            seeds = sorted({r["guard_seed"] for r in here})
+            base = {r["guard_seed"]: r["replicas"] for r in here if r["setting"] == "none"}
+
+            def pick(label_start: str) -> list[dict]:
+                return [r for r in here if r["setting"].startswith(label_start)]
+
+            hands = sorted({r["setting"] for r in here if r["setting"].startswith("hand")})
+            ok_hands = [h for h in hands if all(r["replicas"] <= base[r["guard_seed"]] / 10 for r in pick(h))]
+            best = None
+            for h in ok_hands or hands:
+                mean_q = sum(r[q] for r in pick(h)) / len(pick(h))
+                if best is None or better(mean_q, best[1]):
+                    best = (h, mean_q)
+            for label, group in (("none", pick("none")), ("defaults", pick("defaults")),
+                                 ("calibrated", pick("calibrated")), (best[0] if best else "", pick(best[0]) if best else [])):
+                if not group:
+                    continue
+                cost = ""
+                if label == "calibrated":
+                    cost = (f"{_spread([r['calibration_model_calls'] for r in group], '.0f')} calls, "
+                            f"{_spread([r['calibration_s'] for r in group], '.0f')} s; chose "
+                            + "; ".join(r["setting"][len("calibrated: "):] for r in group))
+                name = "best hand-tuned: " + label[6:] if label.startswith("hand") else label
+                lines.append(f"| {bench} | {kind} | {name} | {len(group)}/{len(seeds)} | "
+                             f"{_spread([r['replicas'] for r in group], '.1%')} | "
+                             f"{_spread([r[q] for r in group], qfmt)} | {cost} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", choices=["mixture-vp", "mixture-flow", "digits-full", "digits-prior"],
@@ -184,7 +229,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1000, help="fresh evaluation seeds per row")
     ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--summarize", nargs="+", type=Path, help="print one markdown table of these result files")
     args = ap.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))
     t0 = time.time()
     if args.bench.startswith("mixture"):

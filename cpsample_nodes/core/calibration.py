@@ -3,8 +3,9 @@
 The right gate (α) and σ window differ from model to model (docs/protection.md), so the guard
 measures them on the caller's sampler: it samples probe seeds without the guard, counts copies the
 way Replication Check does (calibrated ℓ2 ratio against the training latents, and on decoded pixels
-when a decoder is given), then tries a ladder of settings from gentle to strong and keeps the first
-that cuts the copies to the target without spoiling samples.
+when a decoder is given), then tries a ladder of settings from gentle to strong: the first that cuts the copies to the
+target while spoiling (almost) no sample wins; failing that, the one that reaches the target and
+spoils the fewest.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ L2_K = 5                # calibrated ℓ2: nearest vs mean of the next 5 (clippe
 WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
 ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3)
 MAX_STEP = 1.0
-# A setting spoils too much when more than this share of its samples (at least one) leave the
-# range of natural latents (see _Reference).
+# A setting that reaches the copy target and spoils at most this share of the probes (at least
+# one) ends the search; otherwise the passing setting that spoils fewest is kept (see _Reference).
 SPOIL_SHARE = 0.1
 SPOIL_MARGIN = 1.0      # the natural range is widened by its own width on each side: gross failures only
 
@@ -102,7 +103,7 @@ class _Row:
     samples: dict[int, Tensor] = field(default_factory=dict)
     model_calls: int = 0
     seconds: float = 0.0
-    abandoned: bool = False
+    abandoned: str = ""  # why it stopped early ("" = measured on every probe it was given)
 
     def n_copies(self) -> int:
         return sum(self.copies.values())
@@ -133,6 +134,7 @@ class Calibration:
     copied: Tensor
     calibrated: Tensor | None = None
     calibrated_copied: Tensor | None = None
+    spoiled_rate: float = 0.0  # share of probes the chosen settings spoil (see _Reference)
 
     @property
     def probes(self) -> int:
@@ -146,6 +148,7 @@ class Calibration:
             "unguarded_rate": round(self.unguarded_rate, 6),
             "calibrated_rate": round(self.calibrated_rate, 6),
             "reached": self.reached,
+            "spoiled_rate": round(self.spoiled_rate, 6),
             "no_copies": self.no_copies,
             "probes": self.probes,
             "target": self.target,
@@ -176,7 +179,8 @@ class Calibration:
                              f"  {r['outcome']}")
             verdict = "reaches the target" if self.reached else "MISSES the target (best found)"
             lines.append(f"chosen: {describe(self.settings)}: {self.calibrated_rate:.1%} copies "
-                         f"(unguarded {self.unguarded_rate:.1%}), {verdict}")
+                         f"(unguarded {self.unguarded_rate:.1%}), {verdict}; spoils {self.spoiled_rate:.1%} "
+                         f"of the probes (std, mean, max |x| or high-frequency share outside the natural range)")
         lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -252,16 +256,20 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     reference = _Reference.of(torch.cat([train, base]))
     # Copy seeds first: a setting that cannot remove them is abandoned after a chunk or two.
     order = [i for i in range(n) if copied[i]] + [i for i in range(n) if not copied[i]]
-    allowed_spoiled = max(1, int(math.floor(SPOIL_SHARE * n)))
+    tolerance = max(1, int(math.floor(SPOIL_SHARE * n)))
     rows: list[_Row] = []
+    best: list[_Row] = []  # the passing setting that spoils fewest probes so far
 
     def evaluate(row: _Row, full: bool = False) -> bool:
-        """Sample the seeds this row still lacks; stop once the target is out of reach (unless
-        ``full``). True when every probe was measured."""
+        """Sample the seeds this row still lacks; stop once it can no longer reach the copy target
+        or beat the best passing setting so far (unless ``full``). True when every probe was measured."""
         todo = [i for i in order if i not in row.copies]
         for j in range(0, len(todo), CHUNK):
-            if not full and (row.n_copies() > allowed or row.n_spoiled() > allowed_spoiled):
-                row.abandoned = True
+            if not full and row.n_copies() > allowed:
+                row.abandoned = "too many copies"
+                return False
+            if not full and best and row.n_spoiled() >= best[0].n_spoiled():
+                row.abandoned = f"spoils more than {describe(best[0].settings)}"
                 return False
             idx = todo[j:j + CHUNK]
             t0, c0 = time.monotonic(), calls[0]
@@ -275,43 +283,53 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 row.samples[i] = x[m]
                 if not copied[i]:
                     row.change[i] = float((x[m] - base[i]).norm() / base[i].norm().clamp_min(1e-12))
-        row.abandoned = False
+        row.abandoned = ""
         return True
 
-    def passes(row: _Row) -> bool:
-        return len(row.copies) == n and row.n_copies() <= allowed and row.n_spoiled() <= allowed_spoiled
+    def consider(row: _Row) -> bool:
+        """Keep row if it passes and spoils fewer probes than the best so far; True when it is good
+        enough to stop (within the spoil tolerance)."""
+        if len(row.copies) == n and row.n_copies() <= allowed:
+            if not best or row.n_spoiled() < best[0].n_spoiled():
+                best[:] = [row]
+            return row.n_spoiled() <= tolerance
+        return False
 
-    chosen: _Row | None = None
+    done_early = False
     for window in windows:
         # Test the window with its strongest α first: if even that cannot reach the target, the
         # gentler gates of the same window will not either, and the window is skipped.
         strongest = _Row(window[-1])
         rows.append(strongest)
         evaluate(strongest)
-        if strongest.abandoned and strongest.n_copies() > allowed:
+        if strongest.n_copies() > allowed:
             continue
+        strong_ok = False
         for settings in window[:-1]:
             row = _Row(settings)
             rows.append(row)
             evaluate(row)
-            if passes(row):
-                chosen = row
+            if consider(row):
+                done_early = True
                 break
-        if chosen is None and passes(strongest):
-            chosen = strongest
-        if chosen is not None:
+        else:
+            # the gentler gates did not do: the strongest (measured first) may still be the best
+            strong_ok = consider(strongest)
+        if done_early or strong_ok:
             break
 
+    chosen = best[0] if best else None
     reached = chosen is not None
     if chosen is None:
         # Nothing reached the target: measure the most promising setting on every probe and say so.
-        chosen = min(rows, key=lambda r: (r.n_copies() / max(1, len(r.copies)), r.n_spoiled()))
+        chosen = min(rows, key=lambda r: (r.n_copies() / max(1, len(r.copies)),
+                                          r.n_spoiled() / max(1, len(r.copies))))
         evaluate(chosen, full=True)
     flags = torch.tensor([chosen.copies[i] for i in range(n)])
-    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, allowed_spoiled, n) for r in rows],
+    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n) for r in rows],
                       list(seeds), u / n, float(flags.double().mean()), reached, False, target_ratio,
                       calls[0], time.monotonic() - started, sampler_description, base, copied,
-                      torch.stack([chosen.samples[i] for i in range(n)]), flags)
+                      torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n)
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base).sum()), "change_noncopy": None,
                         "model_calls": unguarded_calls, "seconds": None, "outcome": "measured"})
@@ -327,17 +345,17 @@ def _guide_fn(guard: Guard, settings: dict[str, Any]) -> GuideFn:
     return fn
 
 
-def _row_dict(row: _Row, chosen: bool, allowed: int, allowed_spoiled: int, n: int) -> dict[str, Any]:
+def _row_dict(row: _Row, chosen: bool, allowed: int, n: int) -> dict[str, Any]:
     evaluated = len(row.copies)
     changes = list(row.change.values())
     if chosen:
         outcome = "chosen"
-    elif row.abandoned and row.n_copies() > allowed:
-        outcome = "abandoned: too many copies"
-    elif row.abandoned or row.n_spoiled() > allowed_spoiled:
-        outcome = "rejected: spoils samples"
+    elif row.abandoned:
+        outcome = "abandoned: " + row.abandoned
+    elif row.n_copies() > allowed:
+        outcome = "too many copies"
     else:
-        outcome = "passed" if evaluated == n and row.n_copies() <= allowed else "not chosen"
+        outcome = "passed" if evaluated == n else "not finished"
     return {
         "label": describe(row.settings),
         "settings": dict(row.settings),
