@@ -84,9 +84,9 @@ def _value(elem_id: str, kind: str = "input") -> str:
     return f"{ROOT}.querySelector('#{elem_id} {kind}')?.value"
 
 
-def test_paste_restores_the_accordion(forge, small_txt2img):
+def test_paste_restores_the_accordion_and_a_refusal_shows(forge, small_txt2img):
     """An infotext pasted into the prompt (the ↙ button) sets the accordion as the image was made;
-    one without CPSample keys turns it off."""
+    one without CPSample keys turns it off; a guard for another model family is refused on screen."""
     if not forge.webui:
         pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
     if cdp.find_chromium() is None:
@@ -124,3 +124,26 @@ def test_paste_restores_the_accordion(forge, small_txt2img):
         _type(page, "txt2img_prompt", plain_infotext)
         page.evaluate(f"{ROOT}.querySelector('#txt2img_tools #paste').click()")
         page.wait_for(f"!{ROOT}.querySelector('#{acc}_enabled-visible-checkbox').checked", timeout=60)
+        # Generate with an SDXL guard on this SD1.5 model: the reason shows under the image
+        _foreign_sdxl_guard(forge.models_dir / "cpsample" / "xl.safetensors")
+        _type(page, "txt2img_prompt", protected_infotext.replace("paste.safetensors", "xl.safetensors"))
+        page.evaluate(f"{ROOT}.querySelector('#txt2img_tools #paste').click()")
+        page.wait_for(f"{_value(acc + '_guard')} === 'xl.safetensors'", timeout=60)
+        page.evaluate(f"{ROOT}.querySelector('#txt2img_generate').click()")
+        # Forge puts a generation's error in an .error box of the txt2img results
+        shown = page.wait_for(f"Array.from({ROOT}.querySelectorAll('.error')).map(e => e.textContent)"
+                              ".find(t => t.includes('CPSample'))", timeout=180)
+    assert "CPSample guard 'xl.safetensors' does not fit this model: this guard was trained on SDXL latents" \
+        in shown, shown
+    assert forge.txt2img(small_txt2img())["images"], "the server stopped serving"
+
+
+def _foreign_sdxl_guard(path) -> None:
+    import torch
+
+    from cpsample_nodes.core import Guard, GuardNet, NoiseSpace, save_guard
+    from cpsample_nodes.core.network import GuardConfig
+
+    with torch.inference_mode(False):
+        net = GuardNet(GuardConfig.for_latents((2, 4, 8, 8)))
+    save_guard(Guard(net, NoiseSpace.vp(), {"latent_format": "SDXL"}), path)
