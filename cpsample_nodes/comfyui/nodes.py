@@ -601,25 +601,7 @@ class ReplicationCheck(io.ComfyNode):
         if clip_vision is not None:
             cos_all = replication.clip_cosine(clip_vision, gen, train)
             cos = cos_all.gather(1, nearest.view(-1, 1).to(cos_all.device)).view(-1).cpu()
-        lines = [f"CPSample replication check: {gen.shape[0]} generated vs {train.shape[0]} training images "
-                 f"at {hw[1]}x{hw[0]}; calibrated l2 ratio with k={sc['k']} (copy below {ratio_threshold:.3g}), "
-                 f"SSIM (copy above {ssim_threshold:.3g})"]
-        captions = []
-        flagged = 0
-        for i in range(gen.shape[0]):
-            j = int(nearest[i])
-            r = float(sc["ratio"][i])
-            s_near, s_max, s_idx = float(sc["ssim_nearest"][i]), float(sc["ssim_max"][i]), int(sc["ssim_index"][i])
-            flag = r < ratio_threshold or s_max > ssim_threshold
-            flagged += int(flag)
-            extra = f", CLIP cos {float(cos[i]):.3f}" if cos is not None else ""
-            best = "" if s_idx == j else f" (best SSIM {s_max:.3f}: {names[s_idx]})"
-            lines.append(f"image {i}: nearest {names[j]}  l2 {float(sc['l2'][i]):.2f}  ratio {r:.3f}  "
-                         f"SSIM {s_near:.3f}{best}{extra}{'  <-- LIKELY COPY' if flag else ''}")
-            captions.append(f"r {r:.2f} ssim {s_near:.2f}" + (f" cos {float(cos[i]):.2f}" if cos is not None else "")
-                            + (" COPY" if flag else ""))
-        lines.append(f"{flagged} of {gen.shape[0]} flagged as likely copies")
-        report = "\n".join(lines)
+        report, captions, _ = replication.report(gen, sc, names, ratio_threshold, ssim_threshold, cos)
         grid = replication.pair_grid(gen, train, nearest, captions)
         return io.NodeOutput(report, grid, ui=ui.PreviewText(report))
 
