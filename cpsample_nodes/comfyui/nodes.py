@@ -18,6 +18,7 @@ from comfy_api.latest import io, ui
 
 from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, train_guard
 from ..core import images as imgs
+from ..core.training import format_accuracy, progress_text
 from . import events, host, paths
 from .guard_facts import guard_facts
 from .patch import GUARD_INPUTS, protect
@@ -124,10 +125,6 @@ def _encode_cached(vae, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return lat, False
 
 
-def _format_accuracy(acc: dict) -> str:
-    return ", ".join(f"σ {k}: {v:.0%}" for k, v in acc.items()) if acc else "not measured yet"
-
-
 def _comfy_version() -> str:
     try:
         import comfyui_version
@@ -183,18 +180,6 @@ def _class_batch(class_folder: str | None, class_images, hw: tuple[int, int]) ->
     return torch.cat(parts) if parts else None
 
 
-def _refuse_training_images_as_class(batch: torch.Tensor, names: list[str], class_batch: torch.Tensor) -> None:
-    """A training image among the class images would teach the guard to be unsure of it."""
-    def keys(x: torch.Tensor) -> list[bytes]:
-        return [bytes((im * 255).round().to(torch.uint8).numpy()) for im in x.cpu()]
-
-    train = {k: i for i, k in enumerate(keys(batch))}
-    for j, k in enumerate(keys(class_batch)):
-        if k in train:
-            raise ValueError(f"class image #{j} is the training image {names[train[k]]}: class images must be other "
-                             f"pictures of the same kind, not the ones the guard protects")
-
-
 def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution, images=None,
            class_folder=None, class_images=None) -> io.NodeOutput:
     import comfy.model_management as mm
@@ -222,7 +207,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
         raise ValueError(f"a guard needs at least 2 training images, got {batch.shape[0]}")
     class_batch = _class_batch(class_folder, class_images, hw)
     if class_batch is not None:
-        _refuse_training_images_as_class(batch, names, class_batch)
+        imgs.refuse_training_images_as_class(batch, names, class_batch)
 
     raw, cached = _encode_cached(vae, batch)
     lf = host.latent_format(model)
@@ -246,9 +231,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
         acc = stats.get("accuracy") or {}
         if acc != last["acc"]:
             last["acc"] = acc
-            worst = min(acc.values()) if acc else 0.0
-            _send_text(node_id, f"step {step}/{total}: accuracy {worst:.0%} (worst band), "
-                                f"loss {stats.get('loss', float('nan')):.3f}")
+            _send_text(node_id, progress_text(step, total, stats))
         pbar.update_absolute(step, total)  # also raises if the user pressed Cancel
 
     def should_stop():
@@ -276,7 +259,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
               f"{f'{class_batch.shape[0]} class images as negatives; ' if class_batch is not None else ''}"
               f"{desc['latent_format']}, {desc['model_sampling']} ({space.kind}); "
               f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
-              f"accuracy {_format_accuracy(acc)}; "
+              f"accuracy {format_accuracy(acc)}; "
               f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
     log.info(report)
     _send_text(node_id, report)

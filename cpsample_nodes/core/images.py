@@ -200,3 +200,16 @@ def content_hash(images: torch.Tensor) -> str:
     """SHA-256 of an IMAGE batch's shape and values (the key of the latent cache); the same digest
     a guard file stores for its whole training set."""
     return dataset_digest(images)
+
+
+def refuse_training_images_as_class(batch: torch.Tensor, names: list[str], class_batch: torch.Tensor) -> None:
+    """A training image among the class images would teach the guard to be unsure of it: raise a
+    ValueError naming it (images compared at 8 bits)."""
+    def keys(x: torch.Tensor) -> list[bytes]:
+        return [bytes((im * 255).round().to(torch.uint8).numpy()) for im in x.cpu()]
+
+    train = {k: i for i, k in enumerate(keys(batch))}
+    for j, k in enumerate(keys(class_batch)):
+        if k in train:
+            raise ValueError(f"class image #{j} is the training image {names[train[k]]}: class images must be other "
+                             f"pictures of the same kind, not the ones the guard protects")

@@ -121,6 +121,18 @@ def memorised(accuracy: dict[str, float], confident: dict[str, float], required:
     return all(min(accuracy.get(b, 0.0), confident.get(b, 0.0)) >= target for b in required)
 
 
+def format_accuracy(acc: dict) -> str:
+    """Per-band training accuracy for a report: "σ 0.03-0.3: 100%, …" (the hosts' guard reports)."""
+    return ", ".join(f"σ {k}: {v:.0%}" for k, v in acc.items()) if acc else "not measured yet"
+
+
+def progress_text(step: int, total: int, stats: dict) -> str:
+    """One line of training progress (worst band's accuracy, loss) from ``train_guard``'s stats."""
+    acc = stats.get("accuracy") or {}
+    worst = min(acc.values()) if acc else 0.0
+    return f"step {step}/{total}: accuracy {worst:.0%} (worst band), loss {stats.get('loss', float('nan')):.3f}"
+
+
 SCREEN_ACCURACY = 0.95  # the subset screen of a large set's stop check
 
 

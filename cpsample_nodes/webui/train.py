@@ -18,6 +18,8 @@ import torch
 
 from ..core import NoiseSpace, TrainingStopped, save_guard, train_guard
 from ..core import images as imgs
+from ..core.images import refuse_training_images_as_class
+from ..core.training import format_accuracy, progress_text
 from .family import ModelFamily
 from .guards import new_path
 
@@ -77,22 +79,6 @@ def folder_path(folder: str) -> Path:
     return Path(os.path.expanduser(folder.strip())).resolve()
 
 
-def refuse_training_images_as_class(batch: torch.Tensor, names: list[str], class_batch: torch.Tensor) -> None:
-    """A training image among the class images would teach the guard to be unsure of it."""
-    def keys(x: torch.Tensor) -> list[bytes]:
-        return [bytes((im * 255).round().to(torch.uint8).numpy()) for im in x.cpu()]
-
-    train = {k: i for i, k in enumerate(keys(batch))}
-    for j, k in enumerate(keys(class_batch)):
-        if k in train:
-            raise ValueError(f"class image #{j} is the training image {names[train[k]]}: class images must be other "
-                             f"pictures of the same kind, not the ones the guard protects")
-
-
-def _format_accuracy(acc: dict) -> str:
-    return ", ".join(f"σ {k}: {v:.0%}" for k, v in acc.items()) if acc else "not measured yet"
-
-
 def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], family: ModelFamily,
           space: NoiseSpace, out_folder: str | os.PathLike, host: str, multiple: int = 8,
           device: str | torch.device | None = None, progress: Progress | None = None,
@@ -122,10 +108,7 @@ def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], 
     def report_progress(step: int, total: int, stats: dict) -> None:
         if progress is None:
             return
-        acc = stats.get("accuracy") or {}
-        worst = min(acc.values()) if acc else 0.0
-        progress(step, total, f"step {step}/{total}: accuracy {worst:.0%} (worst band), "
-                              f"loss {stats.get('loss', float('nan')):.3f}")
+        progress(step, total, progress_text(step, total, stats))
 
     info = {**family.info(), "host": host, "image_size": f"{hw[1]}x{hw[0]}",
             "resolution_policy": req.resolution_policy}
@@ -146,7 +129,7 @@ def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], 
               f"{f'{class_batch.shape[0]} class images as negatives; ' if class_batch is not None else ''}"
               f"{family.latent_format}, {family.model_sampling} ({space.kind}); "
               f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
-              f"accuracy {_format_accuracy(acc)}; "
+              f"accuracy {format_accuracy(acc)}; "
               f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
     return {"path": str(target), "name": target.relative_to(out_folder).as_posix(), "report": report,
             "info": guard.info}
