@@ -26,6 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # pack_helpers.py, shared by the pack tests
 
 import comfyui_env  # noqa: E402
 import comfyui_harness as H  # noqa: E402
@@ -111,15 +112,6 @@ def run_prompt(comfy):
         return entry
 
     return run
-
-
-def ui_text(entry: dict, node_id: str) -> str:
-    """Text a node showed in the UI (PreviewAny / PreviewText)."""
-    out = entry["outputs"].get(str(node_id), {})
-    text = out.get("text")
-    if isinstance(text, (list, tuple)):
-        return "\n".join(str(t) for t in text)
-    return str(text or "")
 
 
 def pytest_configure(config):

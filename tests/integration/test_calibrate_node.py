@@ -15,29 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import comfyui_harness as H
 from cpsample_nodes.core import load_guard, read_metadata, save_guard
+from pack_helpers import CKPT, assert_still_serving, error_of, sample_prompt, saved_latent, ui_text
 
 pytestmark = pytest.mark.integration
 
-CKPT = "tiny-sd15.safetensors"
 CALIBRATED = "calibrated_demo"
 STEPS = 4
-
-
-def ui_text(entry: dict, node_id) -> str:
-    text = entry["outputs"].get(str(node_id), {}).get("text")
-    if isinstance(text, (list, tuple)):
-        return "\n".join(str(t) for t in text)
-    return str(text or "")
-
-
-def error_of(entry: dict) -> dict:
-    err = H.history_error(entry)
-    assert err is not None, f"no execution_error in {entry['status']}"
-    return err
 
 
 def calibrate_prompt(folder: str = "cpsample_demo", probes: int = 8, guard_file: str | None = None,
@@ -72,38 +58,7 @@ def calibrate_prompt(folder: str = "cpsample_demo", probes: int = 8, guard_file:
 def protect_prompt(prefix: str, guard_file: str | None, scale: float = 5.0, alpha: float = 0.5,
                    settings: str | None = None, seed: int = 3) -> dict:
     """txt2img at 64 px saving the final latent (exact comparison), optionally through Protect Model."""
-    p = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red house"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
-        "6": {"class_type": "KSampler",
-              "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-                         "seed": seed, "steps": STEPS, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-                         "denoise": 1.0}},
-        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}},
-    }
-    if guard_file is not None:
-        p["10"] = {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": guard_file}}
-        p["11"] = {"class_type": "CPSampleProtectModel",
-                   "inputs": {"model": ["1", 0], "guard": ["10", 0], "scale": scale, "alpha": alpha,
-                              "start_percent": 0.0, "end_percent": 1.0, "objective": "uncertainty",
-                              "guard_input": "denoised"}}
-        if settings is not None:  # absent: an API prompt saved before the input existed
-            p["11"]["inputs"]["settings"] = settings
-        p["6"]["inputs"]["model"] = ["11", 0]
-    return p
-
-
-def saved_latent(comfy_layout, prefix: str) -> torch.Tensor:
-    files = sorted((Path(comfy_layout["output"]) / "latents").glob(f"{prefix}_*.latent"))
-    assert files, f"no latent saved for {prefix}"
-    return load_file(str(files[-1]))["latent_tensor"]
-
-
-def assert_still_serving(comfy, run_prompt):
-    entry = run_prompt({"1": {"class_type": "PreviewAny", "inputs": {"source": "still serving"}}})
-    assert ui_text(entry, 1) == "still serving"
+    return sample_prompt(prefix, guard_file, scale=scale, alpha=alpha, seed=seed, steps=STEPS, settings=settings)
 
 
 @pytest.fixture(scope="module")

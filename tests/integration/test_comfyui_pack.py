@@ -9,27 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import comfyui_harness as H
 from cpsample_nodes.core import load_guard, read_metadata
+from pack_helpers import CKPT, assert_still_serving, error_of, sample_prompt, saved_latent, ui_text
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
             "CPSampleReplicationCheck", "CPSampleCalibrateGuard"]
 EXAMPLES = ["cpsample_train_guard", "cpsample_protected_txt2img", "cpsample_replication_check",
             "cpsample_calibrated_txt2img", "cpsample_protected_img2img"]
-CKPT = "tiny-sd15.safetensors"
 DEMO_GUARD = "cpsample_demo_guard.safetensors"
 
 pytestmark = pytest.mark.integration
-
-
-def ui_text(entry: dict, node_id) -> str:
-    text = entry["outputs"].get(str(node_id), {}).get("text")
-    if isinstance(text, (list, tuple)):
-        return "\n".join(str(t) for t in text)
-    return str(text or "")
 
 
 MAX_TEST_STEPS = 12
@@ -52,50 +44,6 @@ def train_prompt(folder: str, steps: int = 3, policy: str = "resize", resolution
                          "batch_size": batch, "resolution_policy": policy, "resolution": resolution}},
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
     }
-
-
-def sample_prompt(prefix: str, guard: str | None = None, scale: float = 1.0, alpha: float = 0.5,
-                  cfg: float = 5.0, seed: int = 3, steps: int = 4, sampler: str = "euler",
-                  guard_input: str = "denoised", size: int = 64) -> dict:
-    """txt2img that saves the final latent (exact comparison), optionally through Protect Model."""
-    p = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red house"}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 2}},
-        "6": {"class_type": "KSampler",
-              "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-                         "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
-                         "scheduler": "normal", "denoise": 1.0}},
-        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}},
-    }
-    if guard is not None:
-        p["10"] = {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": guard}}
-        p["11"] = {"class_type": "CPSampleProtectModel",
-                   "inputs": {"model": ["1", 0], "guard": ["10", 0], "scale": scale, "alpha": alpha,
-                              "start_percent": 0.0, "end_percent": 1.0, "objective": "uncertainty",
-                              "guard_input": guard_input}}
-        p["6"]["inputs"]["model"] = ["11", 0]
-    return p
-
-
-def saved_latent(comfy_layout, prefix: str) -> torch.Tensor:
-    files = sorted((Path(comfy_layout["output"]) / "latents").glob(f"{prefix}_*.latent"))
-    assert files, f"no latent saved for {prefix}"
-    return load_file(str(files[-1]))["latent_tensor"]
-
-
-def error_of(entry: dict) -> dict:
-    err = H.history_error(entry)
-    assert err is not None, f"no execution_error in {entry['status']}"
-    return err
-
-
-def assert_still_serving(comfy, run_prompt):
-    assert comfy.alive()
-    assert comfy.get("/system_stats")["system"]["comfyui_version"]
-    entry = run_prompt({"1": {"class_type": "PreviewAny", "inputs": {"source": "still serving"}}})
-    assert ui_text(entry, 1) == "still serving"
 
 
 # ------------------------------------------------------------------------------------------- loading
