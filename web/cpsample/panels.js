@@ -41,19 +41,25 @@ function el(tag, text, cls) {
 
 const pct = (v) => `${Math.round(v * 100)}%`;
 
-// ---- Train Guard
-
-export function renderTraining(root, train) {
+// A heading over a canvas that redraws itself when resized: built on the first render, reused after.
+function headAndCanvas(root, canvasHeight, redraw) {
   let head = root.querySelector(".cps-head");
   let canvas = root.querySelector("canvas");
   if (!canvas) {
     root.replaceChildren();
     head = el("div", "", "cps-head");
     canvas = el("canvas");
-    canvas.style.height = "calc(100% - 20px)";
+    canvas.style.height = canvasHeight;
     root.append(head, canvas);
-    new ResizeObserver(() => drawTraining(canvas, root.__train)).observe(canvas);
+    new ResizeObserver(() => redraw(canvas)).observe(canvas);
   }
+  return [head, canvas];
+}
+
+// ---- Train Guard
+
+export function renderTraining(root, train) {
+  const [head, canvas] = headAndCanvas(root, "calc(100% - 20px)", (c) => drawTraining(c, root.__train));
   root.__train = train;
   const last = train?.points?.at(-1);
   if (!train || !last) {
@@ -124,16 +130,7 @@ export function renderFacts(root, facts, error) {
 // ---- Protect Model
 
 export function renderGate(root, gate) {
-  let head = root.querySelector(".cps-head");
-  let canvas = root.querySelector("canvas");
-  if (!canvas) {
-    root.replaceChildren();
-    head = el("div", "", "cps-head");
-    canvas = el("canvas");
-    canvas.style.height = "calc(100% - 34px)";
-    root.append(head, canvas);
-    new ResizeObserver(() => drawGate(canvas, root.__gate?.summary)).observe(canvas);
-  }
+  const [head, canvas] = headAndCanvas(root, "calc(100% - 34px)", (c) => drawGate(c, root.__gate?.summary));
   root.__gate = gate;
   if (!gate) {
     head.textContent = "After each sampling run: how many samples the gate opened on, in which steps, how far it pushed.";
