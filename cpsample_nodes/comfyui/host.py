@@ -6,6 +6,7 @@ model_sampling.noise_scaling / calculate_input / percent_to_sigma, latent_format
 from __future__ import annotations
 
 from ..core import NoiseSpace
+from ..core.compat import latent_mismatch, noise_mismatch
 
 
 class HostMismatch(ValueError):
@@ -65,19 +66,11 @@ def check_guard(guard, model) -> dict:
     lf = latent_format(model)
     lf_name = type(lf).__name__
     channels = int(getattr(lf, "latent_channels", guard.latent_channels))
-    info = guard.info or {}
-    g_format = info.get("latent_format")
-    if guard.latent_channels != channels:
-        raise HostMismatch(
-            f"this guard takes {guard.latent_channels}-channel latents"
-            f"{f' ({g_format})' if g_format else ''} but the model's latent format {lf_name} has "
-            f"{channels} channels: train a guard with this model's VAE")
-    if g_format and g_format != lf_name:
-        raise HostMismatch(
-            f"this guard was trained on {g_format} latents but the model uses {lf_name} latents "
-            f"(same channel count, different latent space): train a guard for this model")
-    kind = noise_kind(ms)
-    if guard.space.kind != kind:
-        raise HostMismatch(f"this guard was trained for a {guard.space.kind} model but this model's sampling "
-                           f"({sampling_name(ms)}) is {kind}")
+    why = latent_mismatch(guard, lf_name, channels)
+    if why:
+        raise HostMismatch(why)
+    kind = noise_kind(ms)  # after the latent checks: it raises for a sampling CPSample does not support
+    why = noise_mismatch(guard, kind, sampling_name(ms))
+    if why:
+        raise HostMismatch(why)
     return {"latent_format": lf_name, "model_sampling": sampling_name(ms), "noise_kind": kind}

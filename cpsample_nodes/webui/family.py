@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core import NoiseSpace
+from ..core.compat import latent_mismatch, noise_mismatch
 
 
 class FamilyMismatch(ValueError):
@@ -31,21 +32,10 @@ class ModelFamily:
 
 def check_guard(guard, family: ModelFamily) -> None:
     """Raise FamilyMismatch with the reason unless ``guard`` was trained for this family's latents."""
-    info = guard.info or {}
-    g_format = info.get("latent_format")
-    lf_name, channels = family.latent_format, family.latent_channels
-    if guard.latent_channels != channels:
-        raise FamilyMismatch(
-            f"this guard takes {guard.latent_channels}-channel latents"
-            f"{f' ({g_format})' if g_format else ''} but the model's latent format {lf_name} has "
-            f"{channels} channels: train a guard with this model's VAE")
-    if g_format and g_format != lf_name:
-        raise FamilyMismatch(
-            f"this guard was trained on {g_format} latents but the model uses {lf_name} latents "
-            f"(same channel count, different latent space): train a guard for this model")
-    if guard.space.kind != family.noise_kind:
-        raise FamilyMismatch(f"this guard was trained for a {guard.space.kind} model but this model's sampling "
-                             f"({family.model_sampling}) is {family.noise_kind}")
+    why = (latent_mismatch(guard, family.latent_format, family.latent_channels)
+           or noise_mismatch(guard, family.noise_kind, family.model_sampling))
+    if why:
+        raise FamilyMismatch(why)
 
 
 # --- Forge: the backend's predictor and the model config's latent format ------------------------
