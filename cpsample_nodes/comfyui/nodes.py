@@ -18,7 +18,7 @@ from comfy_api.latest import io, ui
 
 from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, train_guard
 from ..core import images as imgs
-from ..core.training import format_accuracy, progress_text
+from ..core.training import outcome_text, progress_text
 from . import events, host, paths
 from .guard_facts import guard_facts
 from .patch import GUARD_INPUTS, protect
@@ -252,15 +252,12 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
         raise
     guard = guard.with_space(space.builtin())  # no references to this model's objects
     guard.info = dict(guard.info)
-    acc = guard.info.get("accuracy", {})
     report = (f"CPSample guard: {batch.shape[0]} images at {hw[1]}x{hw[0]} px "
               f"(policy {resolution_policy}, multiple of {multiple}), "
               f"latents {tuple(latents.shape[1:])} {'from cache' if cached else 'encoded'}; "
               f"{f'{class_batch.shape[0]} class images as negatives; ' if class_batch is not None else ''}"
               f"{desc['latent_format']}, {desc['model_sampling']} ({space.kind}); "
-              f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
-              f"accuracy {format_accuracy(acc)}; "
-              f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
+              f"{outcome_text(guard.info)}")
     log.info(report)
     _send_text(node_id, report)
     final = chart.finish(guard.info)

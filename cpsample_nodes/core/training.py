@@ -126,6 +126,13 @@ def format_accuracy(acc: dict) -> str:
     return ", ".join(f"σ {k}: {v:.0%}" for k, v in acc.items()) if acc else "not measured yet"
 
 
+def outcome_text(info: dict) -> str:
+    """The end of a guard's training report from its info: steps, time, accuracy, whether it memorised."""
+    return (f"{info.get('steps')} steps in {info.get('train_seconds')} s; "
+            f"accuracy {format_accuracy(info.get('accuracy', {}))}; "
+            f"{'memorised' if info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
+
+
 def progress_text(step: int, total: int, stats: dict) -> str:
     """One line of training progress (worst band's accuracy, loss) from ``train_guard``'s stats."""
     acc = stats.get("accuracy") or {}

@@ -19,7 +19,7 @@ import torch
 from ..core import NoiseSpace, TrainingStopped, save_guard, train_guard
 from ..core import images as imgs
 from ..core.images import refuse_training_images_as_class
-from ..core.training import format_accuracy, progress_text
+from ..core.training import outcome_text, progress_text
 from .family import ModelFamily
 from .guards import new_path
 
@@ -123,13 +123,10 @@ def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], 
     if should_stop is not None and should_stop():
         raise TrainingStopped("guard training stopped before the guard was saved")
     save_guard(guard, target)
-    acc = guard.info.get("accuracy", {})
     report = (f"CPSample guard {target.name}: {batch.shape[0]} images at {hw[1]}x{hw[0]} px "
               f"(policy {req.resolution_policy}, multiple of {multiple}), latents {tuple(latents.shape[1:])}; "
               f"{f'{class_batch.shape[0]} class images as negatives; ' if class_batch is not None else ''}"
               f"{family.latent_format}, {family.model_sampling} ({space.kind}); "
-              f"{guard.info.get('steps')} steps in {guard.info.get('train_seconds')} s; "
-              f"accuracy {format_accuracy(acc)}; "
-              f"{'memorised' if guard.info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
+              f"{outcome_text(guard.info)}")
     return {"path": str(target), "name": target.relative_to(out_folder).as_posix(), "report": report,
             "info": guard.info}
