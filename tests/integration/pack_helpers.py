@@ -1,7 +1,8 @@
 """Helpers shared by the tests that run the pack in a real ComfyUI (test_comfyui_pack.py, test_calibrate_node.py):
-API prompts, the text a node showed, a node's error, a saved latent. conftest.py puts this folder on sys.path."""
+API prompts, the text a node showed, a node's error, a saved latent, a cancel. conftest.py puts this folder on sys.path."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -65,3 +66,23 @@ def assert_still_serving(comfy, run_prompt):
     assert comfy.get("/system_stats")["system"]["comfyui_version"]
     entry = run_prompt({"1": {"class_type": "PreviewAny", "inputs": {"source": "still serving"}}})
     assert ui_text(entry, 1) == "still serving"
+
+
+def interrupt_when_running(comfy, prompt: dict, after: float) -> dict:
+    """Queue ``prompt`` and press Cancel ``after`` seconds once it runs; → its /history entry, asserting it
+    stopped within 10 s as an interrupted run."""
+    pid = comfy.queue(prompt)
+    t0 = time.time()
+    while time.time() - t0 < 60:  # wait until it is running
+        if any(item[1] == pid for item in comfy.get("/queue").get("queue_running", [])):
+            break
+        time.sleep(0.1)
+    time.sleep(after)
+    t1 = time.time()
+    comfy.interrupt()
+    entry = comfy.wait(pid, timeout=60)
+    assert time.time() - t1 < 10
+    assert entry["status"]["status_str"] == "error"
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    return entry

@@ -18,7 +18,8 @@ import torch
 
 import comfyui_harness as H
 from cpsample_nodes.core import load_guard, read_metadata, save_guard
-from pack_helpers import CKPT, assert_still_serving, error_of, sample_prompt, saved_latent, ui_text
+from pack_helpers import (CKPT, assert_still_serving, error_of, interrupt_when_running, sample_prompt, saved_latent,
+                          ui_text)
 
 pytestmark = pytest.mark.integration
 
@@ -278,19 +279,8 @@ def test_too_few_probes_refused(calibrated, comfy, run_prompt):
 
 
 def test_cancel_stops_calibration(calibrated, comfy, run_prompt):
-    pid = comfy.queue(calibrate_prompt(probes=512, guard_file=f"{CALIBRATED}.safetensors", seed=1000))
-    t0 = time.time()
-    while time.time() - t0 < 60:
-        if any(item[1] == pid for item in comfy.get("/queue").get("queue_running", [])):
-            break
-        time.sleep(0.1)
-    time.sleep(2.0)
-    t1 = time.time()
-    comfy.interrupt()
-    entry = comfy.wait(pid, timeout=60)
-    assert time.time() - t1 < 10
-    assert entry["status"]["status_str"] == "error"
-    assert "execution_interrupted" in [m[0] for m in entry["status"]["messages"]]
+    interrupt_when_running(comfy, calibrate_prompt(probes=512, guard_file=f"{CALIBRATED}.safetensors", seed=1000),
+                           after=2.0)
     assert_still_serving(comfy, run_prompt)
 
 

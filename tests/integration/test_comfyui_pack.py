@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,8 @@ import torch
 
 import comfyui_harness as H
 from cpsample_nodes.core import load_guard, read_metadata
-from pack_helpers import CKPT, assert_still_serving, error_of, sample_prompt, saved_latent, ui_text
+from pack_helpers import (CKPT, assert_still_serving, error_of, interrupt_when_running, sample_prompt, saved_latent,
+                          ui_text)
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
@@ -223,21 +223,7 @@ def test_exact_policy_names_the_odd_image(comfy, run_prompt):
 
 
 def test_cancel_stops_training(comfy, run_prompt):
-    pid = comfy.queue(train_prompt("cpsample_demo", steps=100000, seed=5))
-    t0 = time.time()
-    while time.time() - t0 < 60:  # wait until it is running
-        q = comfy.get("/queue")
-        if any(item[1] == pid for item in q.get("queue_running", [])):
-            break
-        time.sleep(0.1)
-    time.sleep(1.5)
-    t1 = time.time()
-    comfy.interrupt()
-    entry = comfy.wait(pid, timeout=60)
-    assert time.time() - t1 < 10
-    assert entry["status"]["status_str"] == "error"
-    kinds = [m[0] for m in entry["status"]["messages"]]
-    assert "execution_interrupted" in kinds, kinds
+    interrupt_when_running(comfy, train_prompt("cpsample_demo", steps=100000, seed=5), after=1.5)
     assert_still_serving(comfy, run_prompt)
 
 
