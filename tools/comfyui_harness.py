@@ -204,6 +204,8 @@ class ComfyServer:
             try:
                 self.get("/system_stats", timeout=2)
                 self.startup_s = time.time() - t0
+                # What start-up printed, before any prompt's own (expected) errors join the log.
+                self.startup_log = self.log()
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.3)
