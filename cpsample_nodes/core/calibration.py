@@ -31,7 +31,7 @@ L2_K = 5                # calibrated ℓ2: nearest vs mean of the next 5 (clippe
 # The ladder. Windows are noise-to-signal ratios (σ itself for vp, σ/(1−σ) for flow), narrow to all
 # steps: a narrow window only touches the late steps, where each push is at most max_step·σ.
 WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
-ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3)
+ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3)
 MAX_STEP = 1.0
 # A setting that reaches the copy target and spoils at most this share of the probes (at least
 # one) ends the search; otherwise the passing setting that spoils fewest is kept (see _Reference).
@@ -65,9 +65,12 @@ def describe(settings: dict[str, Any]) -> str:
 class _Reference:
     """Per-sample statistics of natural latents (training latents and the unguarded samples): a
     guided sample outside their widened range is spoiled: washed out (std), blown up (max |x|),
-    shifted (mean) or speckled (high-frequency share)."""
+    shifted (mean) or speckled (high-frequency share). So is a *near copy*: a sample whose
+    calibrated ℓ2 ratio is below every unguarded sample that did not copy, i.e. a copy pushed just
+    past the replica line rather than turned into something the model draws on its own."""
     lo: Tensor
     hi: Tensor
+    near: float = 0.0
 
     @staticmethod
     def stats(x: Tensor) -> Tensor:
@@ -82,15 +85,15 @@ class _Reference:
         return torch.stack([flat.std(1), flat.mean(1), flat.abs().amax(1), hf / var], 1)
 
     @classmethod
-    def of(cls, natural: Tensor) -> "_Reference":
+    def of(cls, natural: Tensor, new_ratios: Tensor) -> "_Reference":
         s = cls.stats(natural)
         lo, hi = s.amin(0), s.amax(0)
         pad = SPOIL_MARGIN * (hi - lo)
-        return cls(lo - pad, hi + pad)
+        return cls(lo - pad, hi + pad, float(new_ratios.min()) if new_ratios.numel() else 0.0)
 
-    def spoiled(self, x: Tensor) -> Tensor:
+    def spoiled(self, x: Tensor, ratios: Tensor) -> Tensor:
         s = self.stats(x)
-        return ((s < self.lo) | (s > self.hi)).any(1)
+        return ((s < self.lo) | (s > self.hi)).any(1) | (ratios < self.near)
 
 
 @dataclass
@@ -180,7 +183,7 @@ class Calibration:
             verdict = "reaches the target" if self.reached else "MISSES the target (best found)"
             lines.append(f"chosen: {describe(self.settings)}: {self.calibrated_rate:.1%} copies "
                          f"(unguarded {self.unguarded_rate:.1%}), {verdict}; spoils {self.spoiled_rate:.1%} "
-                         f"of the probes (std, mean, max |x| or high-frequency share outside the natural range)")
+                         f"of the probes (near copies, or std, mean, max |x| or high-frequency share outside the natural range)")
         lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -232,15 +235,17 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
             progress(min(done[0], total), total, {"setting": what, "model_calls": calls[0]})
         return out
 
-    def copies_of(x: Tensor) -> Tensor:
-        flags = calibrated_l2_ratio(x, train, k) < REPLICA_L2_RATIO
+    def ratios_of(x: Tensor) -> Tensor:
+        """Calibrated ℓ2 ratio per sample (with a decoder: the smaller of latents and pixels)."""
+        r = calibrated_l2_ratio(x, train, k)
         if train_px is not None:
-            flags = flags | (calibrated_l2_ratio(_decoded(decode, x), train_px, k) < REPLICA_L2_RATIO)
-        return flags
+            r = torch.minimum(r, calibrated_l2_ratio(_decoded(decode, x), train_px, k))
+        return r
 
     # 1. the unguarded run, shared by every setting
     base = torch.cat([run(None, seeds[i:i + CHUNK], "unguarded") for i in range(0, n, CHUNK)])
-    copied = copies_of(base)
+    base_ratio = ratios_of(base)
+    copied = base_ratio < REPLICA_L2_RATIO
     u = int(copied.sum())
     unguarded_calls = calls[0]
     gentlest = windows[0][0]
@@ -253,7 +258,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         return cal
 
     allowed = _allowed(u, target_ratio)
-    reference = _Reference.of(torch.cat([train, base]))
+    reference = _Reference.of(torch.cat([train, base]), base_ratio[~copied])
     # Copy seeds first: a setting that cannot remove them is abandoned after a chunk or two.
     order = [i for i in range(n) if copied[i]] + [i for i in range(n) if not copied[i]]
     tolerance = max(1, int(math.floor(SPOIL_SHARE * n)))
@@ -277,7 +282,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
             x = run(fn, [seeds[i] for i in idx], describe(row.settings))
             row.model_calls += calls[0] - c0
             row.seconds += time.monotonic() - t0
-            flags, bad = copies_of(x), reference.spoiled(x)
+            ratio = ratios_of(x)
+            flags, bad = ratio < REPLICA_L2_RATIO, reference.spoiled(x, ratio)
             for m, i in enumerate(idx):
                 row.copies[i], row.spoiled[i] = bool(flags[m]), bool(bad[m])
                 row.samples[i] = x[m]
@@ -331,7 +337,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                       calls[0], time.monotonic() - started, sampler_description, base, copied,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n)
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
-                        "spoiled": int(reference.spoiled(base).sum()), "change_noncopy": None,
+                        "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,
                         "model_calls": unguarded_calls, "seconds": None, "outcome": "measured"})
     _store(guard, cal)
     if progress is not None:

@@ -133,7 +133,8 @@ class Guard(nn.Module):
         gradient goes through the guard only. objective "uncertainty" is log p(1−p) (pushes toward
         p = ½ and vanishes there); "opposite" is the log-probability of the label the guard does
         not currently predict. ``max_step`` caps each item's change at max_step·σ per element
-        (root mean square), i.e. within the noise that is still there; None disables the cap.
+        (root mean square; σ/(1−σ) in flow space), i.e. within the noise that is still there;
+        None disables the cap.
         ``guard_input`` "noisy" is the paper's form: the guard reads the noisy latent x at σ and the
         gradient is ∇ₓ. "denoised" reads the model's x0 prediction as a clean latent (σ = the
         space's σ_min) and steps along ∇ over x0, which sees where a trajectory is heading while σ
@@ -187,7 +188,9 @@ class Guard(nn.Module):
             step = scale * self.space.weight(sig).view(view) * grad
             if max_step is not None:
                 rms = step.flatten(1).pow(2).mean(1).sqrt()
-                cap = max_step * sig
+                # the noise still in the x0 prediction: σ in vp, σ/(1−σ) in flow (x/(1−σ) = x0 + σ/(1−σ)·ε);
+                # capping flow at σ left it 5–10× weaker than vp where copies are decided
+                cap = max_step * (sig if self.space.kind == "vp" else sig / (1 - sig).clamp_min(1e-4))
                 step = step * (cap / rms.clamp_min(1e-12)).clamp(max=1.0).view(view)
             step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
             return denoised + step.to(denoised.device, denoised.dtype)
