@@ -81,6 +81,7 @@ class ForgeServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(layout["root"]) / "forge.log"
         self.startup_s: float | None = None
+        self.startup_log = ""
         self.first_txt2img_s: float | None = None
 
     # ---- paths the tests use
@@ -141,6 +142,8 @@ class ForgeServer:
             try:
                 self.get("/sdapi/v1/options", timeout=5)
                 self.startup_s = time.time() - t0
+                # What start-up printed, before any test's deliberate refusals join the log.
+                self.startup_log = self.log()
                 return self
             except (urllib.error.URLError, ConnectionError, OSError, ValueError):
                 time.sleep(0.5)

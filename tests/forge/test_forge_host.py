@@ -58,7 +58,8 @@ def _decode(b64: str) -> Image.Image:
 
 
 def test_extension_loads_without_errors(forge):
-    mine = [b for b in _tracebacks(forge.log()) if re.search(r"cpsample", b, re.IGNORECASE)]
+    # start-up only: later tests make the extension refuse bad guards on purpose
+    mine = [b for b in _tracebacks(forge.startup_log) if re.search(r"cpsample", b, re.IGNORECASE)]
     assert not mine, "Forge reported errors from the extension:\n\n" + "\n\n".join(mine)
     scripts = forge.get("/sdapi/v1/scripts")
     assert SCRIPT_NAME in scripts["txt2img"], f"txt2img scripts: {scripts['txt2img']}"
@@ -149,18 +150,12 @@ def _shoot(page: "cdp.Chromium", path: Path, clip: dict) -> Path:
     return path
 
 
-def test_browser_shows_accordion_and_tab(forge, tmp_path):
-    if not forge.webui:
-        pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
-    if cdp.find_chromium() is None:
-        if os.environ.get("CPSAMPLE_REQUIRE_FORGE"):
-            pytest.fail("chromium is missing (tools/ensure_chromium.sh installs it)")
-        pytest.skip("chromium is missing")
+def test_browser_shows_accordion_and_tab(forge_ui, tmp_path):
     out = _screenshot_dir(tmp_path)
     width = 1400
     t0 = time.time()
     with cdp.Chromium(width=width, height=1100) as page:
-        page.navigate(forge.url + "/")
+        page.navigate(forge_ui.url + "/")
         # Forge builds the page in the browser: wait until the script areas of both tabs are there.
         page.wait_for(f"!!{_ROOT}.querySelector('#txt2img_script_container .gradio-accordion')", timeout=180)
         load_s = time.time() - t0
