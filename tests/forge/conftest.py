@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import forge_env as forge_env_lib  # noqa: E402  (the fixture below takes the plain name)
 import forge_harness as FH  # noqa: E402
+import cdp  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +91,19 @@ def forge(forge_env, tmp_path_factory):
         print(f"\nForge test directory kept: {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)  # outputs, guards, config of this session
+
+
+@pytest.fixture
+def forge_ui(forge):
+    """The Forge server, for tests that open its page in headless Chromium: skipped when Forge runs
+    without its web UI; a missing chromium fails under CPSAMPLE_REQUIRE_FORGE, as a missing Forge does."""
+    if not forge.webui:
+        pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
+    if cdp.find_chromium() is None:
+        if os.environ.get("CPSAMPLE_REQUIRE_FORGE"):
+            pytest.fail("chromium is missing (tools/ensure_chromium.sh installs it)")
+        pytest.skip("chromium is missing")
+    return forge
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ would (input events), clicks the buttons and reads what the page shows; the hove
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -42,15 +41,9 @@ def _text(elem_id: str) -> str:
     return f"(() => {{ const el = {ROOT}.querySelector('#{elem_id} textarea'); return el ? el.value : ''; }})()"
 
 
-def test_tab_trains_a_guard_and_reports(forge):
-    if not forge.webui:
-        pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
-    if cdp.find_chromium() is None:
-        if os.environ.get("CPSAMPLE_REQUIRE_FORGE"):
-            pytest.fail("chromium is missing (tools/ensure_chromium.sh installs it)")
-        pytest.skip("chromium is missing")
+def test_tab_trains_a_guard_and_reports(forge_ui):
     with cdp.Chromium(width=1400, height=1100) as page:
-        page.navigate(forge.url + "/")
+        page.navigate(forge_ui.url + "/")
         page.wait_for(f"!!{ROOT}.querySelector('#cpsample_train_button')", timeout=180)
         # javascript/cpsample.js gave the fields their hover help once the UI loaded
         tip = page.wait_for(f"{ROOT}.querySelector('#script_txt2img_cpsample_scale')?.title", timeout=60)
@@ -60,13 +53,13 @@ def test_tab_trains_a_guard_and_reports(forge):
                       "#tabs > div > button')).find(b => b.textContent.trim() === 'CPSample'); "
                       "if (b) b.click(); })()")
         # a bad folder first: the report names it, nothing is written
-        _type(page, "cpsample_train_folder", str(forge.input_dir / "no such folder"))
+        _type(page, "cpsample_train_folder", str(forge_ui.input_dir / "no such folder"))
         _click(page, "cpsample_train_button")
         bad = page.wait_for(f"(() => {{ const t = {_text('cpsample_train_report')}; "
                             "return t.startsWith('Error') ? t : null; })()", timeout=120)
         assert "no such folder" in bad and "does not exist" in bad, bad
         # then the demo folder
-        _type(page, "cpsample_train_folder", str(forge.input_dir / "demo"))
+        _type(page, "cpsample_train_folder", str(forge_ui.input_dir / "demo"))
         _type(page, "cpsample_train_name", "from tab")
         _type(page, "cpsample_train_max_steps", "10")
         _type(page, "cpsample_train_batch_size", "8")
@@ -74,7 +67,7 @@ def test_tab_trains_a_guard_and_reports(forge):
         report = page.wait_for(f"(() => {{ const t = {_text('cpsample_train_report')}; "
                                "return t.includes('Saved to') ? t : null; })()", timeout=400)
     assert "8 images at 64x64 px" in report and "SD15" in report, report
-    path = forge.models_dir / "cpsample" / "from tab.safetensors"
+    path = forge_ui.models_dir / "cpsample" / "from tab.safetensors"
     assert path.is_file(), report
     guard = load_guard(path)
     assert guard.info["steps"] <= 10 and guard.info["host"].startswith("Forge")
@@ -84,25 +77,19 @@ def _value(elem_id: str, kind: str = "input") -> str:
     return f"{ROOT}.querySelector('#{elem_id} {kind}')?.value"
 
 
-def test_paste_restores_the_accordion_and_a_refusal_shows(forge, small_txt2img):
+def test_paste_restores_the_accordion_and_a_refusal_shows(forge_ui, small_txt2img):
     """An infotext pasted into the prompt (the ↙ button) sets the accordion as the image was made;
     one without CPSample keys turns it off; a guard for another model family is refused on screen."""
-    if not forge.webui:
-        pytest.skip("Forge runs without its web UI (CPSAMPLE_FORGE_NOWEBUI)")
-    if cdp.find_chromium() is None:
-        if os.environ.get("CPSAMPLE_REQUIRE_FORGE"):
-            pytest.fail("chromium is missing (tools/ensure_chromium.sh installs it)")
-        pytest.skip("chromium is missing")
-    status, body = forge.post("/cpsample/train", {"folder": str(forge.input_dir / "demo"), "name": "paste",
+    status, body = forge_ui.post("/cpsample/train", {"folder": str(forge_ui.input_dir / "demo"), "name": "paste",
                                                   "max_steps": 5, "batch_size": 8, "overwrite": True})
     assert status == 200, body
     args = [True, "paste.safetensors", 2500.0, 0.25, 0.1, 0.9, "opposite", "noisy", False]
-    info = json.loads(forge.txt2img({**small_txt2img(), "alwayson_scripts": {"CPSample": {"args": args}}})["info"])
+    info = json.loads(forge_ui.txt2img({**small_txt2img(), "alwayson_scripts": {"CPSample": {"args": args}}})["info"])
     protected_infotext = info["infotexts"][0]
-    plain_infotext = json.loads(forge.txt2img(small_txt2img())["info"])["infotexts"][0]
+    plain_infotext = json.loads(forge_ui.txt2img(small_txt2img())["info"])["infotexts"][0]
     acc = "script_txt2img_cpsample"
     with cdp.Chromium(width=1400, height=1100) as page:
-        page.navigate(forge.url + "/")
+        page.navigate(forge_ui.url + "/")
         page.wait_for(f"!!{ROOT}.querySelector('#{acc}_enabled-visible-checkbox')", timeout=180)
         _type(page, "txt2img_prompt", protected_infotext)
         assert page.evaluate(f"(() => {{ const b = {ROOT}.querySelector('#txt2img_tools #paste'); "
@@ -125,7 +112,7 @@ def test_paste_restores_the_accordion_and_a_refusal_shows(forge, small_txt2img):
         page.evaluate(f"{ROOT}.querySelector('#txt2img_tools #paste').click()")
         page.wait_for(f"!{ROOT}.querySelector('#{acc}_enabled-visible-checkbox').checked", timeout=60)
         # Generate with an SDXL guard on this SD1.5 model: the reason shows under the image
-        _foreign_sdxl_guard(forge.models_dir / "cpsample" / "xl.safetensors")
+        _foreign_sdxl_guard(forge_ui.models_dir / "cpsample" / "xl.safetensors")
         _type(page, "txt2img_prompt", protected_infotext.replace("paste.safetensors", "xl.safetensors"))
         page.evaluate(f"{ROOT}.querySelector('#txt2img_tools #paste').click()")
         page.wait_for(f"{_value(acc + '_guard')} === 'xl.safetensors'", timeout=60)
@@ -135,7 +122,7 @@ def test_paste_restores_the_accordion_and_a_refusal_shows(forge, small_txt2img):
                               ".find(t => t.includes('CPSample'))", timeout=180)
     assert "CPSample guard 'xl.safetensors' does not fit this model: this guard was trained on SDXL latents" \
         in shown, shown
-    assert forge.txt2img(small_txt2img())["images"], "the server stopped serving"
+    assert forge_ui.txt2img(small_txt2img())["images"], "the server stopped serving"
 
 
 def _foreign_sdxl_guard(path) -> None:
