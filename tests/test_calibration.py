@@ -131,3 +131,24 @@ def test_bad_arguments_get_clear_errors(small_guard):
     g.info = {**g.info, "calibration": {"settings": {"gate": 0.1}}}
     with pytest.raises(ValueError, match="unknown guide settings \\['gate'\\]"):
         g.calibrated_settings()
+
+
+def test_copy_target_keeps_a_margin_for_the_probes():
+    """A setting passes only if its probe count shows, with 80 % confidence, a copy rate under the
+    target: one whose true rate sits on the target passes at most 20 % of the time."""
+    from math import comb
+
+    from cpsample_nodes.core.calibration import CONFIDENCE, allowed_copies, upper_rate
+
+    def p_at_most(k, n, p):
+        return sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+    for unguarded, n in ((51, 64), (64, 64), (36, 64), (400, 1000)):
+        goal = 0.1 * unguarded / n
+        k = allowed_copies(unguarded, n, 0.1)
+        assert k >= 0 and upper_rate(k, n) <= goal < upper_rate(k + 1, n)
+        assert p_at_most(k, n, goal) <= 1 - CONFIDENCE + 1e-9
+        assert k < round(0.1 * unguarded)  # stricter than the bare count
+    assert allowed_copies(51, 64, 0.1) == 2
+    assert allowed_copies(3, 64, 0.1) == -1  # 64 probes cannot show a 10x cut of 3 copies
+    assert upper_rate(64, 64) == 1.0 and upper_rate(0, 64) == pytest.approx(1 - 0.2 ** (1 / 64), abs=1e-6)

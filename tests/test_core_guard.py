@@ -341,3 +341,25 @@ def test_auto_alpha_follows_the_guards_own_margin(small_guard, tmp_path):
     older = Guard(guard.net, guard.space, {k: v for k, v in guard.info.items() if k != "train_margin"})
     with pytest.raises(ValueError, match="no training margin"):
         older.auto_alpha()
+
+
+def test_default_negatives_keep_the_guard_unsure_on_blends():
+    """Early in sampling the model's x0 prediction is a blend of images pulled toward their mean;
+    a guard confident there pushes samples that were never going to copy. The default negatives
+    teach it ½ on such blends, while it stays confident on the training latents themselves."""
+    g = torch.Generator().manual_seed(7)
+    lat = torch.randn(8, 4, 8, 8, generator=g)
+    i, j, k = (torch.randint(0, 8, (200,), generator=g) for _ in range(3))
+    keep = (i != j) & (j != k) & (i != k)
+    blends = (0.6 * (lat[i] + lat[j] + lat[k]) / 3)[keep]
+    sigma_min = NoiseSpace.vp().sigma_min
+
+    def confident_share(guard, x):
+        p = guard.probability(x, sigma_min)
+        return float(((p < 0.01) | (p > 0.99)).float().mean())
+
+    default = train_guard(lat, NoiseSpace.vp(), seed=0)
+    gaussian = train_guard(lat, NoiseSpace.vp(), seed=0, negatives="gaussian")
+    assert default.info["negatives"] == "gaussian+blends" and default.info["memorised"]
+    assert confident_share(default, lat) == 1.0
+    assert confident_share(default, blends) <= 0.05 < confident_share(gaussian, blends)

@@ -9,7 +9,6 @@ is the image KSampler makes with seed s and batch size 1 (up to the float roundi
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -193,7 +192,7 @@ def evidence_picture(cal, copies: list[tuple[int, int, int, str]], decode, train
     shown = copies[:evidence.MAX_ROWS]
     idx = torch.tensor([i for i, _, _, _ in shown])
     nearest = torch.tensor([j for _, _, j, _ in shown])
-    target = math.floor(cal.target * len(copies) + 1e-9) / n
+    target = cal.allowed / n
     calibrated = None if cal.calibrated is None else decode(cal.calibrated[idx])
     captions = [f"seed {seed}: copies {names[j]} -> {after}" for _, seed, j, after in shown]
     note = f"{len(shown)} of {len(copies)} probe seeds that copied shown" if len(copies) > len(shown) else None

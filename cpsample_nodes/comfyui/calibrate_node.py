@@ -119,9 +119,10 @@ class CalibrateGuard(io.ComfyNode):
             display_name="CPSample Calibrate Guard",
             category=CATEGORY,
             description=("Measures how often your fine-tuned model copies its training images with your prompt and "
-                         "sampler, then finds the gentlest guard setting (gate α, σ window) that cuts the copies "
-                         "to a tenth. Outputs the guard with that calibration (Protect Model applies it), a report "
-                         "and a picture: copy rate per setting, and unguarded | calibrated for the seeds that copied."),
+                         "sampler, then finds the guard setting (gate α, σ window) that cuts the copies to a "
+                         "tenth and spoils the fewest samples. Outputs the guard with that calibration (Protect "
+                         "Model applies it), a report and a picture: copy rate per setting, and unguarded | "
+                         "calibrated for the seeds that copied."),
             inputs=[
                 io.Model.Input("model", tooltip="The fine-tuned model you generate with (LoRA applied), without "
                                                 "Protect Model: calibration samples it with and without the guard."),

@@ -18,7 +18,7 @@ from comfy_api.latest import io, ui
 
 from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, train_guard
 from ..core import images as imgs
-from ..core.training import outcome_text, progress_text
+from ..core.training import DEFAULT_NEGATIVES, outcome_text, progress_text
 from . import events, host, paths
 from .guard_facts import guard_facts
 from .patch import GUARD_INPUTS, protect
@@ -218,7 +218,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
     if latents.shape[1] != desc["latent_channels"]:
         raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the model's latent format "
                          f"{desc['latent_format']} has {desc['latent_channels']}: use this model's VAE")
-    negatives = "gaussian"
+    negatives = DEFAULT_NEGATIVES
     if class_batch is not None:
         negatives = lf.process_in(_encode_cached(vae, class_batch)[0].clone())
 

@@ -3,9 +3,10 @@
 The right gate (α) and σ window differ from model to model (docs/protection.md), so the guard
 measures them on the caller's sampler: it samples probe seeds without the guard, counts copies the
 way Replication Check does (calibrated ℓ2 ratio against the training latents, and on decoded pixels
-when a decoder is given), then tries a ladder of settings from gentle to strong: the first that cuts the copies to the
-target while spoiling (almost) no sample wins; failing that, the one that reaches the target and
-spoils the fewest.
+when a decoder is given), then tries σ windows from narrow to every step, and every gate α in a
+window: of the settings that cut the copies to the target (with a margin for the probes' sampling
+error), the one that spoils the fewest probes wins, the gentlest on a tie; a wider window is tried
+only while the best so far spoils more than a tenth of the probes.
 """
 from __future__ import annotations
 
@@ -31,12 +32,16 @@ L2_K = 5                # calibrated ℓ2: nearest vs mean of the next 5 (clippe
 # The ladder. Windows are noise-to-signal ratios (σ itself for vp, σ/(1−σ) for flow), narrow to all
 # steps: a narrow window only touches the late steps, where each push is at most max_step·σ.
 WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
-ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3)
+ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 MAX_STEP = 1.0
-# A setting that reaches the copy target and spoils at most this share of the probes (at least
-# one) ends the search; otherwise the passing setting that spoils fewest is kept (see _Reference).
+# Once the best passing setting spoils at most this share of the probes (at least one), no wider
+# σ window is tried (see _Reference for "spoiled").
 SPOIL_SHARE = 0.1
 SPOIL_MARGIN = 1.0      # the natural range is widened by its own width on each side: gross failures only
+# A setting passes when the copy rate on new seeds is below the target with this confidence (one-
+# sided binomial bound on its probe count): a setting that just reaches the target on the probes
+# misses it on fresh seeds half the time (digits: 5 of 64 probes allowed, 9.4 % of fresh seeds copied).
+CONFIDENCE = 0.8
 
 
 class CalibrationStopped(TrainingStopped):
@@ -135,6 +140,7 @@ class Calibration:
     sampler: str | None
     unguarded: Tensor
     copied: Tensor
+    allowed: int = 0        # copies among the probes a passing setting may leave
     calibrated: Tensor | None = None
     calibrated_copied: Tensor | None = None
     spoiled_rate: float = 0.0  # share of probes the chosen settings spoil (see _Reference)
@@ -155,6 +161,8 @@ class Calibration:
             "no_copies": self.no_copies,
             "probes": self.probes,
             "target": self.target,
+            "allowed_copies": self.allowed,
+            "confidence": CONFIDENCE,
             "sampler": self.sampler,
             "model_calls": self.model_calls,
             "seconds": round(self.seconds, 2),
@@ -171,8 +179,12 @@ class Calibration:
             lines.append(f"no copies among {n} probes: nothing to calibrate; keeping the gentlest setting "
                          f"({describe(self.settings)})")
         else:
-            lines.append(f"target: at most {_allowed(u, self.target)} copies "
-                         f"({self.target:g} of the unguarded count, rounded down)")
+            noun = "copy" if self.allowed == 1 else "copies"
+            lines.append(f"target: at most {self.allowed} {noun} of {n}, so that with {CONFIDENCE:.0%} "
+                         f"confidence new seeds copy at most {self.target:g} x the unguarded rate "
+                         f"({self.target * self.unguarded_rate:.1%})" + (
+                             "" if allowed_copies(u, n, self.target) >= 0 else
+                             f"; {n} probes cannot show that for {u} copies, so none is allowed"))
             head = f"{'setting':<24}{'copies':>14}{'spoiled':>9}{'change':>8}{'calls':>8}  outcome"
             lines += [head, "-" * len(head)]
             for r in self.rows:
@@ -188,8 +200,31 @@ class Calibration:
         return "\n".join(lines)
 
 
-def _allowed(unguarded_copies: int, target: float) -> int:
-    return int(math.floor(target * unguarded_copies + 1e-9))
+def upper_rate(copies: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided upper confidence bound of a copy rate seen as ``copies`` of ``n`` (Clopper-Pearson)."""
+    if copies >= n:
+        return 1.0
+
+    def at_most(p: float) -> float:  # P(Binomial(n, p) <= copies), in logs so large n cannot overflow
+        lp, lq = math.log(p), math.log1p(-p)
+        return sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+                   for i in range(copies + 1))
+
+    lo, hi = copies / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if at_most(mid) > 1 - confidence else (lo, mid)
+    return hi
+
+
+def allowed_copies(unguarded_copies: int, n: int, target: float) -> int:
+    """The most copies among ``n`` probes that still show, with ``CONFIDENCE``, a copy rate of at
+    most ``target`` × the unguarded one; −1 when not even zero copies would show it."""
+    goal = target * unguarded_copies / n
+    k = -1
+    while k + 1 <= n and upper_rate(k + 1, n) <= goal + 1e-12:
+        k += 1
+    return k
 
 
 def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[int] = range(64), *,
@@ -251,13 +286,13 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     gentlest = windows[0][0]
     if u == 0:
         cal = Calibration(dict(gentlest), [], list(seeds), 0.0, 0.0, True, True, target_ratio, calls[0],
-                          time.monotonic() - started, sampler_description, base, copied)
+                          time.monotonic() - started, sampler_description, base, copied, 0)
         _store(guard, cal)
         if progress is not None:
             progress(total, total, {"setting": "done", "model_calls": calls[0]})
         return cal
 
-    allowed = _allowed(u, target_ratio)
+    allowed = max(0, allowed_copies(u, n, target_ratio))
     reference = _Reference.of(torch.cat([train, base]), base_ratio[~copied])
     # Copy seeds first: a setting that cannot remove them is abandoned after a chunk or two.
     order = [i for i in range(n) if copied[i]] + [i for i in range(n) if not copied[i]]
@@ -292,16 +327,13 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         row.abandoned = ""
         return True
 
-    def consider(row: _Row) -> bool:
-        """Keep row if it passes and spoils fewer probes than the best so far; True when it is good
-        enough to stop (within the spoil tolerance)."""
+    def consider(row: _Row) -> None:
+        """Keep row if it passes and spoils fewer probes than the best so far (ties: the earlier,
+        gentler one)."""
         if len(row.copies) == n and row.n_copies() <= allowed:
             if not best or row.n_spoiled() < best[0].n_spoiled():
                 best[:] = [row]
-            return row.n_spoiled() <= tolerance
-        return False
 
-    done_early = False
     for window in windows:
         # Test the window with its strongest α first: if even that cannot reach the target, the
         # gentler gates of the same window will not either, and the window is skipped.
@@ -310,18 +342,16 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         evaluate(strongest)
         if strongest.n_copies() > allowed:
             continue
-        strong_ok = False
+        # Every gate of a window that can pass is measured: the gentlest passing gate may leave
+        # copies pushed just past the line (near copies) that a stronger one moves away.
         for settings in window[:-1]:
             row = _Row(settings)
             rows.append(row)
             evaluate(row)
-            if consider(row):
-                done_early = True
-                break
-        else:
-            # the gentler gates did not do: the strongest (measured first) may still be the best
-            strong_ok = consider(strongest)
-        if done_early or strong_ok:
+            consider(row)
+        consider(strongest)  # measured first, kept only if it spoils fewer than every gentler gate
+        # A wider window is tried only while the best setting still spoils too many probes.
+        if best and best[0].n_spoiled() <= tolerance:
             break
 
     chosen = best[0] if best else None
@@ -334,7 +364,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     flags = torch.tensor([chosen.copies[i] for i in range(n)])
     cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n) for r in rows],
                       list(seeds), u / n, float(flags.double().mean()), reached, False, target_ratio,
-                      calls[0], time.monotonic() - started, sampler_description, base, copied,
+                      calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n)
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,

@@ -14,9 +14,10 @@ from .noise import NoiseSpace, as_sigma
 Tensor = torch.Tensor
 OBJECTIVES = ("uncertainty", "opposite")
 INPUTS = ("noisy", "denoised")
-# Defaults chosen on benchmarks/mixture.py (docs/protection.md).
+# Defaults for a guard that was never calibrated, chosen on the calibration table across the mixture
+# (vp and flow) and the digits (docs/protection.md, "Defaults for an uncalibrated guard").
 DEFAULT_SCALE = 1000.0
-DEFAULT_ALPHA = 0.01
+DEFAULT_ALPHA = 0.2
 # Guard.auto_alpha: the gate opens beyond this share of the guard's training margin.
 AUTO_ALPHA_FRACTION = 0.95
 

@@ -19,7 +19,7 @@ import torch
 from ..core import NoiseSpace, TrainingStopped, save_guard, train_guard
 from ..core import images as imgs
 from ..core.images import refuse_training_images_as_class
-from ..core.training import outcome_text, progress_text
+from ..core.training import DEFAULT_NEGATIVES, outcome_text, progress_text
 from .family import ModelFamily
 from .guards import new_path
 
@@ -101,7 +101,7 @@ def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], 
     if latents.shape[1] != family.latent_channels:
         raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the model's latent format "
                          f"{family.latent_format} has {family.latent_channels}: use this model's VAE")
-    negatives: str | torch.Tensor = "gaussian"
+    negatives: str | torch.Tensor = DEFAULT_NEGATIVES
     if class_batch is not None:
         negatives = encode(class_batch).to("cpu", torch.float32)
 
