@@ -2,8 +2,8 @@
 
 For each benchmark, guard seed (an independently trained guard, retrained every run) and sampler:
 calibrate on ``--probes`` probe seeds with the public ``calibrate``, then sample ``--samples`` fresh
-seeds unguarded, with the uncalibrated defaults of ``Guard.guide``, with the calibrated settings and
-with a few hand-tuned settings, and measure each with the benchmark's own metrics.
+seeds unguarded, with the calibrated settings and with a few hand-tuned settings (one of them the
+uncalibrated defaults of ``Guard.guide``), and measure each with the benchmark's own metrics.
 
     python benchmarks/calibration.py --bench mixture-vp --json benchmarks/results/calibration_mixture_vp.json
     python benchmarks/calibration.py --bench mixture-flow
@@ -13,7 +13,7 @@ with a few hand-tuned settings, and measure each with the benchmark's own metric
 Benchmarks: the closed-form mixture of benchmarks/mixture.py in vp space and in flow space
 (x = (1−σ)x0 + σε; replicas: nearest training latent within 0.1 × the median nearest-neighbour
 distance; quality: Fréchet distance / the ideal sampler's), and the digits fine-tunes of
-benchmarks/finetune ("full": total collapse, gaussian-negative guard; "prior": DreamBooth-style,
+benchmarks/finetune ("full": total collapse, the default guard; "prior": DreamBooth-style,
 class guard; replicas: calibrated ℓ2 ratio < 1/3; quality: the digit CNN's confident share).
 """
 from __future__ import annotations
@@ -34,13 +34,19 @@ from benchmarks.mixture import SHAPE, Mixture, evaluate as mixture_metrics  # no
 from cpsample_nodes.core import Guard, NoiseSpace, calibrate, train_guard  # noqa: E402
 from cpsample_nodes.core.calibration import describe, window_sigma  # noqa: E402
 from cpsample_nodes.core.metrics import frechet_distance, pairwise_l2  # noqa: E402
+from cpsample_nodes.core.guard import DEFAULT_ALPHA  # noqa: E402
+from cpsample_nodes.core.training import DEFAULT_NEGATIVES  # noqa: E402
 
 PROBE_SEEDS = 10_000   # probes: 10000.., fresh evaluation seeds: 20000..; both away from the data seeds
 EVAL_SEEDS = 20_000
 BATCH = 250
-# Hand-tuned rows: (label, guide settings with the σ window as a noise-to-signal ratio)
+# Hand-tuned rows: (label, guide settings with the σ window as a noise-to-signal ratio). The one equal
+# to the guide defaults (DEFAULT_ALPHA on every step) is the "defaults" row of the summary.
 HAND = [("α 0.003, all steps", {"alpha": 0.003}, None),
+        ("α 0.01, all steps", {"alpha": 0.01}, None),
         ("α 0.05, all steps", {"alpha": 0.05}, None),
+        ("α 0.2, all steps", {"alpha": 0.2}, None),
+        ("α 0.5, all steps", {"alpha": 0.5}, None),
         ("α 0.2, σ ≤ 2", {"alpha": 0.2}, 2.0)]
 
 
@@ -98,8 +104,9 @@ class DigitsBench(Bench):
         self.model = P.get_finetuned(self.cfg, self.split)  # trains base and fine-tune once (cached)
         _, _, self.ref_feats = classify(self.clf, self.split.heldout)
         self.train = self.split.finetune
-        # the presets' guards: "full" gaussian negatives, "prior" class images (pretraining digits)
-        self.negatives = "gaussian" if preset == "full" else self.split.pretrain
+        # the guards a user gets: "full" the core's default negatives (Train Guard), "prior" class
+        # images, the pretraining digits (Train Guard with class images)
+        self.negatives = DEFAULT_NEGATIVES if preset == "full" else self.split.pretrain
         self.space = NoiseSpace.vp(SIGMA_MIN, SIGMA_MAX)
         self.sigmas = karras_sigmas(self.cfg.sample_steps, SIGMA_MIN, SIGMA_MAX).tolist()
         self.samples = samples
@@ -152,7 +159,7 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
             cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
                             sampler_description=f"{bench.name} {kind}")
             print(cal.report(), flush=True)
-            settings: list[tuple[str, dict | None]] = [("none", None), ("defaults", {}),
+            settings: list[tuple[str, dict | None]] = [("none", None),
                                                         ("calibrated: " + describe(cal.settings), cal.settings)]
             for label, kw, ratio in HAND:
                 settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
@@ -188,15 +195,24 @@ def goal_met(row: dict, base: float, best_quality: float | None, quality: str) -
     return cut and (best_quality is None or 100 * (best_quality - row[quality]) <= 2.0)
 
 
-def summarize(paths: list[Path]) -> str:
-    """One markdown table over result files: per benchmark and sampler, unguarded, uncalibrated
-    defaults, calibrated and the best hand-tuned setting; values per guard seed (g0 | g1 | g2)."""
+def _load(paths: list[Path]) -> tuple[list[dict], dict[str, str]]:
+    """Every row of the result files, and each benchmark's quality key."""
     rows, quality = [], {}
     for path in paths:
         data = json.loads(Path(path).read_text())
         rows += data["rows"]
         for r in data["rows"]:
             quality[r["bench"]] = data["quality"]
+    return rows, quality
+
+
+DEFAULT_SETTINGS = {"alpha": DEFAULT_ALPHA, "sigma_max": None}  # how the defaults' hand row is stored
+
+
+def summarize(paths: list[Path], every_hand_row: bool = False) -> str:
+    """One markdown table over result files: per benchmark and sampler, unguarded, uncalibrated
+    defaults, calibrated and the best hand-tuned setting; values per guard seed (g0 | g1 | g2)."""
+    rows, quality = _load(paths)
     lines = ["| benchmark | sampler | setting | replicas, guard seed 0 \\| 1 \\| 2 | quality, seed 0 \\| 1 \\| 2 "
              "| goal met | calibration cost |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -216,10 +232,22 @@ def summarize(paths: list[Path]) -> str:
 
         hands = sorted({r["setting"] for r in here if r["setting"].startswith("hand")})
         hands = [h for h in hands if len(pick(h)) == len(seeds)]
-        ok = [h for h in hands if all(r["replicas"] <= base[r["guard_seed"]] / 10 for r in pick(h))] or hands
+        # The best hand-tuned row: of those that cut the copies 10x for the most guards (every guard,
+        # where some row does), the one with the best mean quality.
+        def cuts(h: str) -> int:
+            return sum(r["replicas"] <= base[r["guard_seed"]] / 10 for r in pick(h))
+
+        most = max(map(cuts, hands), default=0)
+        ok = [h for h in hands if cuts(h) == most]
         best = (max if q == "quality_share" else min)(ok, key=mean_q) if ok else None
         best_q = {r["guard_seed"]: r[q] for r in pick(best)} if best else {}
-        for label in ["none", "defaults", "calibrated"] + ([best] if best else []):
+        defaults = next((h for h in hands if pick(h)[0]["settings"] == DEFAULT_SETTINGS), None)
+        labels = ["none", defaults, "calibrated", best] if best != defaults else ["none", "calibrated", best]
+        if every_hand_row:
+            labels += [h for h in hands if h not in labels]
+        for label in labels:
+            if label is None:
+                continue
             group = pick(label)
             if not group:
                 continue
@@ -230,9 +258,36 @@ def summarize(paths: list[Path]) -> str:
                         + _per_guard(group, "calibration_s", ".0f", seeds) + "; chose "
                         + " \\| ".join(r["setting"][len("calibrated: "):]
                                         for r in sorted(group, key=lambda r: r["guard_seed"])))
-            name = "best hand-tuned: " + label[6:] if label.startswith("hand") else label
+            name = label
+            if label.startswith("hand"):
+                name = ("defaults, " if label == defaults else "") + label[6:]
+                name = ("best hand-tuned: " if label == best else "") + name
             lines.append(f"| {bench} | {kind} | {name} | {_per_guard(group, 'replicas', '.1%', seeds)} | "
                          f"{_per_guard(group, q, qfmt, seeds)} | {'' if label == 'none' else f'{met}/{len(group)}'} | {cost} |")
+    return "\n".join(lines)
+
+
+def candidates(paths: list[Path]) -> str:
+    """Issue 11 item 4: per benchmark and sampler, for each hand-tuned setting, the guards that cut
+    the copies 10x (mixture: the goal, ≤ 1 % at FD ≤ 1.2x) and the mean quality over the guards."""
+    rows, quality = _load(paths)
+    cells = list(dict.fromkeys((r["bench"], r["sampler"]) for r in rows))
+    labels = ["α 0.01, all steps", "α 0.05, all steps", "α 0.2, all steps", "α 0.5, all steps", "α 0.2, σ ≤ 2"]
+    lines = ["| benchmark | sampler | " + " | ".join(labels) + " |", "| --- | --- |" + " --- |" * len(labels)]
+    for bench, kind in cells:
+        q = quality[bench]
+        here = [r for r in rows if r["bench"] == bench and r["sampler"] == kind]
+        base = {r["guard_seed"]: r["replicas"] for r in here if r["setting"] == "none"}
+        out = []
+        for label in labels:
+            group = [r for r in here if r["setting"] == "hand: " + label and r["guard_seed"] in base]
+            if not group:
+                out.append("—")
+                continue
+            ok = sum(goal_met(r, base[r["guard_seed"]], None, q) for r in group)
+            mean = sum(r[q] for r in group) / len(group)
+            out.append(f"{ok}/{len(group)}, {mean:.3f}" if q == "quality_share" else f"{ok}/{len(group)}, {mean:.2f} x")
+        lines.append(f"| {bench} | {kind} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 
@@ -247,9 +302,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--summarize", nargs="+", type=Path, help="print one markdown table of these result files")
+    ap.add_argument("--every-hand-row", action="store_true", help="with --summarize: list every hand-tuned row")
+    ap.add_argument("--candidates", action="store_true",
+                    help="with --summarize: the defaults candidates instead (guards that meet the copy goal, mean quality)")
     args = ap.parse_args()
     if args.summarize:
-        print(summarize(args.summarize))
+        print(candidates(args.summarize) if args.candidates else summarize(args.summarize, args.every_hand_row))
         return
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))
     t0 = time.time()

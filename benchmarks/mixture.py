@@ -15,9 +15,11 @@ would output draws of the broad component, so:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -102,8 +104,7 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=0.5, help="weight of the memorising components")
     ap.add_argument("--tau", type=float, default=0.05, help="std of each memorising component")
     ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=50,
-                    help="sampling steps (at 30 the guarded Euler-ancestral samples sit at 1.33x the FD floor, at 50 1.13x)")
+    ap.add_argument("--steps", type=int, default=50, help="sampling steps (docs/protection.md: 'Steps matter')")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samplers", default="euler,euler_a")
     ap.add_argument("--grid", default="", help="settings to sweep, e.g. 'alpha=0.001,scale=100,max_step=1;;...' "
@@ -114,7 +115,7 @@ def main() -> None:
                     help="train the guard with train_guard(ema_decay=...) (a more confident guard; 'The gate')")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))
     if args.quick:
         args.samples = min(args.samples, 500)
 
@@ -129,7 +130,8 @@ def main() -> None:
 
     t0 = time.time()
     ema = f"-ema{args.ema:g}" if args.ema else ""
-    cached = CACHE / f"mixture-guard-{dataset_digest(train)[:16]}-{args.seed}{ema}.safetensors"
+    # the key holds the training code too: a guard cached by an older core is never read back
+    cached = CACHE / f"mixture-guard-{dataset_digest(train)[:16]}-{args.seed}{ema}-{_core_digest()}.safetensors"
     if cached.exists() and not args.retrain:
         guard = load_guard(cached)
     else:
@@ -151,7 +153,8 @@ def main() -> None:
         paper = {"guard_input": "noisy", "max_step": None}  # the paper's form: ∇ₓ on the noisy latent
         grid = [{**paper, "alpha": 0.001, "scale": 1000}, {**paper, "scale": 100}, {**paper, "scale": 10},
                 {"guard_input": "noisy"}, {"guard_input": "noisy", "max_step": 2.0},
-                {}, {"max_step": 0.5}, {"max_step": 2.0}, {"alpha": 0.001}, {"alpha": 0.05},
+                {}, {"max_step": 0.5}, {"max_step": 2.0}, {"alpha": 0.001}, {"alpha": 0.01}, {"alpha": 0.05},
+                {"alpha": 0.5},
                 {"scale": 100}, {"objective": "opposite"}]
     floor = frechet_distance(ideal.flatten(1), reference.flatten(1))
     rows = []
@@ -175,6 +178,15 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "floor": floor,
                                          "threshold": threshold, "rows": rows}, indent=1))
+
+
+def _core_digest() -> str:
+    """Digest of the core modules that decide what train_guard returns."""
+    core = Path(__file__).resolve().parents[1] / "cpsample_nodes" / "core"
+    h = hashlib.sha256()
+    for name in ("training.py", "network.py", "noise.py", "guard.py"):
+        h.update((core / name).read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _parse(v: str):

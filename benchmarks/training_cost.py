@@ -1,7 +1,8 @@
 """Guard training cost, guard file size and guard peak memory (issue 5).
 
 For each case, a fresh subprocess (so ``ru_maxrss`` is that measurement's own peak) builds N
-synthetic latents and runs ``train_guard`` with the core defaults (batch 32, gaussian negatives,
+synthetic latents and runs ``train_guard`` with the core defaults (batch 32, ``--negatives``: gaussian,
+the default when the committed tables were measured, unless told otherwise;
 early stop once every memorisable σ band is ≥ 99 % right with p ≥ 0.99, checked every 50 steps)
 until it stops early or hits the step cap (``--max-steps``) or the wall-clock cap
 (``--time-cap``, via ``should_stop``). It reports wall time, steps, steps/s, whether it
@@ -104,7 +105,7 @@ def worker_train(a) -> dict:
     guard = None
     try:
         guard = train_guard(latents.to(a.device), space=space, seed=a.seed, max_steps=a.max_steps,
-                            progress=progress, should_stop=should_stop)
+                            progress=progress, should_stop=should_stop, negatives=a.negatives)
         out.update(stopped="early stop (memorised)" if guard.info["memorised"] else "step cap, not memorised",
                    memorised=bool(guard.info["memorised"]), steps=int(guard.info["steps"]),
                    accuracy=guard.info["accuracy"], confident=guard.info["confident"])
@@ -165,6 +166,8 @@ def main() -> None:
                     help="wall-clock cap per case in s (0: none); one value, or one per case, comma-separated")
     ap.add_argument("--cases", default="", help="comma list NxCxS, e.g. 16x4x64,64x16x64 (overrides the set)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--negatives", default="gaussian",
+                    help="train_guard negatives (the committed tables: gaussian; the core default is gaussian+blends)")
     ap.add_argument("--skip-guide", action="store_true")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads in each worker (0: torch default). Use 1 on a machine whose cores are "
@@ -210,6 +213,7 @@ def main() -> None:
         t0 = time.monotonic()
         r = run_worker(["--worker", "train", "--n", str(n), "--channels", str(c), "--side", str(s),
                         "--max-steps", str(a.max_steps), "--time-cap", str(cap), "--seed", str(a.seed),
+                        "--negatives", a.negatives,
                         "--threads", str(a.threads), "--device", a.device],
                        timeout=(cap * 2 + 600) if cap else 6 * 3600)
         r.setdefault("n", n), r.setdefault("channels", c), r.setdefault("side", s)
