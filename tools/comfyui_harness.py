@@ -7,7 +7,6 @@ with the ComfyUI venv that `tools/comfyui_env.py` builds. Used by `tests/integra
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import socket
@@ -20,6 +19,8 @@ import urllib.request
 import uuid
 import zlib
 from pathlib import Path
+
+from host_process import HostProcess, child_env
 
 REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "CPSample"
@@ -156,7 +157,9 @@ class PromptError(RuntimeError):
         super().__init__(f"HTTP {status}: {json.dumps(body)[:2000]}")
 
 
-class ComfyServer:
+class ComfyServer(HostProcess):
+    name = "ComfyUI"
+
     def __init__(self, layout: dict, python: Path, comfy_dir: Path, port: int | None = None,
                  listen: str = "127.0.0.1", extra_args: tuple = (), threads: int | None = None):
         self.layout, self.python, self.comfy_dir = layout, Path(python), Path(comfy_dir)
@@ -183,34 +186,16 @@ class ComfyServer:
                 "--disable-auto-launch", *self.extra_args]
 
     def start(self, timeout: float = 180.0, stream_log: bool = False) -> "ComfyServer":
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)
-        env.pop("VIRTUAL_ENV", None)
-        env["PYTHONUNBUFFERED"] = "1"
-        if self.threads:
-            # On a small shared CPU, libgomp's spin-waiting threads in torch's CUDA wheel make tiny ops
-            # several times slower under load; one thread is faster there.
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        env = child_env(self.threads)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("DO_NOT_TRACK", "1")
         stdout = None if stream_log else open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(), cwd=self.comfy_dir, env=env, stdout=stdout,
                                      stderr=subprocess.STDOUT if stdout else None, start_new_session=True)
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} during startup:\n{self.log()[-6000:]}")
-            try:
-                self.get("/system_stats", timeout=2)
-                self.startup_s = time.time() - t0
-                # What start-up printed, before any prompt's own (expected) errors join the log.
-                self.startup_log = self.log()
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"ComfyUI did not answer /system_stats in {timeout:.0f} s:\n{self.log()[-6000:]}")
+        self._wait_until_up(lambda: self.get("/system_stats", timeout=2), "/system_stats", timeout, 0.3,
+                            (urllib.error.URLError, ConnectionError, OSError))
+        return self
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -221,15 +206,6 @@ class ComfyServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=15)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     # ---- HTTP
     def _request(self, method: str, path: str, data=None, timeout: float = 60):

@@ -23,17 +23,15 @@ The venv gets the interpreter that runs this script: Forge accepts Python 3.7-3.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+import env_build  # tools/: the builder runs as a script from there, and the tests put it on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 # CPSAMPLE_FORGE_CACHE: build elsewhere (e.g. to time a from-scratch build beside a working one).
@@ -58,6 +56,7 @@ SETUPTOOLS = "setuptools>=77,<81"
 EXTRA_REQS = ["joblib",     # imported by a built-in extension, missing from Forge's requirements
               "requests"]   # the checkpoint check and tests' helpers
 RECIPE_VERSION = 1  # bump when the steps below change
+NAME = "forge_env"
 
 # torch's CUDA wheel with its nvidia libraries is ~5.5 GB, the rest of the venv ~1 GB,
 # Forge ~0.1 GB, the checkpoint 2.1 GB.
@@ -65,20 +64,15 @@ NEEDED_FREE_GB = 10.0
 
 
 def venv_python() -> Path:
-    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    return env_build.venv_python(VENV)
 
 
 def _log(msg: str) -> None:
-    print(f"[forge_env] {msg}", file=sys.stderr, flush=True)
+    env_build.log(NAME, msg)
 
 
 def _run(cmd: list, **kw) -> None:
-    _log("$ " + " ".join(str(c) for c in cmd))
-    subprocess.run([str(c) for c in cmd], check=True, **kw)
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+    env_build.run(NAME, cmd, **kw)
 
 
 def _recipe() -> dict:
@@ -90,17 +84,13 @@ def _recipe() -> dict:
         "setuptools": SETUPTOOLS,
         "extra": EXTRA_REQS,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "pack_requirements": _sha(pack_req.read_bytes()) if pack_req.exists() else "",
-        "checkpoint_script": _sha((REPO / "tools" / "forge_checkpoint.py").read_bytes()),
+        "pack_requirements": env_build.sha16(pack_req.read_bytes()) if pack_req.exists() else "",
+        "checkpoint_script": env_build.sha16((REPO / "tools" / "forge_checkpoint.py").read_bytes()),
     }
 
 
 def is_ready() -> bool:
-    try:
-        stamp = json.loads(STAMP.read_text())
-    except (OSError, ValueError):
-        return False
-    return (stamp.get("recipe_info") == _recipe() and venv_python().exists()
+    return (env_build.stamp_matches(STAMP, _recipe()) and venv_python().exists()
             and (FORGE_DIR / "launch.py").exists() and CHECKPOINT.exists())
 
 
@@ -148,10 +138,7 @@ def _unpack_forge() -> None:
 
 
 def _check_disk() -> None:
-    free_gb = shutil.disk_usage(CACHE).free / 2**30
-    if free_gb < NEEDED_FREE_GB:
-        raise SystemExit(f"[forge_env] only {free_gb:.1f} GB free under {CACHE}; building the Forge test "
-                         f"environment needs about {NEEDED_FREE_GB:.0f} GB. Free some space and run again.")
+    env_build.check_disk(NAME, CACHE, NEEDED_FREE_GB, "Forge")
 
 
 def _forge_requirements() -> tuple[list, list]:
@@ -169,24 +156,11 @@ def _forge_requirements() -> tuple[list, list]:
 
 
 def _build_venv() -> None:
-    py = venv_python()
-    if not py.exists():
-        _run([sys.executable, "-m", "venv", VENV])
-    pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
-    _run(pip + TORCH_PINS)
     reqs, pins = _forge_requirements()
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        cons = Path(tmp) / "constraints.txt"
-        cons.write_text("\n".join(TORCH_PINS + pins) + "\n")
-        req = Path(tmp) / "requirements.txt"
-        req.write_text("\n".join(reqs) + "\n")
-        _run(pip + ["-c", cons, "-r", req])
-        # The extension's own requirements, within Forge's pins (as Forge users get them).
-        if (REPO / "requirements.txt").exists():
-            _run(pip + ["-c", cons, "-r", REPO / "requirements.txt"])
     # torchvision's C ops must load next to this torch, and pkg_resources must exist.
-    _run([py, "-c", "import torch, torchvision, torchvision.ops, pkg_resources, pytorch_lightning, gradio; "
-                    "print('torch', torch.__version__, 'torchvision', torchvision.__version__)"])
+    env_build.build_venv(NAME, VENV, CACHE, TORCH_PINS, reqs, pins,
+                         "import torch, torchvision, torchvision.ops, pkg_resources, pytorch_lightning, gradio; "
+                         "print('torch', torch.__version__, 'torchvision', torchvision.__version__)")
 
 
 def _build_checkpoint() -> None:
@@ -201,11 +175,7 @@ def ensure(force: bool = False) -> dict:
         return paths()
     t0 = time.time()
     if force:
-        for p in (STAMP, CHECKPOINT):
-            p.unlink(missing_ok=True)
-        for d in (FORGE_DIR, VENV):
-            if d.exists():
-                shutil.rmtree(d)
+        env_build.clear((STAMP, CHECKPOINT), (FORGE_DIR, VENV))
     STAMP.unlink(missing_ok=True)
     if not venv_python().exists() or not CHECKPOINT.exists():
         _check_disk()
@@ -213,22 +183,13 @@ def ensure(force: bool = False) -> dict:
     _build_venv()
     CHECKPOINT.unlink(missing_ok=True)  # the recipe changed: rebuild it
     _build_checkpoint()
-    STAMP.write_text(json.dumps({"recipe_info": _recipe(), "built_s": round(time.time() - t0, 1),
-                                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+    env_build.write_stamp(STAMP, _recipe(), t0)
     _log(f"ready in {time.time() - t0:.0f} s")
     return paths()
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--force", action="store_true", help="rebuild everything")
-    ap.add_argument("--check", action="store_true", help="exit 0 if built, 1 if not; build nothing")
-    args = ap.parse_args()
-    if args.check:
-        print(json.dumps(paths()))
-        return 0 if is_ready() else 1
-    print(json.dumps(ensure(force=args.force), indent=1))
-    return 0
+    return env_build.main(__doc__, ensure, paths, is_ready)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from comfyui_harness import free_port, synthetic_png
+from host_process import HostProcess, child_env
 
 REPO = Path(__file__).resolve().parent.parent
 EXTENSION_NAME = "CPSample"
@@ -69,8 +69,9 @@ def make_data_dir(root: Path, checkpoint: Path, link: bool = True) -> dict:
             "outputs": data / "outputs", "checkpoint": ckpt, "extension": ext}
 
 
-class ForgeServer:
+class ForgeServer(HostProcess):
     """A Forge process on 127.0.0.1:<free port>, CPU only, one torch thread, offline."""
+    name = "Forge"
 
     def __init__(self, layout: dict, python: Path, forge_dir: Path, port: int | None = None,
                  webui: bool = True, threads: int | None = 1, extra_args: tuple = ()):
@@ -122,33 +123,16 @@ class ForgeServer:
         return cmd + self.extra_args
 
     def start(self, timeout: float = 300.0) -> "ForgeServer":
-        env = dict(os.environ)
-        for var in ("PYTHONPATH", "VIRTUAL_ENV", "COMMANDLINE_ARGS"):
-            env.pop(var, None)
-        env["PYTHONUNBUFFERED"] = "1"
-        if self.threads:
-            # On a small shared CPU, spinning OpenMP threads make the tiny test images several times slower.
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        env = child_env(self.threads, drop=("COMMANDLINE_ARGS",))
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1",
                     "GRADIO_ANALYTICS_ENABLED": "False"})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), cwd=self.forge_dir, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          preexec_fn=_own_session_dying_with_parent)
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Forge exited with code {self.proc.returncode} during startup:\n{self.log()[-6000:]}")
-            try:
-                self.get("/sdapi/v1/options", timeout=5)
-                self.startup_s = time.time() - t0
-                # What start-up printed, before any test's deliberate refusals join the log.
-                self.startup_log = self.log()
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-                time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"Forge did not answer /sdapi/v1/options in {timeout:.0f} s:\n{self.log()[-6000:]}")
+        self._wait_until_up(lambda: self.get("/sdapi/v1/options", timeout=5), "/sdapi/v1/options", timeout, 0.5,
+                            (urllib.error.URLError, ConnectionError, OSError, ValueError))
+        return self
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -165,15 +149,6 @@ class ForgeServer:
             os.killpg(self.proc.pid, sig)  # the server's own group (see _own_session_dying_with_parent)
         except ProcessLookupError:
             pass
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     # ---- HTTP
     def _request(self, method: str, path: str, data=None, timeout: float = 60) -> tuple:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,23 +26,16 @@ from cpsample_nodes.core import load_guard, read_metadata
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
-import comfyui_env  # noqa: E402
 import comfyui_harness as H  # noqa: E402
 
 pytestmark = [pytest.mark.forge, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory):
-    try:
-        env = comfyui_env.ensure()
-    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
-        if os.environ.get("CPSAMPLE_REQUIRE_COMFYUI"):
-            raise
-        pytest.skip(f"cannot build the offline ComfyUI test environment (tools/comfyui_env.py): {e}")
+def comfy(comfy_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("comfyui_both")
-    layout = H.make_layout(root, Path(env["checkpoint"]), demo_only=True)
-    server = H.ComfyServer(layout, env["python"], env["comfyui"], threads=1)
+    layout = H.make_layout(root, Path(comfy_env["checkpoint"]), demo_only=True)
+    server = H.ComfyServer(layout, comfy_env["python"], comfy_env["comfyui"], threads=1)
     server.start(timeout=240)
     yield server, layout
     server.stop()

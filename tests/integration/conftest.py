@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pack_helpers.py, shared by the pack tests
 
-import comfyui_env  # noqa: E402
 import comfyui_harness as H  # noqa: E402
 
 
@@ -44,19 +41,6 @@ def _make_guard_file(path: Path, channels: int, kind: str, latent_format: str) -
     guard = Guard(GuardNet(GuardConfig(in_channels=channels)), space,
                   info={"latent_format": latent_format, "model_sampling": "test", "n_images": 4})
     save_guard(guard, path)
-
-
-@pytest.fixture(scope="session")
-def comfy_env():
-    t0 = time.time()
-    try:
-        env = comfyui_env.ensure()
-    except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
-        if os.environ.get("CPSAMPLE_REQUIRE_COMFYUI"):
-            raise
-        pytest.skip(f"cannot build the offline ComfyUI test environment (tools/comfyui_env.py): {e}")
-    env["build_s"] = round(time.time() - t0, 1)
-    return env
 
 
 @pytest.fixture(scope="session")
