@@ -152,3 +152,64 @@ def test_copy_target_keeps_a_margin_for_the_probes():
     assert allowed_copies(51, 64, 0.1) == 2
     assert allowed_copies(3, 64, 0.1) == -1  # 64 probes cannot show a 10x cut of 3 copies
     assert upper_rate(64, 64) == 1.0 and upper_rate(0, 64) == pytest.approx(1 - 0.2 ** (1 / 64), abs=1e-6)
+
+
+def _probe_only_model(train, new_from: int):
+    """A closed-form model that copies a training latent from every seed. On seeds below ``new_from`` the
+    guard's push turns the copy into a new latent; on later seeds nothing the guard does helps: a setting
+    that passes on such probes only looks good on them."""
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            moved = guide(copy, copy, torch.tensor([0.5]))
+            if s < new_from and not torch.equal(moved, copy):
+                out.append(torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s)))
+            else:
+                out.append(copy + 1e-3 * torch.randn(copy.shape, generator=torch.Generator().manual_seed(s)))
+        return torch.cat(out)
+    return sample
+
+
+def test_a_setting_must_pass_again_on_new_seeds(small_guard):
+    guard, train = small_guard
+    sample = _probe_only_model(train, new_from=516)
+    g = guard.with_space(guard.space)
+    cal = calibrate(g, sample, train, seeds=range(500, 516))
+    # every probe copies; settings clear all probes, then copy every confirmation seed (516..531)
+    assert cal.unguarded_rate == 1.0 and cal.confirm_seeds == list(range(516, 532))
+    failed = [r for r in cal.rows if r["outcome"].startswith("failed confirmation")]
+    assert failed and all(r["copies"] <= cal.allowed for r in failed), cal.report()
+    assert not cal.reached and "MISSES" in cal.report() and cal.confirm_copies is None
+    # a stronger scale was tried once the default one had nothing left
+    assert any(r["settings"]["scale"] > 1000 for r in cal.rows if r["settings"]), cal.report()
+    assert "failed confirmation" in cal.report()
+    # the same model, its later seeds included among the probes' range, passes when nothing is confirmed
+    g2 = guard.with_space(guard.space)
+    quick = calibrate(g2, sample, train, seeds=range(500, 516), confirm_seeds=[])
+    assert quick.reached and quick.confirm_seeds == [] and quick.calibrated_rate == 0.0
+    assert quick.model_calls < cal.model_calls
+    stored = g.info["calibration"]
+    assert stored["confirm_seeds"] == 16 and stored["confirm_copies"] is None
+
+
+def test_confirmation_of_a_good_setting(copying):
+    guard, train, sample, cal, _ = copying
+    # the mixture's chosen setting passed on probes and on the 32 seeds after them, pooled
+    assert cal.confirm_seeds == list(range(532, 564)) and cal.confirm_copies is not None
+    assert cal.calibrated_copied.sum() + cal.confirm_copies <= cal.confirm_allowed
+    chosen = next(r for r in cal.rows if r["outcome"] == "chosen")
+    assert chosen["confirm"] == f"{cal.confirm_copies}/32"
+    assert guard.info["calibration"]["confirm_copies"] == cal.confirm_copies
+
+
+def test_confirm_seeds_errors(small_guard):
+    guard, train = small_guard
+    g = guard.with_space(guard.space)
+    sample = _probe_only_model(train, new_from=10**9)
+    with pytest.raises(ValueError, match=r"confirm_seeds must be new seeds, not probes; shared: \[3\]"):
+        calibrate(g, sample, train, seeds=range(8), confirm_seeds=[3, 100])
+    with pytest.raises(ValueError, match="confirm_seeds must be distinct"):
+        calibrate(g, sample, train, seeds=range(8), confirm_seeds=[100, 100])
+    with pytest.raises(ValueError, match="confirm_seeds must be integers"):
+        calibrate(g, sample, train, seeds=range(8), confirm_seeds=["a"])

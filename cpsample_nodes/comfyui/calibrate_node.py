@@ -119,8 +119,9 @@ class CalibrateGuard(io.ComfyNode):
             display_name="CPSample Calibrate Guard",
             category=CATEGORY,
             description=("Measures how often your fine-tuned model copies its training images with your prompt and "
-                         "sampler, then finds the guard setting (gate α, σ window) that cuts the copies to a "
-                         "tenth and spoils the fewest samples. Outputs the guard with that calibration (Protect "
+                         "sampler, then finds the guard setting (gate α, σ window, and a stronger scale where "
+                         "needed) that cuts the copies to a tenth and spoils the fewest samples, and checks it "
+                         "again on as many new seeds. Outputs the guard with that calibration (Protect "
                          "Model applies it), a report and a picture: copy rate per setting, and unguarded | "
                          "calibrated for the seeds that copied."),
             inputs=[
@@ -137,8 +138,9 @@ class CalibrateGuard(io.ComfyNode):
                                tooltip="The training images: the sub-folder of the input directory that Train "
                                        "Guard used (loaded at the guard's size and resolution policy)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="First probe seed; the probes are seed, seed+1, … Probe seed s is the image "
-                                     "KSampler makes with seed s and batch size 1."),
+                             tooltip="First probe seed; the probes are seed, seed+1, … and the chosen setting is "
+                                     "confirmed on the same number of seeds after them. Probe seed s is the "
+                                     "image KSampler makes with seed s and batch size 1."),
                 io.Int.Input("probes", default=32, min=MIN_PROBES, max=4096,
                              tooltip=f"Probe images per setting (at least {MIN_PROBES}). More probes measure "
                                      "smaller copy rates; each setting stops early once it cannot reach the target."),

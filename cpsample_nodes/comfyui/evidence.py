@@ -23,12 +23,46 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-SERIES = [(120, 170, 230), (200, 130, 230), (230, 200, 90), (100, 210, 210), (230, 130, 150)]
+SERIES = [(120, 170, 230), (200, 130, 230), (230, 200, 90), (100, 210, 210), (230, 130, 150),
+          (160, 220, 120), (240, 240, 240), (170, 140, 110)]
 UNGUARDED, TARGET, CHOSEN, SPOILS = (220, 90, 80), (90, 200, 110), (90, 200, 110), (230, 160, 60)
 
 
-def _window_name(sigma_max) -> str:
-    return "all steps" if sigma_max is None else f"sigma <= {sigma_max:.3g}"
+DEFAULT_SCALE = 1000.0  # Guard.guide's default: a series at another scale says so in its name
+
+
+def _series(settings: dict) -> tuple:
+    """A chart line: one σ window at one scale."""
+    return settings.get("sigma_max"), float(settings.get("scale", DEFAULT_SCALE))
+
+
+def _series_name(series: tuple) -> str:
+    sigma_max, scale = series
+    name = "all steps" if sigma_max is None else f"sigma <= {sigma_max:.3g}"
+    return name if scale == DEFAULT_SCALE else f"{name}, scale {scale:g}"
+
+
+def _failed(row: dict) -> bool:
+    """Passed on the probes but not again on the confirmation seeds."""
+    return str(row.get("outcome", "")).startswith("failed confirmation")
+
+
+def _legend(names: list[str], extra: str | None, width: int, left: int, font) -> list[list[tuple[int, int, str]]]:
+    """Legend entries laid out in lines that fit the width: [(x, index, name)] per line; ``extra``
+    (a note without a swatch) is returned as an entry with index −1."""
+    from PIL import Image, ImageDraw
+
+    d = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[list[tuple[int, int, str]]] = [[]]
+    x = left
+    for i, name in [(i, n) for i, n in enumerate(names)] + ([(-1, extra)] if extra else []):
+        w = (0 if i < 0 else 14) + int(d.textlength(name, font=font)) + 10
+        if lines[-1] and x + w > width - 8:
+            lines.append([])
+            x = left
+        lines[-1].append((x, i, name))
+        x += w
+    return lines
 
 
 def _dashed(d, y: float, x0: float, x1: float, colour) -> None:
@@ -37,7 +71,7 @@ def _dashed(d, y: float, x0: float, x1: float, colour) -> None:
 
 
 def chart(rows: list[dict], target_rate: float | None, title: str, width: int = WIDTH):
-    """PIL image: copy rate against α, one line per σ window, the unguarded rate and the target."""
+    """PIL image: copy rate against α, one line per σ window (and scale), the unguarded rate and the target."""
     from PIL import Image, ImageDraw
 
     base = next((r for r in rows if not r.get("settings")), None)
@@ -45,17 +79,22 @@ def chart(rows: list[dict], target_rate: float | None, title: str, width: int = 
     alphas = sorted({float(r["settings"].get("alpha", 0.0)) for r in tried}) or [0.0]
     windows: list = []
     for r in tried:
-        if r["settings"].get("sigma_max") not in windows:
-            windows.append(r["settings"].get("sigma_max"))
-    windows.sort(key=lambda w: math.inf if w is None else float(w))
+        if _series(r["settings"]) not in windows:
+            windows.append(_series(r["settings"]))
+    windows.sort(key=lambda w: (w[1], math.inf if w[0] is None else float(w[0])))
     rates = [float(r.get("copy_rate") or 0.0) for r in rows] + [target_rate or 0.0]
     top_rate = next((t for t in (0.05, 0.1, 0.2, 0.4, 0.6, 0.8) if max(rates) * 1.1 <= t), 1.0)
-    h, left, top, bottom, right = 300, 48, 50, 60, 110
+    left, top, right = 48, 50, 110
+    f, small = _font(14), _font(11)
+    names = [_series_name(w) for w in windows]
+    legend = _legend(names, "x: failed on new seeds" if any(_failed(r) for r in tried) else None,
+                     width, left, small)
+    bottom = 46 + 14 * len(legend)
+    h = 240 + bottom
     img = Image.new("RGB", (width, h), BG)
     d = ImageDraw.Draw(img)
-    f, small = _font(14), _font(11)
     d.text((8, 6), title, fill=FG, font=f)
-    d.text((8, 26), "copies among the probes against the gate alpha, one line per sigma window; "
+    d.text((8, 26), "copies among the probes against the gate alpha, one line per sigma window and scale; "
                     "hollow: abandoned early", fill=DIM, font=small)
     pw, ph = width - left - right, h - top - bottom
     y0 = top + ph
@@ -83,12 +122,12 @@ def chart(rows: list[dict], target_rate: float | None, title: str, width: int = 
     for w_i, w in enumerate(windows):
         col = SERIES[w_i % len(SERIES)]
         pts = sorted(((xpos(float(r["settings"].get("alpha", 0.0))), ypos(float(r.get("copy_rate") or 0.0)), r)
-                      for r in tried if r["settings"].get("sigma_max") == w), key=lambda p: p[0])
+                      for r in tried if _series(r["settings"]) == w), key=lambda p: p[0])
         if len(pts) > 1:
             d.line([(x, y) for x, y, _ in pts], fill=col, width=2)
         for x, y, r in pts:
             outcome = str(r.get("outcome", ""))
-            if outcome.startswith("rejected"):
+            if _failed(r):
                 d.line([(x - 5, y - 5), (x + 5, y + 5)], fill=SPOILS, width=2)
                 d.line([(x - 5, y + 5), (x + 5, y - 5)], fill=SPOILS, width=2)
             elif r.get("complete", True):
@@ -98,14 +137,14 @@ def chart(rows: list[dict], target_rate: float | None, title: str, width: int = 
             if outcome == "chosen":
                 d.ellipse([x - 9, y - 9, x + 9, y + 9], outline=CHOSEN, width=2)
                 d.text((x - 20, y - 26), "chosen", fill=CHOSEN, font=small)
-    x = left
-    for w_i, w in enumerate(windows):
-        name = _window_name(w)
-        d.rectangle([x, h - 16, x + 10, h - 6], fill=SERIES[w_i % len(SERIES)])
-        d.text((x + 14, h - 18), name, fill=DIM, font=small)
-        x += 24 + int(d.textlength(name, font=small))
-    if any(str(r.get("outcome", "")).startswith("rejected") for r in tried):
-        d.text((x, h - 18), "x: spoils samples", fill=SPOILS, font=small)
+    for line_i, line in enumerate(legend):
+        y = y0 + 40 + 14 * line_i
+        for x, i, name in line:
+            if i < 0:
+                d.text((x, y - 2), name, fill=SPOILS, font=small)
+                continue
+            d.rectangle([x, y, x + 10, y + 10], fill=SERIES[i % len(SERIES)])
+            d.text((x + 14, y - 2), name, fill=DIM, font=small)
     return img
 
 

@@ -1,12 +1,15 @@
 """Calibration: find the gentlest guard settings that stop the user's own model from copying.
 
-The right gate (α) and σ window differ from model to model (docs/protection.md), so the guard
-measures them on the caller's sampler: it samples probe seeds without the guard, counts copies the
-way Replication Check does (calibrated ℓ2 ratio against the training latents, and on decoded pixels
-when a decoder is given), then tries σ windows from narrow to every step, and every gate α in a
-window: of the settings that cut the copies to the target (with a margin for the probes' sampling
+The right gate (α), σ window and strength differ from model to model (docs/protection.md), so the
+guard measures them on the caller's sampler: it samples probe seeds without the guard, counts copies
+the way Replication Check does (calibrated ℓ2 ratio against the training latents, and on decoded
+pixels when a decoder is given), then tries σ windows from narrow to every step, and every gate α in
+a window: of the settings that cut the copies to the target (with a margin for the probes' sampling
 error), the one that spoils the fewest probes wins, the gentlest on a tie; a wider window is tried
-only while the best so far spoils more than a tenth of the probes.
+only while the best so far spoils more than a tenth of the probes. Where nothing passes at the
+default scale, the same ladder is tried at stronger scales. A setting becomes the choice only after
+it passes again on as many confirmation seeds: the best of many settings measured on the same probes
+looks better on them than it is.
 """
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ L2_K = 5                # calibrated ℓ2: nearest vs mean of the next 5 (clippe
 # steps: a narrow window only touches the late steps, where each push is at most max_step·σ.
 WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
 ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+# Strengths, tried in turn only while no setting of the gentler one passes: some guards' gradients are
+# too small at a copy for the step cap to bind (docs/protection.md, "Calibration").
+SCALES: tuple[float, ...] = (DEFAULT_SCALE, 3 * DEFAULT_SCALE, 10 * DEFAULT_SCALE, 30 * DEFAULT_SCALE,
+                             100 * DEFAULT_SCALE)
 MAX_STEP = 1.0
 # Once the best passing setting spoils at most this share of the probes (at least one), no wider
 # σ window is tried (see _Reference for "spoiled").
@@ -55,15 +62,17 @@ def window_sigma(guard: Guard, ratio: float | None) -> float | None:
     return float(ratio) if guard.space.kind == "vp" else float(ratio / (1.0 + ratio))
 
 
-def ladder(guard: Guard) -> list[list[dict[str, Any]]]:
-    """Candidate settings, one list per σ window (narrow first), α ascending within a window."""
-    return [[{"scale": DEFAULT_SCALE, "alpha": a, "max_step": MAX_STEP, "sigma_max": window_sigma(guard, w)}
+def ladder(guard: Guard, scale: float = DEFAULT_SCALE) -> list[list[dict[str, Any]]]:
+    """Candidate settings at one scale, one list per σ window (narrow first), α ascending within a window."""
+    return [[{"scale": float(scale), "alpha": a, "max_step": MAX_STEP, "sigma_max": window_sigma(guard, w)}
              for a in ALPHAS] for w in WINDOWS]
 
 
 def describe(settings: dict[str, Any]) -> str:
     window = "all steps" if settings.get("sigma_max") is None else f"σ ≤ {settings['sigma_max']:.3g}"
-    return f"α {settings['alpha']:g}, {window}"
+    scale = settings.get("scale", DEFAULT_SCALE)
+    strength = "" if scale == DEFAULT_SCALE else f", scale {scale:g}"
+    return f"α {settings['alpha']:g}, {window}{strength}"
 
 
 @dataclass
@@ -112,6 +121,8 @@ class _Row:
     model_calls: int = 0
     seconds: float = 0.0
     abandoned: str = ""  # why it stopped early ("" = measured on every probe it was given)
+    confirm_copies: dict[int, bool] = field(default_factory=dict)  # on the confirmation seeds
+    confirmed: bool | None = None  # None: never put to the confirmation seeds
 
     def n_copies(self) -> int:
         return sum(self.copies.values())
@@ -144,6 +155,9 @@ class Calibration:
     calibrated: Tensor | None = None
     calibrated_copied: Tensor | None = None
     spoiled_rate: float = 0.0  # share of probes the chosen settings spoil (see _Reference)
+    confirm_seeds: list[int] = field(default_factory=list)
+    confirm_copies: int | None = None  # the chosen setting's copies on confirm_seeds (None: not confirmed)
+    confirm_allowed: int = 0           # copies allowed over probes and confirmation seeds together
 
     @property
     def probes(self) -> int:
@@ -163,11 +177,14 @@ class Calibration:
             "target": self.target,
             "allowed_copies": self.allowed,
             "confidence": CONFIDENCE,
+            "confirm_seeds": len(self.confirm_seeds),
+            "confirm_copies": self.confirm_copies,
             "sampler": self.sampler,
             "model_calls": self.model_calls,
             "seconds": round(self.seconds, 2),
             "tried": [{"settings": r["settings"], "copies": r["copies"], "evaluated": r["evaluated"],
-                       "spoiled": r["spoiled"], "outcome": r["outcome"]} for r in self.rows],
+                       "spoiled": r["spoiled"], "confirm": r.get("confirm"), "outcome": r["outcome"]}
+                      for r in self.rows],
         }
 
     def report(self) -> str:
@@ -185,14 +202,22 @@ class Calibration:
                          f"({self.target * self.unguarded_rate:.1%})" + (
                              "" if allowed_copies(u, n, self.target) >= 0 else
                              f"; {n} probes cannot show that for {u} copies, so none is allowed"))
-            head = f"{'setting':<24}{'copies':>14}{'spoiled':>9}{'change':>8}{'calls':>8}  outcome"
+            if self.confirm_seeds:
+                lines.append(f"a setting that passes must pass again on {len(self.confirm_seeds)} confirmation "
+                             f"seeds: at most {self.confirm_allowed} copies over all "
+                             f"{n + len(self.confirm_seeds)} seeds")
+            head = (f"{'setting':<34}{'copies':>8}{'confirm':>9}{'spoiled':>9}{'change':>8}{'calls':>8}"
+                    f"  outcome")
             lines += [head, "-" * len(head)]
             for r in self.rows:
                 ch = "" if r["change_noncopy"] is None else f"{r['change_noncopy']:.3f}"
                 copies = f"{r['copies']}/{r['evaluated']}"
-                lines.append(f"{r['label']:<24}{copies:>14}{r['spoiled']:>9}{ch:>8}{r['model_calls']:>8}"
+                conf = r.get("confirm") or ""
+                lines.append(f"{r['label']:<34}{copies:>8}{conf:>9}{r['spoiled']:>9}{ch:>8}{r['model_calls']:>8}"
                              f"  {r['outcome']}")
             verdict = "reaches the target" if self.reached else "MISSES the target (best found)"
+            if self.confirm_copies is not None:
+                lines.append(f"confirmed: {self.confirm_copies} copies on {len(self.confirm_seeds)} further seeds")
             lines.append(f"chosen: {describe(self.settings)}: {self.calibrated_rate:.1%} copies "
                          f"(unguarded {self.unguarded_rate:.1%}), {verdict}; spoils {self.spoiled_rate:.1%} "
                          f"of the probes (near copies, or std, mean, max |x| or high-frequency share outside the natural range)")
@@ -220,7 +245,11 @@ def upper_rate(copies: int, n: int, confidence: float = CONFIDENCE) -> float:
 def allowed_copies(unguarded_copies: int, n: int, target: float) -> int:
     """The most copies among ``n`` probes that still show, with ``CONFIDENCE``, a copy rate of at
     most ``target`` × the unguarded one; −1 when not even zero copies would show it."""
-    goal = target * unguarded_copies / n
+    return _allowed_at(target * unguarded_copies / n, n)
+
+
+def _allowed_at(goal: float, n: int) -> int:
+    """The most copies among ``n`` seeds that still show a copy rate of at most ``goal``; −1 for none."""
     k = -1
     while k + 1 <= n and upper_rate(k + 1, n) <= goal + 1e-12:
         k += 1
@@ -231,25 +260,29 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               decode: DecodeFn | None = None, target_ratio: float = 0.1,
               progress: Callable[[int, int, dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
-              sampler_description: str | None = None) -> Calibration:
+              sampler_description: str | None = None,
+              confirm_seeds: Iterable[int] | None = None) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
     seed; ``guide`` is None or ``guide(denoised, x, sigma) -> denoised`` applied after every model
     call. ``latents``: the training latents [N, C, H, W] the guard was trained on. ``decode``
     (optional) maps latents to images, so copies are counted on pixels as well. The target: at most
-    ``target_ratio`` × the unguarded copies. ``progress(done, total, stats)`` counts sampled images;
-    ``should_stop()`` returning True raises ``CalibrationStopped``.
+    ``target_ratio`` × the unguarded copies. ``confirm_seeds``: the seeds a passing setting must pass
+    on again, over probes and these together, before it is chosen (None: as many as the probes,
+    following the largest probe seed; empty: no confirmation). ``progress(done, total, stats)``
+    counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
     started = time.monotonic()
     seeds = _check_args(guard, latents, seeds, target_ratio)
+    confirm = _confirmation_seeds(seeds, confirm_seeds)
     train = latents.detach().float().cpu()
     train_px = _decoded(decode, train) if decode is not None else None
     k = max(1, min(L2_K, train.shape[0] - 1))
     calls = [0]
-    n = len(seeds)
-    windows = ladder(guard)
-    total = n * (1 + sum(len(w) for w in windows))
+    n, m = len(seeds), len(confirm)
+    per_scale = n * sum(len(w) for w in ladder(guard))
+    total = [n + per_scale + m]  # grows when a stronger scale or another confirmation is needed
     done = [0]
 
     def counting(fn: GuideFn | None) -> GuideFn:
@@ -267,7 +300,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         out = _check_samples(out, chunk, train)
         done[0] += len(chunk)
         if progress is not None:
-            progress(min(done[0], total), total, {"setting": what, "model_calls": calls[0]})
+            progress(min(done[0], total[0]), total[0], {"setting": what, "model_calls": calls[0]})
         return out
 
     def ratios_of(x: Tensor) -> Tensor:
@@ -283,22 +316,33 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     copied = base_ratio < REPLICA_L2_RATIO
     u = int(copied.sum())
     unguarded_calls = calls[0]
-    gentlest = windows[0][0]
+    gentlest = ladder(guard)[0][0]
     if u == 0:
         cal = Calibration(dict(gentlest), [], list(seeds), 0.0, 0.0, True, True, target_ratio, calls[0],
                           time.monotonic() - started, sampler_description, base, copied, 0)
         _store(guard, cal)
         if progress is not None:
-            progress(total, total, {"setting": "done", "model_calls": calls[0]})
+            progress(total[0], total[0], {"setting": "done", "model_calls": calls[0]})
         return cal
 
     allowed = max(0, allowed_copies(u, n, target_ratio))
+    # over probes and confirmation seeds together: the same goal, with the margin of n + m seeds
+    pooled = max(allowed, _allowed_at(target_ratio * u / n, n + m)) if m else allowed
     reference = _Reference.of(torch.cat([train, base]), base_ratio[~copied])
     # Copy seeds first: a setting that cannot remove them is abandoned after a chunk or two.
     order = [i for i in range(n) if copied[i]] + [i for i in range(n) if not copied[i]]
     tolerance = max(1, int(math.floor(SPOIL_SHARE * n)))
     rows: list[_Row] = []
-    best: list[_Row] = []  # the passing setting that spoils fewest probes so far
+    best: list[_Row] = []  # the passing, confirmed setting that spoils fewest probes so far
+    confirmations = [0]
+
+    def measure(row: _Row, chunk: list[int], what: str) -> tuple[Tensor, Tensor]:
+        t0, c0 = time.monotonic(), calls[0]
+        x = run(_guide_fn(guard, row.settings), chunk, what)
+        row.model_calls += calls[0] - c0
+        row.seconds += time.monotonic() - t0
+        ratio = ratios_of(x)
+        return x, ratio
 
     def evaluate(row: _Row, full: bool = False) -> bool:
         """Sample the seeds this row still lacks; stop once it can no longer reach the copy target
@@ -312,46 +356,65 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 row.abandoned = f"spoils more than {describe(best[0].settings)}"
                 return False
             idx = todo[j:j + CHUNK]
-            t0, c0 = time.monotonic(), calls[0]
-            fn = _guide_fn(guard, row.settings)
-            x = run(fn, [seeds[i] for i in idx], describe(row.settings))
-            row.model_calls += calls[0] - c0
-            row.seconds += time.monotonic() - t0
-            ratio = ratios_of(x)
+            x, ratio = measure(row, [seeds[i] for i in idx], describe(row.settings))
             flags, bad = ratio < REPLICA_L2_RATIO, reference.spoiled(x, ratio)
-            for m, i in enumerate(idx):
-                row.copies[i], row.spoiled[i] = bool(flags[m]), bool(bad[m])
-                row.samples[i] = x[m]
+            for q, i in enumerate(idx):
+                row.copies[i], row.spoiled[i] = bool(flags[q]), bool(bad[q])
+                row.samples[i] = x[q]
                 if not copied[i]:
-                    row.change[i] = float((x[m] - base[i]).norm() / base[i].norm().clamp_min(1e-12))
+                    row.change[i] = float((x[q] - base[i]).norm() / base[i].norm().clamp_min(1e-12))
         row.abandoned = ""
         return True
 
+    def confirmed(row: _Row) -> bool:
+        """Does the row pass again with the confirmation seeds added? Stops once it cannot."""
+        if m == 0:
+            return True
+        if row.confirmed is None:
+            confirmations[0] += 1
+            if confirmations[0] > 1:
+                total[0] += m
+            row.confirmed = True
+            for j in range(0, m, CHUNK):
+                chunk = confirm[j:j + CHUNK]
+                _, ratio = measure(row, chunk, "confirming " + describe(row.settings))
+                for seed, flag in zip(chunk, (ratio < REPLICA_L2_RATIO).tolist()):
+                    row.confirm_copies[seed] = bool(flag)
+                if row.n_copies() + sum(row.confirm_copies.values()) > pooled:
+                    row.confirmed = False
+                    break
+        return row.confirmed
+
     def consider(row: _Row) -> None:
-        """Keep row if it passes and spoils fewer probes than the best so far (ties: the earlier,
-        gentler one)."""
+        """Keep row if it passes, spoils fewer probes than the best so far (ties: the earlier,
+        gentler one) and passes again on the confirmation seeds."""
         if len(row.copies) == n and row.n_copies() <= allowed:
-            if not best or row.n_spoiled() < best[0].n_spoiled():
+            if (not best or row.n_spoiled() < best[0].n_spoiled()) and confirmed(row):
                 best[:] = [row]
 
-    for window in windows:
-        # Test the window with its strongest α first: if even that cannot reach the target, the
-        # gentler gates of the same window will not either, and the window is skipped.
-        strongest = _Row(window[-1])
-        rows.append(strongest)
-        evaluate(strongest)
-        if strongest.n_copies() > allowed:
-            continue
-        # Every gate of a window that can pass is measured: the gentlest passing gate may leave
-        # copies pushed just past the line (near copies) that a stronger one moves away.
-        for settings in window[:-1]:
-            row = _Row(settings)
-            rows.append(row)
-            evaluate(row)
-            consider(row)
-        consider(strongest)  # measured first, kept only if it spoils fewer than every gentler gate
-        # A wider window is tried only while the best setting still spoils too many probes.
-        if best and best[0].n_spoiled() <= tolerance:
+    for s_i, scale in enumerate(SCALES):
+        if s_i:
+            total[0] += per_scale  # nothing passed at the gentler scale
+        for window in ladder(guard, scale):
+            # Test the window with its strongest α first: if even that cannot reach the target, the
+            # gentler gates of the same window will not either, and the window is skipped.
+            strongest = _Row(window[-1])
+            rows.append(strongest)
+            evaluate(strongest)
+            if strongest.n_copies() > allowed:
+                continue
+            # Every gate of a window that can pass is measured: the gentlest passing gate may leave
+            # copies pushed just past the line (near copies) that a stronger one moves away.
+            for settings in window[:-1]:
+                row = _Row(settings)
+                rows.append(row)
+                evaluate(row)
+                consider(row)
+            consider(strongest)  # measured first, kept only if it spoils fewer than every gentler gate
+            # A wider window is tried only while the best setting still spoils too many probes.
+            if best and best[0].n_spoiled() <= tolerance:
+                break
+        if best:
             break
 
     chosen = best[0] if best else None
@@ -362,17 +425,39 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                                           r.n_spoiled() / max(1, len(r.copies))))
         evaluate(chosen, full=True)
     flags = torch.tensor([chosen.copies[i] for i in range(n)])
-    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n) for r in rows],
+    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n, m) for r in rows],
                       list(seeds), u / n, float(flags.double().mean()), reached, False, target_ratio,
                       calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
-                      torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n)
+                      torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n,
+                      list(confirm), sum(chosen.confirm_copies.values()) if chosen.confirmed else None, pooled)
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,
-                        "model_calls": unguarded_calls, "seconds": None, "outcome": "measured"})
+                        "confirm": None, "model_calls": unguarded_calls, "seconds": None, "outcome": "measured"})
     _store(guard, cal)
     if progress is not None:
-        progress(total, total, {"setting": "done", "model_calls": calls[0]})
+        progress(total[0], total[0], {"setting": "done", "model_calls": calls[0]})
     return cal
+
+
+def _seed_list(values: Iterable[int], name: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be integers, got {values!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{name} must be distinct (a repeated seed repeats its sample)")
+    return seeds
+
+
+def _confirmation_seeds(seeds: list[int], confirm_seeds: Iterable[int] | None) -> list[int]:
+    if confirm_seeds is None:
+        start = max(seeds) + 1
+        return list(range(start, start + len(seeds)))
+    confirm = _seed_list(confirm_seeds, "confirm_seeds")
+    overlap = sorted(set(confirm) & set(seeds))
+    if overlap:
+        raise ValueError(f"confirm_seeds must be new seeds, not probes; shared: {overlap[:5]}")
+    return confirm
 
 
 def _guide_fn(guard: Guard, settings: dict[str, Any]) -> GuideFn:
@@ -381,15 +466,18 @@ def _guide_fn(guard: Guard, settings: dict[str, Any]) -> GuideFn:
     return fn
 
 
-def _row_dict(row: _Row, chosen: bool, allowed: int, n: int) -> dict[str, Any]:
+def _row_dict(row: _Row, chosen: bool, allowed: int, n: int, m: int) -> dict[str, Any]:
     evaluated = len(row.copies)
     changes = list(row.change.values())
+    confirm_copies = sum(row.confirm_copies.values())
     if chosen:
         outcome = "chosen"
     elif row.abandoned:
         outcome = "abandoned: " + row.abandoned
     elif row.n_copies() > allowed:
         outcome = "too many copies"
+    elif row.confirmed is False:
+        outcome = f"failed confirmation ({confirm_copies} copies on {len(row.confirm_copies)} new seeds)"
     else:
         outcome = "passed" if evaluated == n else "not finished"
     return {
@@ -402,6 +490,8 @@ def _row_dict(row: _Row, chosen: bool, allowed: int, n: int) -> dict[str, Any]:
         "complete": evaluated == n,
         "spoiled": row.n_spoiled(),
         "change_noncopy": (sum(changes) / len(changes)) if changes else None,
+        # copies on the confirmation seeds measured ("" when the row was never confirmed)
+        "confirm": f"{confirm_copies}/{len(row.confirm_copies)}" if row.confirm_copies else None,
         "model_calls": row.model_calls,
         "seconds": round(row.seconds, 2),
         "outcome": outcome,
@@ -435,12 +525,7 @@ def _check_args(guard: Guard, latents: Tensor, seeds: Iterable[int], target_rati
         raise ValueError(f"need at least 2 training latents to tell a copy apart, got {latents.shape[0]}")
     if not torch.isfinite(latents).all():
         raise ValueError("the training latents contain NaN or infinite values")
-    try:
-        seeds = [int(s) for s in seeds]
-    except (TypeError, ValueError):
-        raise ValueError(f"seeds must be integers, got {seeds!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise ValueError("seeds must be distinct (a repeated seed repeats its sample)")
+    seeds = _seed_list(seeds, "seeds")
     if len(seeds) < MIN_PROBES:
         raise ValueError(f"calibration needs at least {MIN_PROBES} probe seeds to measure a copy rate, "
                          f"got {len(seeds)}")
