@@ -1,11 +1,13 @@
 """Calibrate Guard's picture: the copy rate of each setting tried (against the gate α, one line per
-σ window), then one row per probe seed that copied: unguarded | calibrated | nearest training image."""
+σ window and scale), then one row per probe seed that copied: unguarded | calibrated | nearest training image."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import torch
+
+from ..core.guard import DEFAULT_SCALE  # a series at another scale says so in its name
 
 WIDTH = 640
 CELL = 192          # side of each image cell
@@ -25,10 +27,7 @@ def _font(size: int):
 
 SERIES = [(120, 170, 230), (200, 130, 230), (230, 200, 90), (100, 210, 210), (230, 130, 150),
           (160, 220, 120), (240, 240, 240), (170, 140, 110)]
-UNGUARDED, TARGET, CHOSEN, SPOILS = (220, 90, 80), (90, 200, 110), (90, 200, 110), (230, 160, 60)
-
-
-DEFAULT_SCALE = 1000.0  # Guard.guide's default: a series at another scale says so in its name
+UNGUARDED, TARGET, CHOSEN, FAILED = (220, 90, 80), (90, 200, 110), (90, 200, 110), (230, 160, 60)
 
 
 def _series(settings: dict) -> tuple:
@@ -55,7 +54,7 @@ def _legend(names: list[str], extra: str | None, width: int, left: int, font) ->
     d = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines: list[list[tuple[int, int, str]]] = [[]]
     x = left
-    for i, name in [(i, n) for i, n in enumerate(names)] + ([(-1, extra)] if extra else []):
+    for i, name in list(enumerate(names)) + ([(-1, extra)] if extra else []):
         w = (0 if i < 0 else 14) + int(d.textlength(name, font=font)) + 10
         if lines[-1] and x + w > width - 8:
             lines.append([])
@@ -128,8 +127,8 @@ def chart(rows: list[dict], target_rate: float | None, title: str, width: int = 
         for x, y, r in pts:
             outcome = str(r.get("outcome", ""))
             if _failed(r):
-                d.line([(x - 5, y - 5), (x + 5, y + 5)], fill=SPOILS, width=2)
-                d.line([(x - 5, y + 5), (x + 5, y - 5)], fill=SPOILS, width=2)
+                d.line([(x - 5, y - 5), (x + 5, y + 5)], fill=FAILED, width=2)
+                d.line([(x - 5, y + 5), (x + 5, y - 5)], fill=FAILED, width=2)
             elif r.get("complete", True):
                 d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=col)
             else:
@@ -141,7 +140,7 @@ def chart(rows: list[dict], target_rate: float | None, title: str, width: int = 
         y = y0 + 40 + 14 * line_i
         for x, i, name in line:
             if i < 0:
-                d.text((x, y - 2), name, fill=SPOILS, font=small)
+                d.text((x, y - 2), name, fill=FAILED, font=small)
                 continue
             d.rectangle([x, y, x + 10, y + 10], fill=SERIES[i % len(SERIES)])
             d.text((x + 14, y - 2), name, fill=DIM, font=small)

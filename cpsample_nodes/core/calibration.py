@@ -334,7 +334,6 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     tolerance = max(1, int(math.floor(SPOIL_SHARE * n)))
     rows: list[_Row] = []
     best: list[_Row] = []  # the passing, confirmed setting that spoils fewest probes so far
-    confirmations = [0]
 
     def measure(row: _Row, chunk: list[int], what: str) -> tuple[Tensor, Tensor]:
         t0, c0 = time.monotonic(), calls[0]
@@ -371,9 +370,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         if m == 0:
             return True
         if row.confirmed is None:
-            confirmations[0] += 1
-            if confirmations[0] > 1:
-                total[0] += m
+            if any(r.confirmed is not None for r in rows):
+                total[0] += m  # the first confirmation was counted in total from the start
             row.confirmed = True
             for j in range(0, m, CHUNK):
                 chunk = confirm[j:j + CHUNK]
@@ -425,7 +423,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                                           r.n_spoiled() / max(1, len(r.copies))))
         evaluate(chosen, full=True)
     flags = torch.tensor([chosen.copies[i] for i in range(n)])
-    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n, m) for r in rows],
+    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n) for r in rows],
                       list(seeds), u / n, float(flags.double().mean()), reached, False, target_ratio,
                       calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n,
@@ -466,7 +464,7 @@ def _guide_fn(guard: Guard, settings: dict[str, Any]) -> GuideFn:
     return fn
 
 
-def _row_dict(row: _Row, chosen: bool, allowed: int, n: int, m: int) -> dict[str, Any]:
+def _row_dict(row: _Row, chosen: bool, allowed: int, n: int) -> dict[str, Any]:
     evaluated = len(row.copies)
     changes = list(row.change.values())
     confirm_copies = sum(row.confirm_copies.values())
@@ -490,7 +488,7 @@ def _row_dict(row: _Row, chosen: bool, allowed: int, n: int, m: int) -> dict[str
         "complete": evaluated == n,
         "spoiled": row.n_spoiled(),
         "change_noncopy": (sum(changes) / len(changes)) if changes else None,
-        # copies on the confirmation seeds measured ("" when the row was never confirmed)
+        # copies on the confirmation seeds measured (None when the row was never confirmed)
         "confirm": f"{confirm_copies}/{len(row.confirm_copies)}" if row.confirm_copies else None,
         "model_calls": row.model_calls,
         "seconds": round(row.seconds, 2),
