@@ -1,11 +1,13 @@
-"""The CPSample tab (train a guard on the current checkpoint; check generated images for copies of
-the training images) and the same operations as HTTP routes under /cpsample/."""
+"""The CPSample tab (train a guard on the current checkpoint; calibrate it on the model, prompt and sampler
+you generate with; check generated images for copies of the training images) and the same operations as
+HTTP routes under /cpsample/."""
 import sys
 from pathlib import Path
 
 import gradio as gr
 
 from modules import script_callbacks, shared
+from modules.ui_common import create_refresh_button
 
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
@@ -13,7 +15,9 @@ if _ROOT not in sys.path:
 
 from cpsample_nodes.core import images as imgs  # noqa: E402
 from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, REPLICA_SSIM  # noqa: E402
-from cpsample_nodes.webui import api, tasks  # noqa: E402
+from cpsample_nodes.core.calibration import MIN_PROBES  # noqa: E402
+from cpsample_nodes.webui import api, guards, host, tasks  # noqa: E402
+from cpsample_nodes.webui.calibrate import CalibrateRequest  # noqa: E402
 from cpsample_nodes.webui.train import DEFAULT_MAX_STEPS  # noqa: E402
 
 
@@ -29,6 +33,36 @@ def _train(folder, class_folder, name, seed, max_steps, batch_size, policy, reso
     if result["stopped"]:
         return result["report"]
     return f"{result['report']}\nSaved to {result['path']}. Pick it in the CPSample accordion (refresh the list)."
+
+
+def _calibrate(guard, folder, prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height,
+               seed, probes, save_as, progress=gr.Progress()):
+    values = {"guard": guard or "", "folder": folder, "prompt": prompt, "negative_prompt": negative_prompt,
+              "sampler_name": sampler_name, "scheduler": scheduler, "steps": int(steps), "cfg_scale": float(cfg_scale),
+              "width": int(width), "height": int(height), "seed": int(seed), "probes": int(probes),
+              "save_as": save_as}
+    try:
+        result = tasks.calibrate_guard(values, on_progress=lambda s, t, text: progress((s, t), desc=text))
+    except api.CLIENT_ERRORS as e:
+        return f"Error: {e}", None
+    return result["report"], result.get("picture")
+
+
+def _guard_choices() -> list[str]:
+    return guards.list_guards(host.guards_dir())
+
+
+def _sampler_choices() -> tuple[list[str], list[str]]:
+    from modules import sd_samplers
+
+    samplers = [s.name for s in sd_samplers.visible_samplers()] if hasattr(sd_samplers, "visible_samplers") \
+        else [s.name for s in sd_samplers.all_samplers]
+    try:
+        from modules import sd_schedulers
+        schedulers = [s.label for s in sd_schedulers.schedulers]
+    except ImportError:
+        schedulers = ["Automatic"]
+    return samplers, schedulers
 
 
 def _open(files) -> list:
@@ -97,6 +131,63 @@ def on_ui_tabs():
                 pairs = gr.Image(label="Generated | nearest training image", type="pil", interactive=False,
                                  elem_id="cpsample_check_pairs")
 
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### Calibrate a guard\nOn the checkpoint loaded now (LoRA in the prompt), with the prompt "
+                            "and sampler you generate with: measures how often the model copies its training "
+                            "images, then finds the gentlest guard setting that cuts the copies to a tenth and "
+                            "checks it again on as many new seeds. The calibration is saved in the guard file; "
+                            "the CPSample accordion uses it (\"Use the guard's calibration\").")
+                defaults = CalibrateRequest(guard="", folder="")
+                samplers, schedulers = _sampler_choices()
+                with gr.Row():
+                    cal_guard = gr.Dropdown(label="Guard", choices=_guard_choices(), allow_custom_value=True,
+                                            elem_id="cpsample_calibrate_guard")
+                    create_refresh_button(cal_guard, lambda: None, lambda: {"choices": _guard_choices()},
+                                          "cpsample_calibrate_guard_refresh")
+                cal_folder = gr.Textbox(label="Training images folder (the one the guard was trained on)",
+                                        elem_id="cpsample_calibrate_folder")
+                cal_prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a prompt you generate with",
+                                        elem_id="cpsample_calibrate_prompt")
+                cal_negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="cpsample_calibrate_negative")
+                with gr.Row():
+                    cal_sampler = gr.Dropdown(label="Sampler", choices=samplers,
+                                              value=defaults.sampler_name if defaults.sampler_name in samplers
+                                              else (samplers[0] if samplers else None),
+                                              elem_id="cpsample_calibrate_sampler")
+                    cal_scheduler = gr.Dropdown(label="Schedule type", choices=schedulers,
+                                                value=defaults.scheduler if defaults.scheduler in schedulers
+                                                else (schedulers[0] if schedulers else None),
+                                                elem_id="cpsample_calibrate_scheduler")
+                with gr.Row():
+                    cal_steps = gr.Number(label="Steps", value=defaults.steps, precision=0,
+                                          elem_id="cpsample_calibrate_steps")
+                    cal_cfg = gr.Number(label="CFG scale", value=defaults.cfg_scale, elem_id="cpsample_calibrate_cfg")
+                with gr.Row():
+                    cal_width = gr.Number(label="Width (0: training size)", value=0, precision=0,
+                                          elem_id="cpsample_calibrate_width")
+                    cal_height = gr.Number(label="Height (0: training size)", value=0, precision=0,
+                                           elem_id="cpsample_calibrate_height")
+                with gr.Row():
+                    cal_seed = gr.Number(label="First probe seed", value=defaults.seed, precision=0,
+                                         elem_id="cpsample_calibrate_seed")
+                    cal_probes = gr.Number(label=f"Probes (at least {MIN_PROBES})", value=defaults.probes, precision=0,
+                                           elem_id="cpsample_calibrate_probes")
+                    cal_save_as = gr.Textbox(label="Save as (empty: the guard's file)",
+                                             elem_id="cpsample_calibrate_save_as")
+                with gr.Row():
+                    calibrate = gr.Button("Calibrate guard", variant="primary", elem_id="cpsample_calibrate_button")
+                    cal_stop = gr.Button("Interrupt", elem_id="cpsample_calibrate_interrupt")
+            with gr.Column():
+                cal_report = gr.Textbox(label="Calibration report", lines=14, interactive=False,
+                                        elem_id="cpsample_calibrate_report")
+                cal_picture = gr.Image(label="Copy rate per setting; unguarded | calibrated | nearest training image",
+                                       type="pil", interactive=False, elem_id="cpsample_calibrate_picture")
+
+        calibrate.click(_calibrate, inputs=[cal_guard, cal_folder, cal_prompt, cal_negative, cal_sampler, cal_scheduler,
+                                            cal_steps, cal_cfg, cal_width, cal_height, cal_seed, cal_probes,
+                                            cal_save_as], outputs=[cal_report, cal_picture])
+        cal_stop.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
         train.click(_train, inputs=[folder, class_folder, name, seed, max_steps, batch_size, policy, resolution,
                                     overwrite], outputs=[report])
         stop.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])

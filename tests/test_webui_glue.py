@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cpsample_nodes.core import Guard, GuardNet, NoiseSpace, TrainingStopped, load_guard, save_guard
+from cpsample_nodes.core import Guard, GuardFileError, GuardNet, NoiseSpace, TrainingStopped, load_guard, save_guard
 from cpsample_nodes.core.network import GuardConfig
 from cpsample_nodes.webui import a1111, guards, protect
 from cpsample_nodes.webui.family import (FamilyMismatch, ModelFamily, check_guard, forge_family,
@@ -642,3 +642,125 @@ def test_api_credentials_as_the_webui_reads_them():
     assert api.parse_auth(None) == {} and api.parse_auth("") == {}
     with pytest.raises(ValueError, match="'alice' has no ':password'"):
         api.parse_auth("alice")
+
+
+# --- calibration -----------------------------------------------------------------------------------
+
+def _decode(latents: torch.Tensor) -> torch.Tensor:
+    """The stand-in VAE's way back: IMAGE [N, 8h, 8w, 3] in [0, 1]."""
+    x = torch.nn.functional.interpolate(latents[:, :3], scale_factor=8, mode="nearest")
+    return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+@pytest.fixture(scope="module")
+def calibration_setup(tmp_path_factory):
+    """A guard trained through the webui glue on 8 images, and a closed-form model that copies their latents
+    about half the time (the exact denoiser of a mixture: the training latents and a wide Gaussian)."""
+    from benchmarks.calibration_samplers import denoiser, schedule, seeded_sampler
+    from benchmarks.mixture import Mixture
+
+    root = tmp_path_factory.mktemp("calibrate")
+    folder = _image_folder(root / "imgs", 8)
+    out = root / "models" / "cpsample"
+    req = TrainRequest.from_dict({"folder": str(folder), "name": "mine", "max_steps": 1500, "batch_size": 8,
+                                  "seed": 2})
+    train(req, encode=_encode, family=SD15, space=NoiseSpace.vp(), out_folder=out, host="test")
+    from cpsample_nodes.core import images as imgs
+    latents = _encode(imgs.load_image_folder(folder)[0])
+    space = NoiseSpace.vp()
+    den = denoiser(Mixture(latents.flatten(1), lam=0.5, tau=0.05), space)
+    sigmas = schedule(space, 20)
+    made = []
+
+    def make_sampler(width: int, height: int):
+        made.append((width, height))
+        sample = seeded_sampler(den, "vp", sigmas, tuple(latents.shape[1:]), "euler_a", sigmas[0])
+        sample.description = "euler_a 20 steps (closed form)"
+        return sample
+
+    return folder, out, make_sampler, made
+
+
+def _calibrate_kw(out, make_sampler, **kw):
+    from cpsample_nodes.webui.calibrate import calibrate_guard
+
+    return calibrate_guard, dict(guards_dir=out, make_sampler=make_sampler, encode=lambda im, seed: _encode(im),
+                                 decode=_decode, family=SD15, space=NoiseSpace.vp(), **kw)
+
+
+def test_calibrate_request_names_bad_fields():
+    from cpsample_nodes.webui.calibrate import CalibrateRequest
+
+    with pytest.raises(ValueError, match="no guard chosen"):
+        CalibrateRequest.from_dict({"guard": "", "folder": "x"})
+    with pytest.raises(ValueError, match="no training images"):
+        CalibrateRequest.from_dict({"guard": "g", "folder": " "})
+    with pytest.raises(ValueError, match="probes must be between 8 and 4096 .* got 4"):
+        CalibrateRequest.from_dict({"guard": "g", "folder": "x", "probes": 4})
+    with pytest.raises(ValueError, match="cfg_scale must be a number, got 'high'"):
+        CalibrateRequest.from_dict({"guard": "g", "folder": "x", "cfg_scale": "high"})
+    with pytest.raises(ValueError, match="unknown field 'sampler'"):
+        CalibrateRequest.from_dict({"guard": "g", "folder": "x", "sampler": "Euler"})
+    req = CalibrateRequest.from_dict({"guard": "g", "folder": "x", "cfg_scale": 5, "probes": 16.0})
+    assert req.cfg_scale == 5.0 and isinstance(req.cfg_scale, float) and req.probes == 16
+
+
+def test_calibrate_writes_the_calibration_into_the_guard_file(calibration_setup):
+    from cpsample_nodes.webui.calibrate import CalibrateRequest
+
+    folder, out, make_sampler, made = calibration_setup
+    fn, kw = _calibrate_kw(out, make_sampler)
+    weights = load_guard(out / "mine.safetensors").net.state_dict()
+    seen = []
+    result = fn(CalibrateRequest(guard="mine", folder=str(folder), seed=500, probes=32), **kw,
+                progress=lambda d, t, text: seen.append((d, t, text)))
+    assert made[-1] == (32, 32)  # the guard's training size (width, height 0)
+    report = result["report"]
+    assert "8 training images" in report and "note: these are not exactly" not in report, report
+    assert "reaches the target" in report and "probe seeds that copied" in report, report
+    g = load_guard(out / "mine.safetensors")  # written into the guard's own file, weights unchanged
+    assert result["name"] == "mine.safetensors" and g.info["calibration"] == result["calibration"]
+    assert g.calibrated_settings() == result["calibration"]["settings"]
+    assert g.info["calibration"]["sampler"] == "euler_a 20 steps (closed form)"
+    assert all(torch.equal(weights[k], v) for k, v in g.net.state_dict().items())
+    assert result["summary"].startswith("calibrated: ") and result["picture"].size[0] > 0
+    assert seen and seen[-1][0] == seen[-1][1] and "model calls" in seen[-1][2]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_calibrate_save_as_keeps_the_guard_and_a_stop_writes_nothing(calibration_setup):
+    from cpsample_nodes.core import CalibrationStopped
+    from cpsample_nodes.webui.calibrate import CalibrateRequest
+
+    folder, out, make_sampler, _ = calibration_setup
+    fn, kw = _calibrate_kw(out, make_sampler)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(CalibrationStopped):
+        fn(CalibrateRequest(guard="mine", folder=str(folder), seed=500, probes=8, save_as="copy"), **kw,
+           should_stop=lambda: True)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    result = fn(CalibrateRequest(guard="mine", folder=str(folder), seed=900, probes=8, save_as="copy"), **kw)
+    assert result["name"] == "copy.safetensors" and (out / "copy.safetensors").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "copy.safetensors"} == before
+
+
+def test_calibrate_refuses_bad_input_clearly(calibration_setup, tmp_path):
+    from cpsample_nodes.webui.calibrate import CalibrateRequest
+
+    folder, out, make_sampler, _ = calibration_setup
+    fn, kw = _calibrate_kw(out, make_sampler)
+    with pytest.raises(GuardFileError, match="guard 'nope' not found"):
+        fn(CalibrateRequest(guard="nope", folder=str(folder)), **kw)
+    with pytest.raises(FamilyMismatch):
+        fn(CalibrateRequest(guard="mine", folder=str(folder)),
+           **{**kw, "family": ModelFamily("SDXL", 4, "ModelSamplingDiscrete+EPS", "vp")})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"image folder {empty} is empty"):
+        fn(CalibrateRequest(guard="mine", folder=str(empty)), **kw)
+    with pytest.raises(ValueError, match="width 32 and height 0: set both"):
+        fn(CalibrateRequest(guard="mine", folder=str(folder), width=32), **kw)
+    with pytest.raises(ValueError, match="guard name '../x' is not allowed"):
+        fn(CalibrateRequest(guard="mine", folder=str(folder), save_as="../x"), **kw)
+    with pytest.raises(ValueError, match="the VAE makes 3-channel latents but the guard takes 4"):
+        fn(CalibrateRequest(guard="mine", folder=str(folder)), **{**kw, "encode": lambda im, s: _encode(im)[:, :3]})

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from . import evidence, host
+from . import host
 from .patch import MARKER
 
 Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -156,57 +156,3 @@ def vae_decoder(vae, latent_format) -> Callable[[torch.Tensor], torch.Tensor]:
         return vae.decode(raw)[..., :3].to("cpu", torch.float32).clamp(0, 1)
 
     return decode
-
-
-def copied_probes(cal, latents: torch.Tensor) -> list[tuple[int, int, int, str]]:
-    """Per probe that copied without the guard: (probe index, seed, nearest training image, and what
-    the chosen setting made of it: "no copy" / "still a copy" / "" when nothing was calibrated)."""
-    from ..core.metrics import nearest_neighbors
-
-    idx = cal.copied.nonzero().flatten()
-    if idx.numel() == 0:
-        return []
-    nearest = nearest_neighbors(cal.unguarded[idx], latents.float().cpu(), 1)[1][:, 0]
-    out = []
-    for k, i in enumerate(idx.tolist()):
-        after = "" if cal.calibrated_copied is None else (
-            "still a copy" if bool(cal.calibrated_copied[i]) else "no copy")
-        out.append((i, int(cal.seeds[i]), int(nearest[k]), after))
-    return out
-
-
-def copies_text(copies: list[tuple[int, int, int, str]], names: list[str]) -> str:
-    """One line per copying probe: KSampler with that seed and batch size 1 makes the same image."""
-    lines = ["probe seeds that copied (seed: nearest training image -> with the calibration):"]
-    lines += [f"  {seed}: {names[j]} -> {after or 'not calibrated'}" for _, seed, j, after in copies]
-    return "\n".join(lines)
-
-
-def evidence_picture(cal, copies: list[tuple[int, int, int, str]], decode, train_images: torch.Tensor,
-                     names: list[str], sampler: str) -> torch.Tensor:
-    """The node's IMAGE: the chart, then unguarded | calibrated | nearest training image per copying probe."""
-    n = cal.probes
-    title = f"CPSample calibration: {n} probes, {sampler}"
-    if not copies:
-        return evidence.picture(cal.rows, None, title, note=f"no copies among {n} probes: nothing to calibrate")
-    shown = copies[:evidence.MAX_ROWS]
-    idx = torch.tensor([i for i, _, _, _ in shown])
-    nearest = torch.tensor([j for _, _, j, _ in shown])
-    target = cal.allowed / n
-    calibrated = None if cal.calibrated is None else decode(cal.calibrated[idx])
-    captions = [f"seed {seed}: copies {names[j]} -> {after}" for _, seed, j, after in shown]
-    note = f"{len(shown)} of {len(copies)} probe seeds that copied shown" if len(copies) > len(shown) else None
-    return evidence.picture(cal.rows, target, title, decode(cal.unguarded[idx]), calibrated,
-                            train_images[nearest], captions, note=note)
-
-
-def calibration_summary(cal) -> str:
-    """One line for the node: what was chosen and what it did to the copies."""
-    from ..core.calibration import describe
-
-    n = cal.probes
-    if cal.no_copies:
-        return f"no copies among {n} probes: the gentlest setting is kept ({describe(cal.settings)})"
-    before, after = round(cal.unguarded_rate * n), round(cal.calibrated_rate * n)
-    missed = "" if cal.reached else " (target missed: the best setting found)"
-    return f"calibrated: {describe(cal.settings)}; copies {before}/{n} -> {after}/{n}{missed}"

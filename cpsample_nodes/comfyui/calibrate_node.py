@@ -6,46 +6,24 @@ carrying the calibration, a report and the evidence picture.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from comfy_api.latest import io, ui
 
 from ..core import CalibrationStopped, calibrate, dataset_digest
 from ..core import images as imgs
 from ..core.calibration import MIN_PROBES
+from ..core import evidence
 from . import host
-from .calibrate import (ProbeSampler, calibration_summary, check_unprotected, copied_probes, copies_text,
-                        evidence_picture, vae_decoder)
+from .calibrate import ProbeSampler, check_unprotected, vae_decoder
 from .nodes import (CATEGORY, NO_FOLDER, Guard, _downscale, _encode_cached, _folder_fingerprint, _folder_options,
                     _folder_path, _node_id, _send_text, log)
 
 
-def _image_size(guard) -> tuple[int, int] | None:
-    """(H, W) of the guard's training images as Train Guard recorded it ("WxH"), or None."""
-    m = re.fullmatch(r"(\d+)x(\d+)", str((guard.info or {}).get("image_size", "")))
-    return (int(m.group(2)), int(m.group(1))) if m else None
-
-
 def _calibration_images(guard, folder: str, vae, width: int, height: int) -> tuple[torch.Tensor, list[str], bool]:
-    """The training folder as Train Guard loaded it (the guard's resolution policy and size), or brought
-    to width x height when the probes are sampled at another size. → (IMAGE, names, at the guard's size)."""
+    """The training folder as Train Guard loaded it, or at width x height (see images.calibration_images)."""
     if not folder or folder == NO_FOLDER:
         raise ValueError("no training images: choose the folder the guard was trained on (Train Guard's folder)")
-    multiple = _downscale(vae)
-    if (width == 0) != (height == 0):
-        raise ValueError(f"width {width} and height {height}: set both, or both to 0 for the training images' size")
-    if width % multiple or height % multiple:
-        raise ValueError(f"width {width} and height {height} must be multiples of the VAE's {multiple} pixels")
-    trained = _image_size(guard)
-    want = (height, width) if width else trained
-    policy = str(guard.info.get("resolution_policy", "resize"))
-    if policy not in imgs.POLICIES or (trained is not None and want != trained):
-        policy = "resize"  # another size than the guard's: scale and centre-crop, as Replication Check does
-    batch, names, hw = imgs.load_image_folder(_folder_path(folder), policy=policy, multiple=multiple, hw=want)
-    if batch.shape[0] < 2:
-        raise ValueError(f"folder {folder!r} has {batch.shape[0]} image: a copy is measured against at least 2")
-    return batch, names, trained is not None and hw == trained
+    return imgs.calibration_images(guard.info, _folder_path(folder), _downscale(vae), width, height)
 
 
 def _calibrate(cls, model, guard, positive, negative, vae, folder, seed, probes, steps, cfg, sampler_name,
@@ -91,20 +69,14 @@ def _calibrate(cls, model, guard, positive, negative, vae, folder, seed, probes,
         raise
     out = g.with_space(guard.space)  # the input guard stays as it was (ComfyUI caches it)
 
-    lines = [f"CPSample Calibrate Guard: {batch.shape[0]} training images from {folder} at {w}x{h} px, latents "
-             f"{'from cache' if cached else 'encoded'}"]
-    if not same_set:
-        lines.append("note: these are not exactly the latents the guard was trained on (another folder content, "
-                     "size or VAE): copies are counted against this folder")
-    lines.append(cal.report())
-    copies = copied_probes(cal, latents)
-    if copies:
-        lines.append(copies_text(copies, names))
-    lines.append("Save this guard and use it in CPSample Protect Model (settings: calibration).")
-    report = "\n".join(lines)
+    report, copies = evidence.report(
+        cal, latents, names, same_set=same_set,
+        header=f"CPSample Calibrate Guard: {batch.shape[0]} training images from {folder} at {w}x{h} px, latents "
+               f"{'from cache' if cached else 'encoded'}",
+        footer="Save this guard and use it in CPSample Protect Model (settings: calibration).")
     log.info(report)
-    picture = evidence_picture(cal, copies, decode, batch, names, sampler.describe(w, h))
-    _send_text(node_id, calibration_summary(cal))  # one line on the node; the report goes to its output
+    picture = evidence.evidence_picture(cal, copies, decode, batch, names, sampler.describe(w, h))
+    _send_text(node_id, evidence.calibration_summary(cal))  # one line on the node; the report goes to its output
     return io.NodeOutput(out, report, picture,
                          ui={"text": (report,), **ui.PreviewImage(picture, cls=cls).as_dict()})
 

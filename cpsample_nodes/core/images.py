@@ -16,6 +16,7 @@ Errors are ``ImageFolderError`` (a ValueError) and name the folder or file.
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -213,3 +214,29 @@ def refuse_training_images_as_class(batch: torch.Tensor, names: list[str], class
         if k in train:
             raise ValueError(f"class image #{j} is the training image {names[train[k]]}: class images must be other "
                              f"pictures of the same kind, not the ones the guard protects")
+
+
+def trained_size(info: dict | None) -> tuple[int, int] | None:
+    """(H, W) of a guard's training images as Train Guard recorded it ("WxH"), or None."""
+    m = re.fullmatch(r"(\d+)x(\d+)", str((info or {}).get("image_size", "")))
+    return (int(m.group(2)), int(m.group(1))) if m else None
+
+
+def calibration_images(info: dict | None, folder: str | os.PathLike, multiple: int, width: int = 0,
+                       height: int = 0) -> tuple[torch.Tensor, list[str], bool]:
+    """A guard's training folder as Train Guard loaded it (the guard's resolution policy and size), or
+    brought to width x height when the probes are sampled at another size (scaled and centre-cropped, as
+    Replication Check does). → (IMAGE, names, loaded at the guard's own size)."""
+    if (width == 0) != (height == 0):
+        raise ValueError(f"width {width} and height {height}: set both, or both to 0 for the training images' size")
+    if width % multiple or height % multiple:
+        raise ValueError(f"width {width} and height {height} must be multiples of the VAE's {multiple} pixels")
+    trained = trained_size(info)
+    want = (height, width) if width else trained
+    policy = str((info or {}).get("resolution_policy", "resize"))
+    if policy not in POLICIES or (trained is not None and want != trained):
+        policy = "resize"
+    batch, names, hw = load_image_folder(folder, policy=policy, multiple=multiple, hw=want)
+    if batch.shape[0] < 2:
+        raise ValueError(f"folder {str(folder)!r} has {batch.shape[0]} image: a copy is measured against at least 2")
+    return batch, names, trained is not None and hw == trained

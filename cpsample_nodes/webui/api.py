@@ -2,10 +2,12 @@
 
 GET  /cpsample/guards   the guard files in models/cpsample/
 POST /cpsample/train    train a guard on the current checkpoint (JSON: TrainRequest's fields)
+POST /cpsample/calibrate calibrate a guard on the current checkpoint (JSON: CalibrateRequest's fields);
+                        answers the report and the evidence picture (base64 PNG)
 POST /cpsample/check    replication check (JSON: images as base64, folder, k, thresholds)
 
-Bad input answers 400 with the reason in "detail"; the server keeps serving. Training holds the
-webui's queue (one job at a time) and stops at /sdapi/v1/interrupt, saving nothing.
+Bad input answers 400 with the reason in "detail"; the server keeps serving. Training and calibration
+hold the webui's queue (one job at a time) and stop at /sdapi/v1/interrupt, saving nothing.
 
 The routes read folders on the server and show pictures from them, so they are offered only where
 the webui's own API is (--api or --nowebui) and ask for the same credentials as it (--api-auth).
@@ -50,6 +52,13 @@ def encode_png(image) -> str:
 
 def train(body: dict[str, Any]) -> dict[str, Any]:
     return tasks.train_guard(body)
+
+
+def calibrate(body: dict[str, Any]) -> dict[str, Any]:
+    result = tasks.calibrate_guard(body)
+    if result.get("picture") is not None:
+        result = {**result, "picture": encode_png(result["picture"])}
+    return result
 
 
 def check(body: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +117,10 @@ def register(app, creds: dict[str, str] | None = None) -> None:
     @app.post("/cpsample/train", dependencies=dependencies)
     def cpsample_train(body: Any = Body(...)) -> dict:
         return answer(train, body)
+
+    @app.post("/cpsample/calibrate", dependencies=dependencies)
+    def cpsample_calibrate(body: Any = Body(...)) -> dict:
+        return answer(calibrate, body)
 
     @app.post("/cpsample/check", dependencies=dependencies)
     def cpsample_check(body: Any = Body(...)) -> dict:

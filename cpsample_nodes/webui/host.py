@@ -70,6 +70,22 @@ def encoder(sd_model, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return encode
 
 
+def decoder(sd_model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's sampling latents → IMAGE [N, H, W, 3] in [0, 1], through the host's full VAE decode."""
+    from modules import sd_samplers_common
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for i in range(0, latents.shape[0], 4):
+                chunk = latents[i:i + 4].to(device())
+                x = sd_samplers_common.samples_to_images_tensor(chunk, 0, sd_model)  # 0: the full VAE
+                out.append(((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+        return torch.cat(out)
+
+    return decode
+
+
 def device() -> torch.device:
     from modules import devices
 
@@ -87,19 +103,23 @@ def host_name(sd_model) -> str:
 
 
 @contextlib.contextmanager
-def job(name: str, steps: int) -> Iterator[Callable[[int, int, str], None]]:
+def job(name: str, steps: int, images: bool = False) -> Iterator[Callable[[int, int, str], None]]:
     """Run a long task the way the webui runs a generation: one at a time (the queue lock), with
-    the progress bar and the Interrupt button (shared.state). Yields progress(step, total, text)."""
+    the progress bar and the Interrupt button (shared.state). Yields progress(step, total, text).
+    ``images``: the task generates images itself (calibration's probes), so its progress counts jobs
+    and the webui's sampler fills in the steps of each."""
     from modules import call_queue, shared
 
     with call_queue.queue_lock:
         shared.state.begin(job=name)
-        shared.state.job_count = 1
-        shared.state.sampling_steps = steps
+        shared.state.job_count = steps if images else 1
+        shared.state.sampling_steps = 0 if images else steps
         try:
             def progress(step: int, total: int, text: str) -> None:
-                shared.state.sampling_steps = total
-                shared.state.sampling_step = step
+                if images:
+                    shared.state.job_count, shared.state.job_no = total, step
+                else:
+                    shared.state.sampling_steps, shared.state.sampling_step = total, step
                 shared.state.textinfo = text
 
             yield progress

@@ -1,12 +1,14 @@
-"""The CPSample tab's two operations on the running webui, shared by the tab and the API routes."""
+"""The CPSample tab's operations on the running webui (train, calibrate, check), shared by the tab and the
+API routes."""
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
-from ..core import TrainingStopped
+from ..core import CalibrationStopped, TrainingStopped
 from . import check as check_mod
 from . import guards, host
+from .calibrate import CalibrateRequest, calibrate_guard as calibrate
 from .train import TrainRequest, train
 
 log = logging.getLogger("CPSample")
@@ -33,6 +35,41 @@ def train_guard(values: Mapping[str, Any],
                            host=host.host_name(sd_model), device=host.device(), progress=progress,
                            should_stop=host.interrupted)
         except TrainingStopped as e:
+            msg = f"CPSample: {e}; nothing was saved"
+            log.info(msg)
+            return {"stopped": True, "path": None, "name": None, "report": msg}
+    log.info(result["report"])
+    return {"stopped": False, **result}
+
+
+def calibrate_guard(values: Mapping[str, Any],
+                    on_progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Calibrate a guard on the current checkpoint from ``values`` (CalibrateRequest fields) and write the
+    calibration into its file (or ``save_as``). Returns {"stopped": False, "path", "name", "report",
+    "summary", "picture" (PIL), "calibration"}, or {"stopped": True, "report"} after an Interrupt (nothing
+    written); ValueError / GuardFileError with the reason for bad input."""
+    from .probes import ProbeSampler
+
+    req = CalibrateRequest.from_dict(values)
+    with host.job("cpsample_calibrate_guard", req.probes, images=True) as state_progress:
+        def progress(done: int, total: int, text: str) -> None:
+            state_progress(done, total, text)
+            if on_progress is not None:
+                on_progress(done, total, text)
+
+        sd_model = host.current_model()
+        fam = host.model_family(sd_model)
+
+        def make_sampler(width: int, height: int) -> ProbeSampler:
+            return ProbeSampler(sd_model, fam, req.prompt, req.negative_prompt, req.sampler_name, req.scheduler,
+                                req.steps, req.cfg_scale, width, height)
+
+        try:
+            result = calibrate(req, guards_dir=host.guards_dir(), make_sampler=make_sampler,
+                               encode=lambda images, seed: host.encoder(sd_model, seed)(images),
+                               decode=host.decoder(sd_model), family=fam, space=host.noise_space(sd_model),
+                               progress=progress, should_stop=host.interrupted)
+        except CalibrationStopped as e:
             msg = f"CPSample: {e}; nothing was saved"
             log.info(msg)
             return {"stopped": True, "path": None, "name": None, "report": msg}

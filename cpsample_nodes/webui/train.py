@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,6 +22,7 @@ from ..core.images import refuse_training_images_as_class
 from ..core.training import DEFAULT_NEGATIVES, outcome_text, progress_text
 from .family import ModelFamily
 from .guards import new_path
+from .request import typed_fields
 
 DEFAULT_MAX_STEPS = int(inspect.signature(train_guard).parameters["max_steps"].default)
 Progress = Callable[[int, int, str], None]
@@ -42,24 +43,9 @@ class TrainRequest:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainRequest":
         """From the tab or a JSON body; a clear error names a missing, unknown or mistyped field."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown field {unknown[0]!r}; the fields are {', '.join(known)}")
-        if not str(values.get("folder") or "").strip():
+        kw = typed_fields(cls, values)
+        if not kw.get("folder"):
             raise ValueError("no training images: give the folder that holds them")
-        kw = {}
-        for name, v in values.items():
-            if v is None:
-                continue
-            kind = type(getattr(cls, name, "")) if name != "folder" else str
-            if kind is int and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v)):
-                raise ValueError(f"{name} must be a whole number, got {v!r}")
-            if kind is bool and not isinstance(v, bool):
-                raise ValueError(f"{name} must be true or false, got {v!r}")
-            if kind is str and not isinstance(v, str):
-                raise ValueError(f"{name} must be text, got {v!r}")
-            kw[name] = kind(v) if kind is not str else v.strip()
         req = cls(**kw)
         if req.max_steps < 1 or req.batch_size < 1 or req.seed < 0 or req.resolution < 0:
             raise ValueError(f"max_steps and batch_size must be at least 1, seed and resolution at least 0; got "

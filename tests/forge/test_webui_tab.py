@@ -134,3 +134,47 @@ def _foreign_sdxl_guard(path) -> None:
     with torch.inference_mode(False):
         net = GuardNet(GuardConfig.for_latents((2, 4, 8, 8)))
     save_guard(Guard(net, NoiseSpace.vp(), {"latent_format": "SDXL"}), path)
+
+
+def test_tab_calibrates_a_guard_and_shows_the_evidence(forge_ui):
+    status, body = forge_ui.post("/cpsample/train", {"folder": str(forge_ui.input_dir / "demo"), "name": "tabcal",
+                                                     "max_steps": 5, "batch_size": 8, "overwrite": True})
+    assert status == 200, body
+    with cdp.Chromium(width=1400, height=1100) as page:
+        page.navigate(forge_ui.url + "/")
+        page.wait_for(f"!!{ROOT}.querySelector('#cpsample_calibrate_button')", timeout=180)
+        tip = page.wait_for(f"{ROOT}.querySelector('#cpsample_calibrate_probes')?.title", timeout=60)
+        assert "at least 8" in tip, tip
+        page.evaluate(f"(() => {{ const b = Array.from({ROOT}.querySelectorAll('#tabs > .tab-nav button, "
+                      "#tabs > div > button')).find(b => b.textContent.trim() === 'CPSample'); "
+                      "if (b) b.click(); })()")
+        # the guard typed into the dropdown (a custom value is taken on Enter), then the rest of the fields
+        assert page.evaluate(f"""(() => {{
+            const el = {ROOT}.querySelector('#cpsample_calibrate_guard input');
+            if (!el) return false;
+            el.focus();
+            el.value = 'tabcal.safetensors';
+            el.dispatchEvent(new Event('input', {{bubbles: true}}));
+            el.dispatchEvent(new KeyboardEvent('keydown', {{key: 'Enter', bubbles: true}}));
+            el.blur();
+            return true; }})()"""), "no guard dropdown"
+        # a folder that does not exist first: the report names it (and the guard got through)
+        _type(page, "cpsample_calibrate_folder", str(forge_ui.input_dir / "no such folder"))
+        _click(page, "cpsample_calibrate_button")
+        bad = page.wait_for(f"(() => {{ const t = {_text('cpsample_calibrate_report')}; "
+                            "return t.startsWith('Error') ? t : null; })()", timeout=120)
+        assert "no such folder" in bad and "does not exist" in bad, bad
+        _type(page, "cpsample_calibrate_folder", str(forge_ui.input_dir / "demo"))
+        _type(page, "cpsample_calibrate_prompt", "a red house")
+        _type(page, "cpsample_calibrate_steps", "3")
+        _type(page, "cpsample_calibrate_probes", "8")
+        page.pump(0.5)
+        _click(page, "cpsample_calibrate_button")
+        report = page.wait_for(f"(() => {{ const t = {_text('cpsample_calibrate_report')}; "
+                               "return t.includes('Saved to') || (t.startsWith('Error') && !t.includes('no such folder')) "
+                               "? t : null; })()", timeout=400)
+        assert "calibration on 8 probe seeds (Euler a/Automatic, 3 steps, cfg 7" in report, report
+        picture = page.wait_for(f"{ROOT}.querySelector('#cpsample_calibrate_picture img')?.src", timeout=60)
+    assert picture, "no evidence picture shown"
+    guard = load_guard(forge_ui.models_dir / "cpsample" / "tabcal.safetensors")
+    assert guard.info["calibration"]["probes"] == 8

@@ -1,5 +1,6 @@
-"""Calibrate Guard's picture: the copy rate of each setting tried (against the gate α, one line per
-σ window and scale), then one row per probe seed that copied: unguarded | calibrated | nearest training image."""
+"""A calibration's evidence, for both hosts: the picture (the copy rate of each setting tried against the
+gate α, one line per σ window and scale, then one row per probe seed that copied: unguarded | calibrated |
+nearest training image), the copying probes and one-line summaries. Host-free: hosts pass a decoder."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from ..core.guard import DEFAULT_SCALE  # a series at another scale says so in its name
+from .guard import DEFAULT_SCALE  # a series at another scale says so in its name
 
 WIDTH = 640
 CELL = 192          # side of each image cell
@@ -200,3 +201,72 @@ def picture(rows: list[dict], target_rate: float | None, title: str, unguarded: 
         canvas.paste(p, (0, y))
         y += p.size[1]
     return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)[None]
+
+
+def copied_probes(cal, latents: torch.Tensor) -> list[tuple[int, int, int, str]]:
+    """Per probe that copied without the guard: (probe index, seed, nearest training image, and what
+    the chosen setting made of it: "no copy" / "still a copy" / "" when nothing was calibrated)."""
+    from .metrics import nearest_neighbors
+
+    idx = cal.copied.nonzero().flatten()
+    if idx.numel() == 0:
+        return []
+    nearest = nearest_neighbors(cal.unguarded[idx], latents.float().cpu(), 1)[1][:, 0]
+    out = []
+    for k, i in enumerate(idx.tolist()):
+        after = "" if cal.calibrated_copied is None else (
+            "still a copy" if bool(cal.calibrated_copied[i]) else "no copy")
+        out.append((i, int(cal.seeds[i]), int(nearest[k]), after))
+    return out
+
+
+def copies_text(copies: list[tuple[int, int, int, str]], names: list[str]) -> str:
+    """One line per copying probe: KSampler with that seed and batch size 1 makes the same image."""
+    lines = ["probe seeds that copied (seed: nearest training image -> with the calibration):"]
+    lines += [f"  {seed}: {names[j]} -> {after or 'not calibrated'}" for _, seed, j, after in copies]
+    return "\n".join(lines)
+
+
+def evidence_picture(cal, copies: list[tuple[int, int, int, str]], decode, train_images: torch.Tensor,
+                     names: list[str], sampler: str) -> torch.Tensor:
+    """The node's IMAGE: the chart, then unguarded | calibrated | nearest training image per copying probe."""
+    n = cal.probes
+    title = f"CPSample calibration: {n} probes, {sampler}"
+    if not copies:
+        return picture(cal.rows, None, title, note=f"no copies among {n} probes: nothing to calibrate")
+    shown = copies[:MAX_ROWS]
+    idx = torch.tensor([i for i, _, _, _ in shown])
+    nearest = torch.tensor([j for _, _, j, _ in shown])
+    target = cal.allowed / n
+    calibrated = None if cal.calibrated is None else decode(cal.calibrated[idx])
+    captions = [f"seed {seed}: copies {names[j]} -> {after}" for _, seed, j, after in shown]
+    note = f"{len(shown)} of {len(copies)} probe seeds that copied shown" if len(copies) > len(shown) else None
+    return picture(cal.rows, target, title, decode(cal.unguarded[idx]), calibrated,
+                            train_images[nearest], captions, note=note)
+
+
+def calibration_summary(cal) -> str:
+    """One line for the node: what was chosen and what it did to the copies."""
+    from .calibration import describe
+
+    n = cal.probes
+    if cal.no_copies:
+        return f"no copies among {n} probes: the gentlest setting is kept ({describe(cal.settings)})"
+    before, after = round(cal.unguarded_rate * n), round(cal.calibrated_rate * n)
+    missed = "" if cal.reached else " (target missed: the best setting found)"
+    return f"calibrated: {describe(cal.settings)}; copies {before}/{n} -> {after}/{n}{missed}"
+
+
+NOT_THE_TRAINING_SET = ("note: these are not exactly the latents the guard was trained on (another folder "
+                        "content, size or VAE): copies are counted against this folder")
+
+
+def report(cal, latents: torch.Tensor, names: list[str], header: str, footer: str, same_set: bool
+           ) -> tuple[str, list[tuple[int, int, int, str]]]:
+    """A host's calibration report: its header, the core's table, the probe seeds that copied and its
+    footer. → (text, the copying probes as copied_probes gives them)."""
+    lines = [header] + ([] if same_set else [NOT_THE_TRAINING_SET]) + [cal.report()]
+    copies = copied_probes(cal, latents)
+    if copies:
+        lines.append(copies_text(copies, names))
+    return "\n".join(lines + [footer]), copies
