@@ -764,3 +764,119 @@ def test_calibrate_refuses_bad_input_clearly(calibration_setup, tmp_path):
         fn(CalibrateRequest(guard="mine", folder=str(folder), save_as="../x"), **kw)
     with pytest.raises(ValueError, match="the VAE makes 3-channel latents but the guard takes 4"):
         fn(CalibrateRequest(guard="mine", folder=str(folder)), **{**kw, "encode": lambda im, s: _encode(im)[:, :3]})
+
+
+# --- calibration probes through the webui's txt2img ------------------------------------------------
+
+class _FakeTxt2Img:
+    """The fields of A1111's StableDiffusionProcessingTxt2Img that the probe sampler sets."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+        self.scripts = None
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def _fake_webui(monkeypatch, steps: int = 3, interrupt_after: int | None = None):
+    """Just enough of ``modules`` for probes.ProbeSampler: process_images runs a k-diffusion-like loop that
+    calls the CFG callbacks as A1111 does (Forge: the post-CFG functions of the UNet clone) and hands the
+    latents to the scripts' post_sample. Each image's noise comes from its own seed."""
+    import sys
+
+    seen: dict = {"batches": [], "guided_calls": 0}
+    state = SimpleNamespace(interrupted=False)
+
+    def process_images(p):
+        seen["batches"].append(p)
+        seeds = p.seed
+        x = torch.stack([torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(s)) * 3 for s in seeds])
+        sigmas = torch.linspace(3.0, 0.0, steps + 1)
+        if p.scripts is not None:
+            p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
+        for i in range(steps):
+            s = sigmas[i].expand(len(seeds))
+            denoised = x / (1 + s.view(-1, 1, 1, 1) ** 2)
+            if hasattr(p.sd_model, "forge_objects"):
+                for fn in p.sd_model.forge_objects.unet.post_cfg:
+                    denoised = fn({"denoised": denoised, "input": x, "sigma": s, "model": None})
+            else:
+                a1111.on_cfg_denoiser(SimpleNamespace(x=torch.cat([x, x]), sigma=torch.cat([s, s]),
+                                                      denoiser=SimpleNamespace(p=p)))
+                params = SimpleNamespace(x=denoised)
+                a1111.on_cfg_after_cfg(params)
+                denoised = params.x
+            x = denoised + (x - denoised) * (sigmas[i + 1] / sigmas[i])
+            if interrupt_after is not None and len(seen["batches"]) > interrupt_after:
+                state.interrupted = True
+        ps = SimpleNamespace(samples=x)
+        p.scripts.post_sample(p, ps)
+        assert getattr(ps.samples, "already_decoded", False) and len(ps.samples) == len(seeds)
+        torch.stack(list(ps.samples))  # the webui stacks the "decoded" batch
+
+    modules = SimpleNamespace(
+        processing=SimpleNamespace(StableDiffusionProcessingTxt2Img=_FakeTxt2Img, process_images=process_images),
+        sd_samplers=SimpleNamespace(find_sampler_config=lambda n: object() if n in ("Euler", "Euler a") else None,
+                                    all_samplers=[SimpleNamespace(name="Euler"), SimpleNamespace(name="Euler a")]),
+        shared=SimpleNamespace(state=state))
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    for name in ("processing", "sd_samplers", "shared"):
+        monkeypatch.setitem(sys.modules, f"modules.{name}", getattr(modules, name))
+    monkeypatch.setitem(sys.modules, "modules.sd_schedulers", None)  # an older webui: no schedule types
+    return seen
+
+
+def test_probes_run_the_webui_txt2img_with_the_guide_on_a1111(monkeypatch):
+    from cpsample_nodes.core import CalibrationStopped
+    from cpsample_nodes.webui.probes import ProbeSampler
+
+    seen = _fake_webui(monkeypatch)
+    sampler = ProbeSampler(FakeA1111Model(), SD15, "a red house", "", "Euler a", "Automatic", 3, 5.0, 64, 64)
+    assert sampler.description == "Euler a/Automatic, 3 steps, cfg 5, 64x64 px (SD15 model)"
+    plain = sampler(None, [7, 8, 9])
+    p = seen["batches"][0]
+    assert p.seed == [7, 8, 9] and p.batch_size == 3 and p.n_iter == 1 and p.prompt == "a red house"
+    assert p.do_not_save_samples and p.do_not_save_grid and p.closed and p.width == 64 and p.steps == 3
+    assert plain.shape == (3, 4, 8, 8)
+    # a probe does not depend on its batch
+    assert torch.allclose(sampler(None, [8]), plain[1:2])
+    calls = []
+
+    def guide(d, x, s):
+        calls.append(d.shape[0])
+        return d + 0.1
+
+    guided = sampler(guide, [7, 8, 9])
+    assert calls == [3, 3, 3]  # every model call of the batch, the plain batch out of cond + uncond
+    assert not torch.allclose(guided, plain) and a1111.active() is None  # nothing stays hooked
+    # a user's generation afterwards is not guided
+    x = torch.randn(1, 4, 8, 8)
+    params = SimpleNamespace(x=x)
+    a1111.on_cfg_denoiser(SimpleNamespace(x=torch.cat([x, x]), sigma=torch.ones(2), denoiser=SimpleNamespace(p=Proc())))
+    a1111.on_cfg_after_cfg(params)
+    assert params.x is x
+    with pytest.raises(ValueError, match="sampler_name 'Eulr' is not a sampler of this webui; it has: Euler, Euler a"):
+        ProbeSampler(FakeA1111Model(), SD15, "", "", "Eulr", "Automatic", 3, 5.0, 64, 64)
+    seen_i = _fake_webui(monkeypatch, interrupt_after=0)
+    stopping = ProbeSampler(FakeA1111Model(), SD15, "", "", "Euler", "Automatic", 3, 5.0, 64, 64)
+    with pytest.raises(CalibrationStopped):
+        stopping(guide, [1, 2])
+    assert len(seen_i["batches"]) == 1 and a1111.active() is None
+
+
+def test_probes_on_forge_hook_a_clone_of_the_unet(monkeypatch):
+    from cpsample_nodes.webui.probes import ProbeSampler
+
+    seen = _fake_webui(monkeypatch)
+    model = _forge_model()
+    original = model.forge_objects.unet
+    sampler = ProbeSampler(model, SD15, "", "", "Euler", "Automatic", 3, 5.0, 64, 64)
+    plain = sampler(None, [1, 2])
+    assert model.forge_objects.unet is original  # unguarded: no hook at all
+    calls = []
+    guided = sampler(lambda d, x, s: calls.append(1) or d * 0.5, [1, 2])
+    assert len(calls) == 3 and not torch.allclose(guided, plain)
+    assert not original.post_cfg and model.forge_objects.unet is not original  # Forge rebuilds it per sampling
+    assert len(seen["batches"]) == 2
