@@ -56,6 +56,7 @@ class Bench:
     train: torch.Tensor
     quality_key: str       # the metric that says how good the samples are
     higher_is_better: bool
+    settle: float = 0.0    # train_guard(settle=...): the cool-down past memorisation
 
     def sampler(self, kind: str) -> Callable: ...
     def guard(self, seed: int) -> Guard: ...
@@ -82,7 +83,7 @@ class MixtureBench(Bench):
         return mixture_sampler(self.mix, self.space, self.steps, kind)
 
     def guard(self, seed: int) -> Guard:
-        return train_guard(self.train, self.space, seed=seed)
+        return train_guard(self.train, self.space, seed=seed, settle=self.settle)
 
     def metrics(self, x: torch.Tensor) -> dict[str, float]:
         r = mixture_metrics(x, self.train, self.reference, self.threshold)
@@ -123,7 +124,7 @@ class DigitsBench(Bench):
 
     def guard(self, seed: int) -> Guard:
         return train_guard(self.train, self.space, seed=seed, max_steps=self.cfg.guard_steps,
-                           negatives=self.negatives)
+                           negatives=self.negatives, settle=self.settle)
 
     def metrics(self, x: torch.Tensor) -> dict[str, float]:
         from benchmarks.finetune.evaluate import sample_metrics
@@ -151,7 +152,8 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
         t0 = time.time()
         guard = bench.guard(gs)
         train_s = time.time() - t0
-        print(f"[{bench.name}] guard seed {gs}: trained in {train_s:.0f} s ({guard.info['steps']} steps, "
+        cooled = f", cool-down from step {guard.info['settle_from']}" if "settle_from" in guard.info else ""
+        print(f"[{bench.name}] guard seed {gs}: trained in {train_s:.0f} s ({guard.info['steps']} steps{cooled}, "
               f"memorised {guard.info['memorised']})", flush=True)
         for kind in samplers:
             sample = bench.sampler(kind)
@@ -300,6 +302,8 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=64)
     ap.add_argument("--samples", type=int, default=1000, help="fresh evaluation seeds per row")
     ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="train the guards with train_guard(settle=...): a cool-down past memorisation")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--summarize", nargs="+", type=Path, help="print one markdown table of these result files")
     ap.add_argument("--every-hand-row", action="store_true", help="with --summarize: list every hand-tuned row")
@@ -315,6 +319,7 @@ def main() -> None:
         bench: Bench = MixtureBench(args.bench.split("-")[1], args.samples, args.steps)
     else:
         bench = DigitsBench(args.bench.split("-")[1], args.samples)
+    bench.settle = args.settle
     def save(rows: list[dict], finished: bool = False) -> None:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -325,6 +325,36 @@ def test_training_returns_the_moving_average():
         train_guard(lat, NoiseSpace.vp(), max_steps=2, ema_decay=1.0)
 
 
+def test_settle_cools_down_past_memorisation(small_guard):
+    """settle: the same run up to the step that memorised, then settle x that many steps more with the
+    learning rate falling to 0; the info says where the cool-down began and measures the weights returned."""
+    plain, lat = small_guard  # seed 0, max_steps 1500: stopped when memorised
+    lrs = []
+    import cpsample_nodes.core.training as T
+
+    real_adamw = torch.optim.AdamW
+
+    class Recording(real_adamw):
+        def step(self, *a, **k):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(*a, **k)
+
+    T.torch.optim.AdamW = Recording
+    try:
+        cooled = train_guard(lat, NoiseSpace.vp(), seed=0, max_steps=1500, settle=0.25)
+    finally:
+        T.torch.optim.AdamW = real_adamw
+    m = plain.info["steps"]
+    assert cooled.info["settle_from"] == m and cooled.info["steps"] == m + math.ceil(0.25 * m)
+    assert "settle_from" not in plain.info
+    assert lrs[:m] == [2e-3] * m and lrs[m] < 2e-3 and lrs[-1] < 0.05 * 2e-3
+    assert all(a >= b for a, b in zip(lrs[m:], lrs[m + 1:]))  # falling all the way
+    assert cooled.info["memorised"] in (True, False) and set(cooled.info["confident"]) == set(plain.info["confident"])
+    assert any(not torch.equal(a, b) for a, b in zip(plain.net.parameters(), cooled.net.parameters()))
+    with pytest.raises(ValueError, match="settle must lie in"):
+        train_guard(lat, NoiseSpace.vp(), max_steps=2, settle=-1)
+
+
 def test_auto_alpha_follows_the_guards_own_margin(small_guard, tmp_path):
     from cpsample_nodes.core import load_guard, save_guard
 

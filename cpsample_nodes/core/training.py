@@ -184,7 +184,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
                 batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
                 confidence: float = 0.99, eval_every: int = 50, negatives: str | Tensor = DEFAULT_NEGATIVES,
                 negative_fraction: float = 0.5, ema_decay: float = 0.0, check_subset: int = 64,
-                config: GuardConfig | None = None,
+                settle: float = 0.0, config: GuardConfig | None = None,
                 info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
     """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
 
@@ -196,7 +196,10 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
     latents that are not training images with the target ½ (see ``make_negatives``), so the guard
     is confident only near its training images.
     ``ema_decay`` > 0 checks and returns a moving average of the weights, which holds a memorised
-    band from one check to the next where the raw weights swing. ``progress(step, total, stats)``
+    band from one check to the next where the raw weights swing. ``settle`` > 0 goes on past the step
+    that memorised for ``settle`` × that many steps, the learning rate falling linearly to 0 (a
+    cool-down: the stop check passes on a noisy estimate, and a guard stopped there can be weak at
+    some of its images; docs/protection.md, "Calibration"). ``progress(step, total, stats)``
     gets the loss and the accuracy per band; ``should_stop()`` returning True raises
     ``TrainingStopped``.
     """
@@ -218,6 +221,8 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         raise ValueError(f"negatives must be one of {NEGATIVES} or a latent tensor, got {negatives!r}")
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+    if not 0 <= settle <= 10:
+        raise ValueError(f"settle must lie in [0, 10] (a multiple of the steps that memorised), got {settle}")
     if max_steps < 1 or batch_size < 1 or check_subset < 1:
         raise ValueError(f"max_steps, batch_size and check_subset must be positive, got {max_steps}, "
                          f"{batch_size}, {check_subset}")
@@ -251,7 +256,11 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         loss_avg = float("nan")
         started = time.monotonic()
         step = 0
+        settle_end = memorised_at = 0  # settle_end > 0: memorised at memorised_at; the cool-down runs to settle_end
         for step in range(1, max_steps + 1):
+            if settle_end:
+                for group in opt.param_groups:
+                    group["lr"] = lr * (settle_end - step + 1) / (settle_end - memorised_at + 1)
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"guard training stopped at step {step - 1} of {max_steps}")
             idx = torch.randint(0, n, (batch_size,), generator=g)
@@ -277,7 +286,9 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             lv = float(loss.detach())
             loss_avg = lv if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * lv
             done = False
-            if step % eval_every == 0 or step == max_steps:
+            if settle_end:
+                done = step >= settle_end
+            elif step % eval_every == 0 or step == max_steps:
                 # The stop check needs only the bands where memorising is possible; the others
                 # are measured once at the end, for the report. Large sets are screened on a
                 # random subset first, so a check costs the same at any N until it could pass;
@@ -294,10 +305,16 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             if progress is not None:
                 progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(accuracy),
                                            "confident": dict(confident)})
+            if done and settle > 0 and not settle_end:
+                memorised_at, settle_end = step, step + max(1, math.ceil(settle * step))
+                done = False
             if done:
                 break
         guard = averaged
         guard.net.eval()
+        if settle_end:  # the checks stopped at the cool-down's start: measure the weights returned
+            accuracy, confident = band_accuracy(guard, x_all, labels, space, g_eval, confidence=confidence,
+                                                bands=required_b)
         more_acc, more_conf = band_accuracy(guard, x_all, labels, space, g_eval, confidence=confidence,
                                             bands=other_b)
         accuracy, confident = {**accuracy, **more_acc}, {**confident, **more_conf}
@@ -313,6 +330,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             "required_bands": required,
             "memorised": memorised(accuracy, confident, required, target_accuracy),
             "steps": step,
+            **({"settle_from": memorised_at} if settle_end else {}),
             "train_margin": round(margin, 4),
             "train_seconds": round(time.monotonic() - started, 2),
             "latent_shape": list(latents.shape[1:]),
