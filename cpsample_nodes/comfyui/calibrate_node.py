@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..core import CalibrationStopped, calibrate, dataset_digest
+from ..core import CalibrationStopped, calibrate, dataset_digest, evidence
 from ..core import images as imgs
 from ..core.calibration import MIN_PROBES
-from ..core import evidence
 from . import host
 from .calibrate import ProbeSampler, check_unprotected, vae_decoder
 from .nodes import (CATEGORY, NO_FOLDER, Guard, _downscale, _encode_cached, _folder_fingerprint, _folder_options,

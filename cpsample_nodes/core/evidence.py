@@ -241,8 +241,8 @@ def evidence_picture(cal, copies: list[tuple[int, int, int, str]], decode, train
     calibrated = None if cal.calibrated is None else decode(cal.calibrated[idx])
     captions = [f"seed {seed}: copies {names[j]} -> {after}" for _, seed, j, after in shown]
     note = f"{len(shown)} of {len(copies)} probe seeds that copied shown" if len(copies) > len(shown) else None
-    return picture(cal.rows, target, title, decode(cal.unguarded[idx]), calibrated,
-                            train_images[nearest], captions, note=note)
+    return picture(cal.rows, target, title, decode(cal.unguarded[idx]), calibrated, train_images[nearest],
+                   captions, note=note)
 
 
 def calibration_summary(cal) -> str:

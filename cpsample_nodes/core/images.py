@@ -16,8 +16,8 @@ Errors are ``ImageFolderError`` (a ValueError) and name the folder or file.
 from __future__ import annotations
 
 import hashlib
-import re
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 

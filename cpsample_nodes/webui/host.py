@@ -103,17 +103,17 @@ def host_name(sd_model) -> str:
 
 
 @contextlib.contextmanager
-def job(name: str, steps: int, images: bool = False) -> Iterator[Callable[[int, int, str], None]]:
+def job(name: str, total: int, images: bool = False) -> Iterator[Callable[[int, int, str], None]]:
     """Run a long task the way the webui runs a generation: one at a time (the queue lock), with
     the progress bar and the Interrupt button (shared.state). Yields progress(step, total, text).
-    ``images``: the task generates images itself (calibration's probes), so its progress counts jobs
-    and the webui's sampler fills in the steps of each."""
+    ``total``: its steps; with ``images`` (the task generates images itself: calibration's probes) the
+    images, counted as jobs, and the webui's sampler fills in the steps of each."""
     from modules import call_queue, shared
 
     with call_queue.queue_lock:
         shared.state.begin(job=name)
-        shared.state.job_count = steps if images else 1
-        shared.state.sampling_steps = 0 if images else steps
+        shared.state.job_count = total if images else 1
+        shared.state.sampling_steps = 0 if images else total
         try:
             def progress(step: int, total: int, text: str) -> None:
                 if images:

@@ -18,6 +18,7 @@ from .family import ModelFamily
 
 Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BATCH_ELEMENTS = 8 * 4 * 64 * 64  # latent elements per batch (8 SD1.5 images at 512 px), as in ComfyUI
+MAX_BATCH = 16
 
 
 class _CoreGuide:
@@ -101,7 +102,7 @@ class ProbeSampler:
         self.steps, self.cfg_scale = int(steps), float(cfg_scale)
         self.width, self.height = int(width), int(height)
         numel = family.latent_channels * (height // 8) * (width // 8)
-        self.batch = max(1, min(16, BATCH_ELEMENTS // max(1, numel)))
+        self.batch = max(1, min(MAX_BATCH, BATCH_ELEMENTS // max(1, numel)))
         self.description = (f"{sampler_name}/{scheduler}, {steps} steps, cfg {cfg_scale:g}, {width}x{height} px "
                             f"({family.latent_format} model)")
 

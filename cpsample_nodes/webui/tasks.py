@@ -5,13 +5,33 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
-from ..core import CalibrationStopped, TrainingStopped
+from ..core import TrainingStopped
 from . import check as check_mod
 from . import guards, host
 from .calibrate import CalibrateRequest, calibrate_guard as calibrate
 from .train import TrainRequest, train
 
 log = logging.getLogger("CPSample")
+
+
+def _run(job: str, total: int, images: bool, on_progress: Callable[[int, int, str], None] | None,
+         work: Callable[[Any, Callable[[int, int, str], None]], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work(sd_model, progress)`` as a webui job (queue, progress bar, Interrupt): {"stopped": False,
+    **its result}, or {"stopped": True, "report"} when an Interrupt stopped it (nothing written)."""
+    with host.job(job, total, images=images) as state_progress:
+        def progress(step: int, total: int, text: str) -> None:
+            state_progress(step, total, text)
+            if on_progress is not None:
+                on_progress(step, total, text)
+
+        try:
+            result = work(host.current_model(), progress)
+        except TrainingStopped as e:  # CalibrationStopped too
+            msg = f"CPSample: {e}; nothing was saved"
+            log.info(msg)
+            return {"stopped": True, "path": None, "name": None, "report": msg}
+    log.info(result["report"])
+    return {"stopped": False, **result}
 
 
 def train_guard(values: Mapping[str, Any],
@@ -21,25 +41,14 @@ def train_guard(values: Mapping[str, Any],
     Interrupt (nothing written); ValueError with the reason for bad input. ``on_progress`` gets
     each step besides the webui's own progress (shared.state)."""
     req = TrainRequest.from_dict(values)
-    with host.job("cpsample_train_guard", req.max_steps) as state_progress:
-        def progress(step: int, total: int, text: str) -> None:
-            state_progress(step, total, text)
-            if on_progress is not None:
-                on_progress(step, total, text)
 
-        sd_model = host.current_model()
-        fam = host.model_family(sd_model)
-        try:
-            result = train(req, encode=host.encoder(sd_model, req.seed), family=fam,
-                           space=host.noise_space(sd_model), out_folder=host.guards_dir(),
-                           host=host.host_name(sd_model), device=host.device(), progress=progress,
-                           should_stop=host.interrupted)
-        except TrainingStopped as e:
-            msg = f"CPSample: {e}; nothing was saved"
-            log.info(msg)
-            return {"stopped": True, "path": None, "name": None, "report": msg}
-    log.info(result["report"])
-    return {"stopped": False, **result}
+    def work(sd_model, progress) -> dict[str, Any]:
+        return train(req, encode=host.encoder(sd_model, req.seed), family=host.model_family(sd_model),
+                     space=host.noise_space(sd_model), out_folder=host.guards_dir(),
+                     host=host.host_name(sd_model), device=host.device(), progress=progress,
+                     should_stop=host.interrupted)
+
+    return _run("cpsample_train_guard", req.max_steps, False, on_progress, work)
 
 
 def calibrate_guard(values: Mapping[str, Any],
@@ -51,30 +60,20 @@ def calibrate_guard(values: Mapping[str, Any],
     from .probes import ProbeSampler
 
     req = CalibrateRequest.from_dict(values)
-    with host.job("cpsample_calibrate_guard", req.probes, images=True) as state_progress:
-        def progress(done: int, total: int, text: str) -> None:
-            state_progress(done, total, text)
-            if on_progress is not None:
-                on_progress(done, total, text)
 
-        sd_model = host.current_model()
+    def work(sd_model, progress) -> dict[str, Any]:
         fam = host.model_family(sd_model)
 
         def make_sampler(width: int, height: int) -> ProbeSampler:
             return ProbeSampler(sd_model, fam, req.prompt, req.negative_prompt, req.sampler_name, req.scheduler,
                                 req.steps, req.cfg_scale, width, height)
 
-        try:
-            result = calibrate(req, guards_dir=host.guards_dir(), make_sampler=make_sampler,
-                               encode=lambda images, seed: host.encoder(sd_model, seed)(images),
-                               decode=host.decoder(sd_model), family=fam, space=host.noise_space(sd_model),
-                               progress=progress, should_stop=host.interrupted)
-        except CalibrationStopped as e:
-            msg = f"CPSample: {e}; nothing was saved"
-            log.info(msg)
-            return {"stopped": True, "path": None, "name": None, "report": msg}
-    log.info(result["report"])
-    return {"stopped": False, **result}
+        return calibrate(req, guards_dir=host.guards_dir(), make_sampler=make_sampler,
+                         encode=lambda images, seed: host.encoder(sd_model, seed)(images),
+                         decode=host.decoder(sd_model), family=fam, space=host.noise_space(sd_model),
+                         progress=progress, should_stop=host.interrupted)
+
+    return _run("cpsample_calibrate_guard", req.probes, True, on_progress, work)
 
 
 def list_guards() -> dict[str, Any]:

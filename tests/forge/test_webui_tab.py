@@ -41,6 +41,20 @@ def _text(elem_id: str) -> str:
     return f"(() => {{ const el = {ROOT}.querySelector('#{elem_id} textarea'); return el ? el.value : ''; }})()"
 
 
+def _open_tab(page) -> None:
+    page.evaluate(f"(() => {{ const b = Array.from({ROOT}.querySelectorAll('#tabs > .tab-nav button, "
+                  "#tabs > div > button')).find(b => b.textContent.trim() === 'CPSample'); "
+                  "if (b) b.click(); })()")
+
+
+def _error_for_missing_folder(page, forge_ui, section: str) -> str:
+    """Run a tab section (train / calibrate) on a folder that does not exist; → the error its report shows."""
+    _type(page, f"cpsample_{section}_folder", str(forge_ui.input_dir / "no such folder"))
+    _click(page, f"cpsample_{section}_button")
+    return page.wait_for(f"(() => {{ const t = {_text(f'cpsample_{section}_report')}; "
+                         "return t.startsWith('Error') ? t : null; })()", timeout=120)
+
+
 def test_tab_trains_a_guard_and_reports(forge_ui):
     with cdp.Chromium(width=1400, height=1100) as page:
         page.navigate(forge_ui.url + "/")
@@ -49,14 +63,9 @@ def test_tab_trains_a_guard_and_reports(forge_ui):
         tip = page.wait_for(f"{ROOT}.querySelector('#script_txt2img_cpsample_scale')?.title", timeout=60)
         assert "Guidance strength" in tip
         assert "Stop training" in page.evaluate(f"{ROOT}.querySelector('#cpsample_train_interrupt').title")
-        page.evaluate(f"(() => {{ const b = Array.from({ROOT}.querySelectorAll('#tabs > .tab-nav button, "
-                      "#tabs > div > button')).find(b => b.textContent.trim() === 'CPSample'); "
-                      "if (b) b.click(); })()")
+        _open_tab(page)
         # a bad folder first: the report names it, nothing is written
-        _type(page, "cpsample_train_folder", str(forge_ui.input_dir / "no such folder"))
-        _click(page, "cpsample_train_button")
-        bad = page.wait_for(f"(() => {{ const t = {_text('cpsample_train_report')}; "
-                            "return t.startsWith('Error') ? t : null; })()", timeout=120)
+        bad = _error_for_missing_folder(page, forge_ui, "train")
         assert "no such folder" in bad and "does not exist" in bad, bad
         # then the demo folder
         _type(page, "cpsample_train_folder", str(forge_ui.input_dir / "demo"))
@@ -145,9 +154,7 @@ def test_tab_calibrates_a_guard_and_shows_the_evidence(forge_ui):
         page.wait_for(f"!!{ROOT}.querySelector('#cpsample_calibrate_button')", timeout=180)
         tip = page.wait_for(f"{ROOT}.querySelector('#cpsample_calibrate_probes')?.title", timeout=60)
         assert "at least 8" in tip, tip
-        page.evaluate(f"(() => {{ const b = Array.from({ROOT}.querySelectorAll('#tabs > .tab-nav button, "
-                      "#tabs > div > button')).find(b => b.textContent.trim() === 'CPSample'); "
-                      "if (b) b.click(); })()")
+        _open_tab(page)
         # the guard typed into the dropdown (a custom value is taken on Enter), then the rest of the fields
         assert page.evaluate(f"""(() => {{
             const el = {ROOT}.querySelector('#cpsample_calibrate_guard input');
@@ -159,10 +166,7 @@ def test_tab_calibrates_a_guard_and_shows_the_evidence(forge_ui):
             el.blur();
             return true; }})()"""), "no guard dropdown"
         # a folder that does not exist first: the report names it (and the guard got through)
-        _type(page, "cpsample_calibrate_folder", str(forge_ui.input_dir / "no such folder"))
-        _click(page, "cpsample_calibrate_button")
-        bad = page.wait_for(f"(() => {{ const t = {_text('cpsample_calibrate_report')}; "
-                            "return t.startsWith('Error') ? t : null; })()", timeout=120)
+        bad = _error_for_missing_folder(page, forge_ui, "calibrate")
         assert "no such folder" in bad and "does not exist" in bad, bad
         _type(page, "cpsample_calibrate_folder", str(forge_ui.input_dir / "demo"))
         _type(page, "cpsample_calibrate_prompt", "a red house")
