@@ -210,7 +210,6 @@ def main() -> None:
     print("\n## training (one run per case)")
     for (n, c, s), cap in zip(cases, caps):
         la = load()
-        t0 = time.monotonic()
         r = run_worker(["--worker", "train", "--n", str(n), "--channels", str(c), "--side", str(s),
                         "--max-steps", str(a.max_steps), "--time-cap", str(cap), "--seed", str(a.seed),
                         "--negatives", a.negatives,

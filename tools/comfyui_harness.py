@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import socket
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request

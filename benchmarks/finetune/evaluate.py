@@ -1,8 +1,6 @@
 """Sampling with and without the guard, and every metric of issue 4 on one batch of samples."""
 from __future__ import annotations
 
-import math
-import time
 from typing import Optional
 
 import torch

@@ -13,25 +13,9 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..core.probing import Guide, PostCFGGuide, probe_batch
 from . import host
 from .patch import MARKER
-
-Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-# Elements per sampling batch (8 SD1.5 latents at 512 px); a probe batch never exceeds MAX_BATCH.
-BATCH_ELEMENTS = 8 * 4 * 64 * 64
-MAX_BATCH = 16
-
-
-class _GuidePostCFG:
-    """Post-CFG function applying a core ``guide`` to the CFG result (where Protect Model acts)."""
-
-    def __init__(self, guide: Guide):
-        self.guide = guide
-
-    def __call__(self, args: dict) -> torch.Tensor:
-        return self.guide(args["denoised"], args["input"], args["sigma"])
-
 
 # Samplers whose default noise is a Brownian tree (value: the tree lives on the CPU), as comfy's
 # k_diffusion/sampling.py builds it; the other noise-adding samplers use default_noise_sampler.
@@ -82,7 +66,7 @@ class ProbeSampler:
         except (TypeError, ValueError):
             self._takes_noise_sampler = False
         numel = max(1, self.latent_shape[0] * self.latent_shape[1] * self.latent_shape[2])
-        self.batch = max(1, min(MAX_BATCH, BATCH_ELEMENTS // numel))
+        self.batch = probe_batch(numel)
         self.images = 0  # probe images sampled so far (each is `steps` sampler steps)
 
     def describe(self, width: int, height: int) -> str:
@@ -124,7 +108,7 @@ class ProbeSampler:
         model = self.model
         if guide is not None:  # on a clone, as Protect Model does: the input MODEL is never changed
             model = self.model.clone()
-            model.set_model_sampler_post_cfg_function(_GuidePostCFG(guide))
+            model.set_model_sampler_post_cfg_function(PostCFGGuide(guide))
         outs = []
         for i in range(0, len(seeds), self.batch):
             outs.append(self._batch(model, seeds[i:i + self.batch]))

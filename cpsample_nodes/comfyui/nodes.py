@@ -202,7 +202,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
         batch = extra if batch is None else torch.cat([batch, extra.to(batch)])
         names += [f"images input #{i}" for i in range(images.shape[0])]
     if batch is None:
-        raise ValueError(f"no training images: choose an image folder or connect the images input")
+        raise ValueError("no training images: choose an image folder or connect the images input")
     if batch.shape[0] < 2:
         raise ValueError(f"a guard needs at least 2 training images, got {batch.shape[0]}")
     class_batch = _class_batch(class_folder, class_images, hw)

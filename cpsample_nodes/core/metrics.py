@@ -23,7 +23,7 @@ Replication criteria
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch

@@ -79,7 +79,7 @@ def calibrate_guard(req: CalibrateRequest, *, guards_dir: str | Path,
     guards_dir = Path(guards_dir)
     source = guards.resolve(guards_dir, req.guard)
     target = source if not req.save_as else guards.new_path(guards_dir, req.save_as)  # bad names fail first
-    guard = guards.load(guards_dir, req.guard)
+    guard = guards.load_file(source)
     check_guard(guard, family)
     batch, names, at_guard_size = imgs.calibration_images(guard.info, folder_path(req.folder), multiple,
                                                           req.width, req.height)

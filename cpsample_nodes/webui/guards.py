@@ -69,7 +69,11 @@ _CACHE: dict[Path, tuple[tuple[int, int], Guard]] = {}
 
 def load(folder: str | os.PathLike, name: str) -> Guard:
     """Guard ``name`` from ``folder`` (re-read when the file changed); GuardFileError says why not."""
-    path = resolve(folder, name)
+    return load_file(resolve(folder, name))
+
+
+def load_file(path: Path) -> Guard:
+    """The guard in ``path`` (from ``resolve``), cached until the file changes."""
     st = path.stat()
     stamp = (st.st_size, st.st_mtime_ns)
     hit = _CACHE.get(path)

@@ -8,17 +8,15 @@ and the capture of the final latents before decoding, which is skipped.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
 from ..core import CalibrationStopped
+from ..core.probing import Guide, PostCFGGuide, probe_batch
 from . import a1111, host
 from .family import ModelFamily
 
-Guide = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-BATCH_ELEMENTS = 8 * 4 * 64 * 64  # latent elements per batch (8 SD1.5 images at 512 px), as in ComfyUI
-MAX_BATCH = 16
 
 
 class _CoreGuide:
@@ -29,16 +27,6 @@ class _CoreGuide:
 
     def __call__(self, denoised, x, sigma, **_host) -> torch.Tensor:
         return self.guide(denoised, x, sigma)
-
-
-class _PostCFG:
-    """Forge's post-CFG function for a probe: the guide on the CFG result."""
-
-    def __init__(self, guide: Guide):
-        self.guide = guide
-
-    def __call__(self, args: dict) -> torch.Tensor:
-        return self.guide(args["denoised"], args["input"], args["sigma"])
 
 
 class _Decoded(list):
@@ -58,7 +46,7 @@ class _ProbeScripts:
         if self.guide is not None and host.is_forge(p.sd_model):
             objects = p.sd_model.forge_objects
             clone = objects.unet.clone()
-            clone.set_model_sampler_post_cfg_function(_PostCFG(self.guide))
+            clone.set_model_sampler_post_cfg_function(PostCFGGuide(self.guide))
             objects.unet = clone
 
     def post_sample(self, p, ps) -> None:
@@ -102,7 +90,7 @@ class ProbeSampler:
         self.steps, self.cfg_scale = int(steps), float(cfg_scale)
         self.width, self.height = int(width), int(height)
         numel = family.latent_channels * (height // 8) * (width // 8)
-        self.batch = max(1, min(MAX_BATCH, BATCH_ELEMENTS // max(1, numel)))
+        self.batch = probe_batch(numel)
         self.description = (f"{sampler_name}/{scheduler}, {steps} steps, cfg {cfg_scale:g}, {width}x{height} px "
                             f"({family.latent_format} model)")
 

@@ -106,6 +106,19 @@ def forge_ui(forge):
     return forge
 
 
+@pytest.fixture(scope="session")
+def train_demo_guard(forge):
+    """Train a guard on the shipped demo images through the extension's route; returns its answer."""
+
+    def train(name: str, max_steps: int = 20) -> dict:
+        status, body = forge.post("/cpsample/train", {"folder": str(forge.input_dir / "demo"), "name": name,
+                                                      "max_steps": max_steps, "batch_size": 8, "overwrite": True})
+        assert status == 200, body
+        return body
+
+    return train
+
+
 @pytest.fixture
 def small_txt2img():
     """A txt2img payload small enough for a CPU (64×64, 3 steps); keyword arguments override fields."""

@@ -88,7 +88,7 @@ def _family(path: Path) -> dict:
             "model_sampling": info.get("model_sampling"), "noise_space": json.loads(meta["noise_space"])}
 
 
-def test_one_guard_both_worlds(forge, comfy, small_txt2img):
+def test_one_guard_both_worlds(forge, comfy, small_txt2img, train_demo_guard):
     server, layout = comfy
     # a guard trained in ComfyUI (Train Guard -> Save Guard) ...
     _comfy_run(server, {
@@ -102,10 +102,7 @@ def test_one_guard_both_worlds(forge, comfy, small_txt2img):
     from_comfy = Path(layout["guards"]) / "from_comfy.safetensors"
     assert from_comfy.is_file()
     # ... and one trained in Forge (the extension's route)
-    status, body = forge.post("/cpsample/train", {"folder": str(forge.input_dir / "demo"), "name": "from_forge",
-                                                  "max_steps": 12, "batch_size": 8, "overwrite": True})
-    assert status == 200, body
-    from_forge = Path(body["path"])
+    from_forge = Path(train_demo_guard("from_forge", max_steps=12)["path"])
 
     # the same kind of file: family, sampling and noise space agree
     fc, ff = _family(from_comfy), _family(from_forge)

@@ -29,11 +29,8 @@ def _guards_dir(forge):
 
 
 @pytest.fixture(scope="module")
-def guard_name(forge) -> str:
-    status, body = forge.post("/cpsample/train", {"folder": str(forge.input_dir / "demo"), "name": "to calibrate",
-                                                  "max_steps": 20, "batch_size": 8, "overwrite": True})
-    assert status == 200, body
-    return body["name"]
+def guard_name(train_demo_guard) -> str:
+    return train_demo_guard("to calibrate")["name"]
 
 
 def _body(forge, guard: str, **kw) -> dict:

@@ -26,11 +26,8 @@ TITLE = "CPSample"  # alwayson_scripts key: the script's title
 
 
 @pytest.fixture(scope="module")
-def guard_name(forge) -> str:
-    status, body = forge.post("/cpsample/train", {"folder": str(forge.input_dir / "demo"), "name": "protect",
-                                                  "max_steps": 20, "batch_size": 8, "overwrite": True})
-    assert status == 200, body
-    return body["name"]
+def guard_name(train_demo_guard) -> str:
+    return train_demo_guard("protect")["name"]
 
 
 def _pixels(b64: str) -> np.ndarray:

@@ -86,12 +86,10 @@ def _value(elem_id: str, kind: str = "input") -> str:
     return f"{ROOT}.querySelector('#{elem_id} {kind}')?.value"
 
 
-def test_paste_restores_the_accordion_and_a_refusal_shows(forge_ui, small_txt2img):
+def test_paste_restores_the_accordion_and_a_refusal_shows(forge_ui, small_txt2img, train_demo_guard):
     """An infotext pasted into the prompt (the ↙ button) sets the accordion as the image was made;
     one without CPSample keys turns it off; a guard for another model family is refused on screen."""
-    status, body = forge_ui.post("/cpsample/train", {"folder": str(forge_ui.input_dir / "demo"), "name": "paste",
-                                                  "max_steps": 5, "batch_size": 8, "overwrite": True})
-    assert status == 200, body
+    train_demo_guard("paste", max_steps=5)
     args = [True, "paste.safetensors", 2500.0, 0.25, 0.1, 0.9, "opposite", "noisy", False]
     info = json.loads(forge_ui.txt2img({**small_txt2img(), "alwayson_scripts": {"CPSample": {"args": args}}})["info"])
     protected_infotext = info["infotexts"][0]
@@ -145,10 +143,8 @@ def _foreign_sdxl_guard(path) -> None:
     save_guard(Guard(net, NoiseSpace.vp(), {"latent_format": "SDXL"}), path)
 
 
-def test_tab_calibrates_a_guard_and_shows_the_evidence(forge_ui):
-    status, body = forge_ui.post("/cpsample/train", {"folder": str(forge_ui.input_dir / "demo"), "name": "tabcal",
-                                                     "max_steps": 5, "batch_size": 8, "overwrite": True})
-    assert status == 200, body
+def test_tab_calibrates_a_guard_and_shows_the_evidence(forge_ui, train_demo_guard):
+    train_demo_guard("tabcal", max_steps=5)
     with cdp.Chromium(width=1400, height=1100) as page:
         page.navigate(forge_ui.url + "/")
         page.wait_for(f"!!{ROOT}.querySelector('#cpsample_calibrate_button')", timeout=180)
