@@ -213,3 +213,36 @@ def test_confirm_seeds_errors(small_guard):
         calibrate(g, sample, train, seeds=range(8), confirm_seeds=[100, 100])
     with pytest.raises(ValueError, match="confirm_seeds must be integers"):
         calibrate(g, sample, train, seeds=range(8), confirm_seeds=["a"])
+
+
+def _late_push_spoils(train, spoiled_seeds: set[int]):
+    """Every seed copies a training latent; a guide that acts at σ 0.5 turns it into a new latent. On
+    ``spoiled_seeds`` that latent is blown up (10x) unless the guide also acts at σ 3, i.e. unless its
+    window is wider than σ ≤ 2: pushed only late, those samples break."""
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            if torch.equal(guide(copy, copy, torch.tensor([0.5])), copy):
+                out.append(copy + 1e-3 * torch.randn(copy.shape, generator=torch.Generator().manual_seed(s)))
+                continue
+            new = torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
+            early = not torch.equal(guide(copy, copy, torch.tensor([3.0])), copy)
+            out.append(new if early or s not in spoiled_seeds else 10 * new)
+        return torch.cat(out)
+    return sample
+
+
+@pytest.mark.parametrize("n_spoiled, window", [(2, 4.0), (1, 1.0)])
+def test_a_wider_window_is_tried_while_the_best_spoils_more_than_one_probe(small_guard, n_spoiled, window):
+    guard, train = small_guard
+    sample = _late_push_spoils(train, set(range(500, 500 + n_spoiled)))
+    # 32 probes: the earlier rule (widen only while the best spoils over a tenth) stopped at σ ≤ 1 with 2
+    cal = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), confirm_seeds=[])
+    assert cal.reached and cal.calibrated_rate == 0.0, cal.report()
+    # the narrow windows spoil the late-pushed seeds: with two of them σ ≤ 4 (which pushes early too)
+    # is measured and chosen for spoiling none; with one, σ ≤ 1 is kept and no wider window is tried
+    assert cal.settings["sigma_max"] == window, cal.report()
+    assert cal.spoiled_rate == (0.0 if n_spoiled > 1 else 1 / 32), cal.report()
+    windows = {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]}
+    assert windows == ({1.0, 2.0, 4.0} if n_spoiled > 1 else {1.0}), cal.report()
