@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.calibration import EVAL_SEEDS, DigitsBench  # noqa: E402
 from benchmarks.finetune.classifier import classify  # noqa: E402
-from cpsample_nodes.core.calibration import _Reference, window_sigma  # noqa: E402
+from cpsample_nodes.core.calibration import L2_K, _Reference, window_sigma  # noqa: E402
 from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio  # noqa: E402
 
 SETTINGS = [("α 0.3, σ ≤ 1", 0.3, 1.0), ("α 0.5, σ ≤ 1", 0.5, 1.0), ("α 0.2, σ ≤ 2", 0.2, 2.0),
@@ -63,7 +63,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def measure(bench: DigitsBench, guard, sample, seeds: list[int], settings: dict | None):
+def measure(guard, sample, seeds: list[int], settings: dict | None):
     """Samples of ``seeds`` with ``settings`` (None: unguarded) and each sample's summed late push."""
     late = torch.zeros(len(seeds), dtype=torch.float64)
 
@@ -89,16 +89,16 @@ def run(bench: DigitsBench, kind: str, guard_seeds: list[int], n: int) -> list[d
     rows = []
     for gs in guard_seeds:
         guard = bench.guard(gs)
-        base, _ = measure(bench, guard, sample, seeds, None)
-        base_ratio = calibrated_l2_ratio(base, bench.train, 5)
+        base, _ = measure(guard, sample, seeds, None)
+        base_ratio = calibrated_l2_ratio(base, bench.train, L2_K)
         copied = base_ratio < REPLICA_L2_RATIO
         reference = _Reference.of(torch.cat([bench.train, base]), base_ratio[~copied])
         per_guard = []
         for label, alpha, ratio in SETTINGS:
             settings = {"alpha": alpha, "sigma_max": window_sigma(guard, ratio)}
-            x, late = measure(bench, guard, sample, seeds, settings)
+            x, late = measure(guard, sample, seeds, settings)
             m = bench.metrics(x)
-            ratio_x = calibrated_l2_ratio(x, bench.train, 5)
+            ratio_x = calibrated_l2_ratio(x, bench.train, L2_K)
             new = ratio_x >= REPLICA_L2_RATIO  # the samples that are not replicas: what the signals judge
             _, conf, _ = classify(bench.clf, x[new])
             moved = ~copied & new

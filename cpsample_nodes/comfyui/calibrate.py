@@ -9,6 +9,7 @@ is the image KSampler makes with seed s and batch size 1 (up to the float roundi
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -65,8 +66,7 @@ class ProbeSampler:
             self._takes_noise_sampler = fn is not None and "noise_sampler" in inspect.signature(fn).parameters
         except (TypeError, ValueError):
             self._takes_noise_sampler = False
-        numel = max(1, self.latent_shape[0] * self.latent_shape[1] * self.latent_shape[2])
-        self.batch = probe_batch(numel)
+        self.batch = probe_batch(math.prod(self.latent_shape))
         self.images = 0  # probe images sampled so far (each is `steps` sampler steps)
 
     def describe(self, width: int, height: int) -> str:
