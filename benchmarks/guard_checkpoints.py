@@ -16,7 +16,9 @@ The guard seeds train exactly the guards of the calibration table up to their fi
 (same data, same seeds, 1 thread), so the row at the first passing check is the guard that table
 used. ``--ema`` traces a moving average of the weights instead (``train_guard(ema_decay=...)``), ``--lr``
 another learning rate. ``--ensemble`` also guides with the mean logit of the weights kept from
-the first passing check to the end of the budget, against the guard of that first check, at α 0.2 and 0.5.
+the first passing check to the end of the budget, against the guard of that first check, at α 0.2 and 0.5;
+``--calibrate`` calibrates those two guards instead (as benchmarks/calibration.py does) and measures the
+calibrated settings on fresh seeds.
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.calibration import Bench, DigitsBench, MixtureBench, guide_of, sample_many  # noqa: E402
-from cpsample_nodes.core import training  # noqa: E402
+from benchmarks.calibration import (PROBE_SEEDS, Bench, DigitsBench, MixtureBench, guide_of,  # noqa: E402
+                                    sample_many)
+from cpsample_nodes.core import calibrate, training  # noqa: E402
+from cpsample_nodes.core.calibration import describe  # noqa: E402
 from cpsample_nodes.core.guard import Guard  # noqa: E402
 
 PASS = 0.99        # train_guard's target_accuracy and confidence: the stop check
@@ -100,6 +104,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3, help="train_guard's learning rate (its default: 2e-3)")
     ap.add_argument("--ensemble", action="store_true",
                     help="also guide with the mean logit of the weights kept from the first passing check on")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="instead of guiding every kept guard: calibrate the first-pass guard and the ensemble "
+                         "(public calibrate, the calibration table's probe seeds) and measure each on fresh seeds")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))  # it decides which guard trains
@@ -121,6 +128,8 @@ def main() -> None:
             guard.net.load_state_dict(kept[step])
             if passes and step >= passes[0]:
                 nets.append(copy.deepcopy(guard.net).eval())
+            if args.calibrate:
+                continue  # only the two guards below are measured
             m = bench.metrics(sample_many(sample, guide_of(guard, {"alpha": ALPHA}), args.samples))
             row = {"guard_seed": seed, "step": step, "check": checks.get(step), "passes": step in passes,
                    "first_pass": bool(passes) and step == passes[0],
@@ -129,10 +138,19 @@ def main() -> None:
             print(f"  step {step:5d}  check {checks.get(step, float('nan')):.3f}{' PASS' if row['passes'] else '     '}"
                   f"  margin {row['train_margin']:5.2f}  replicas {m['replicas']:6.1%}  "
                   f"{bench.quality_key} {m[bench.quality_key]:.3f}", flush=True)
-        if nets and args.ensemble:
-            both = {"first pass": Guard(nets[0], bench.space),
-                    f"mean logit of {len(nets)} kept from the first pass": MeanLogitGuard(nets, bench.space)}
-            for label, g in both.items():
+        both = {"first pass": Guard(nets[0], bench.space),
+                f"mean logit of {len(nets)} kept from the first pass": MeanLogitGuard(nets, bench.space)} if nets else {}
+        for label, g in both.items():
+            if args.calibrate:
+                cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + 64),
+                                sampler_description=f"{bench.name} {args.sampler}")
+                m = bench.metrics(sample_many(sample, guide_of(g, cal.settings), args.samples))
+                rows.append({"guard_seed": seed, "guard": label, "calibrated": describe(cal.settings),
+                             "settings": cal.settings, "reached": cal.reached, "model_calls": cal.model_calls, **m})
+                print(f"  {label:42} calibrated ({describe(cal.settings)}, {cal.model_calls} model calls"
+                      f"{'' if cal.reached else ', MISSES the target'}): replicas {m['replicas']:6.1%}  "
+                      f"{bench.quality_key} {m[bench.quality_key]:.3f}", flush=True)
+            elif args.ensemble:
                 for alpha in (0.2, ALPHA):
                     m = bench.metrics(sample_many(sample, guide_of(g, {"alpha": alpha}), args.samples))
                     rows.append({"guard_seed": seed, "guard": label, "alpha": alpha, **m})
