@@ -58,9 +58,17 @@ class Bench:
     higher_is_better: bool
     settle: float = 0.0    # train_guard(settle=...): the cool-down past memorisation
 
+    space: NoiseSpace
+
     def sampler(self, kind: str) -> Callable: ...
-    def guard(self, seed: int) -> Guard: ...
     def metrics(self, x: torch.Tensor) -> dict[str, float]: ...
+
+    def training_options(self) -> dict:
+        """The ``train_guard`` options of the guard a user of this benchmark gets (beyond the defaults)."""
+        return {}
+
+    def guard(self, seed: int) -> Guard:
+        return train_guard(self.train, self.space, seed=seed, settle=self.settle, **self.training_options())
 
 
 class MixtureBench(Bench):
@@ -81,9 +89,6 @@ class MixtureBench(Bench):
 
     def sampler(self, kind: str) -> Callable:
         return mixture_sampler(self.mix, self.space, self.steps, kind)
-
-    def guard(self, seed: int) -> Guard:
-        return train_guard(self.train, self.space, seed=seed, settle=self.settle)
 
     def metrics(self, x: torch.Tensor) -> dict[str, float]:
         r = mixture_metrics(x, self.train, self.reference, self.threshold)
@@ -122,9 +127,8 @@ class DigitsBench(Bench):
         inner = seeded_sampler(den, "vp", self.sigmas, (1, 16, 16), kind, start)
         return lambda guide, seeds: inner(guide, seeds).clamp(-1, 1)
 
-    def guard(self, seed: int) -> Guard:
-        return train_guard(self.train, self.space, seed=seed, max_steps=self.cfg.guard_steps,
-                           negatives=self.negatives, settle=self.settle)
+    def training_options(self) -> dict:
+        return {"max_steps": self.cfg.guard_steps, "negatives": self.negatives}
 
     def metrics(self, x: torch.Tensor) -> dict[str, float]:
         from benchmarks.finetune.evaluate import sample_metrics

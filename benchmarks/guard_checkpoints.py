@@ -50,10 +50,10 @@ class MeanLogitGuard(Guard):
 
     def __init__(self, nets: list, space) -> None:
         super().__init__(nets[0], space)
-        self.nets = nets
+        self.members = [Guard(net, space) for net in nets]
 
     def logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        return torch.stack([Guard(net, self.space).logit(x, sigma) for net in self.nets]).mean(0)
+        return torch.stack([member.logit(x, sigma) for member in self.members]).mean(0)
 
 
 def trace(bench: Bench, seed: int, every: int, ema: float = 0.0, lr: float = 2e-3,
@@ -78,16 +78,15 @@ def trace(bench: Bench, seed: int, every: int, ema: float = 0.0, lr: float = 2e-
         if step % every == 0 or checks.get(step, 0.0) >= PASS:
             kept[step] = copy.deepcopy(made[-1].net.state_dict())  # the checked weights
 
-    extra = ({"max_steps": bench.cfg.guard_steps, "negatives": bench.negatives}
-             if isinstance(bench, DigitsBench) else {})
+    options = bench.training_options()
     if max_steps is not None:
-        extra["max_steps"] = max_steps
+        options["max_steps"] = max_steps
     original = training.Guard
     training.Guard = Watched
     try:
         # target above 1: the check is measured (and reported to progress) but never passes
         guard = training.train_guard(bench.train, bench.space, seed=seed, progress=progress,
-                                     target_accuracy=1.01, ema_decay=ema, lr=lr, **extra)
+                                     target_accuracy=1.01, ema_decay=ema, lr=lr, **options)
     finally:
         training.Guard = original
     return guard, kept, checks
