@@ -184,6 +184,7 @@ def test_a_setting_must_pass_again_on_new_seeds(small_guard):
     # a stronger scale was tried once the default one had nothing left
     assert any(r["settings"]["scale"] > 1000 for r in cal.rows if r["settings"]), cal.report()
     assert "failed confirmation" in cal.report()
+    assert cal.weak_guard and "no setting reached the target" in cal.report()
     # the same model, its later seeds included among the probes' range, passes when nothing is confirmed
     g2 = guard.with_space(guard.space)
     quick = calibrate(g2, sample, train, seeds=range(500, 516), confirm_seeds=[])
@@ -246,3 +247,49 @@ def test_a_wider_window_is_tried_while_the_best_spoils_more_than_one_probe(small
     assert cal.spoiled_rate == (0.0 if n_spoiled > 1 else 1 / 32), cal.report()
     windows = {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]}
     assert windows == ({1.0, 2.0, 4.0} if n_spoiled > 1 else {1.0}), cal.report()
+
+
+class _Damped(torch.nn.Module):
+    """A guard network whose logits are shrunk: right, but with gradients too small to push hard."""
+
+    def __init__(self, net, factor: float):
+        super().__init__()
+        self.inner, self.factor, self.config = net, factor, net.config
+
+    def forward(self, x, sigma):
+        return self.inner(x, sigma) * self.factor
+
+
+def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying):
+    from cpsample_nodes.core import Guard
+    from cpsample_nodes.core.evidence import calibration_summary
+
+    guard, train = small_guard
+    weak = Guard(_Damped(guard.net, 0.05), guard.space, dict(guard.info))
+    sigma = torch.tensor([0.5])
+
+    def push(seed: int, scale: float) -> float:
+        copy = train[seed % train.shape[0]].unsqueeze(0)
+        return float((weak.guide(copy, copy, sigma, scale=scale, alpha=0.5) - copy).pow(2).mean().sqrt())
+
+    # every probe copies unless the guard moves it by more than its push at the default scale
+    escape = {s: 2 * push(s, 1000.0) for s in range(500, 532)}
+    assert all(push(s, 3000.0) > escape[s] for s in escape), "the damped guard's push is capped already"
+
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            moved = float((guide(copy, copy, sigma) - copy).pow(2).mean().sqrt())
+            out.append(torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
+                       if moved > escape[s] else copy)
+        return torch.cat(out)
+
+    cal = calibrate(weak, sample, train, seeds=range(500, 532), confirm_seeds=[])
+    assert cal.reached and cal.settings["scale"] == 3000.0, cal.report()
+    assert cal.weak_guard and "this guard is weak on this model: it needed 3x the standard push" in cal.report()
+    assert "another seed" in calibration_summary(cal)
+    # the trained guard on the copying mixture protects at the default scale and is not called weak
+    strong = copying[3]
+    assert strong.settings["scale"] == 1000.0 and not strong.weak_guard, strong.report()
+    assert "weak" not in strong.report() and "another seed" not in calibration_summary(strong)

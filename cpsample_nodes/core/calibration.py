@@ -164,6 +164,15 @@ class Calibration:
     def probes(self) -> int:
         return len(self.seeds)
 
+    @property
+    def weak_guard(self) -> bool:
+        """The model copies and the guard needed a stronger push than the default scale, or missed the
+        target. In the calibration table the two calibrations that raised the scale were both guards
+        that stopped training at a weak moment (docs/protection.md, "Where the weak guards come
+        from"), and the other label seeds' guards protected with the default scale."""
+        return not self.no_copies and (not self.reached or
+                                       float(self.settings.get("scale", DEFAULT_SCALE)) > DEFAULT_SCALE)
+
     def summary(self) -> dict[str, Any]:
         """The JSON-able record stored in ``guard.info["calibration"]`` (nothing per image)."""
         return {
@@ -222,6 +231,11 @@ class Calibration:
             lines.append(f"chosen: {describe(self.settings)}: {self.calibrated_rate:.1%} copies "
                          f"(unguarded {self.unguarded_rate:.1%}), {verdict}; spoils {self.spoiled_rate:.1%} "
                          f"of the probes (near copies, or std, mean, max |x| or high-frequency share outside the natural range)")
+            if self.weak_guard:
+                lines.append("this guard is weak on this model: " + (
+                    "no setting reached the target" if not self.reached else
+                    f"it needed {float(self.settings['scale']) / DEFAULT_SCALE:g}x the standard push") +
+                    ". A guard trained again with another seed is often stronger and protects with gentler settings.")
         lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s")
         return "\n".join(lines)
 

@@ -254,7 +254,8 @@ def calibration_summary(cal) -> str:
         return f"no copies among {n} probes: the gentlest setting is kept ({describe(cal.settings)})"
     before, after = round(cal.unguarded_rate * n), round(cal.calibrated_rate * n)
     missed = "" if cal.reached else " (target missed: the best setting found)"
-    return f"calibrated: {describe(cal.settings)}; copies {before}/{n} -> {after}/{n}{missed}"
+    weak = "; a weak guard for this model: one trained with another seed may do better" if cal.weak_guard else ""
+    return f"calibrated: {describe(cal.settings)}; copies {before}/{n} -> {after}/{n}{missed}{weak}"
 
 
 NOT_THE_TRAINING_SET = ("note: these are not exactly the latents the guard was trained on (another folder "
