@@ -18,13 +18,16 @@ used. ``--ema`` traces a moving average of the weights instead (``train_guard(em
 another learning rate. ``--ensemble`` also guides with the mean logit of the weights kept from
 the first passing check to the end of the budget, against the guard of that first check, at α 0.2 and 0.5;
 ``--calibrate`` calibrates those two guards instead (as benchmarks/calibration.py does) and measures the
-calibrated settings on fresh seeds.
+calibrated settings on fresh seeds. ``--proxy`` also guides a model-free stand-in built from the training
+latents with each kept guard (the self-test a stopping rule could use without the user's model); with
+``--calibrate`` it calibrates the first pass and the first passing check that also passes the self-test.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.calibration import (PROBE_SEEDS, Bench, DigitsBench, MixtureBench, guide_of,  # noqa: E402
                                     sample_many)
+from benchmarks.calibration_samplers import denoiser, schedule, seeded_sampler  # noqa: E402
+from benchmarks.mixture import Mixture  # noqa: E402
+from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio  # noqa: E402
 from cpsample_nodes.core import calibrate, training  # noqa: E402
 from cpsample_nodes.core.calibration import describe  # noqa: E402
 from cpsample_nodes.core.guard import Guard  # noqa: E402
@@ -42,6 +48,8 @@ from cpsample_nodes.core.guard import Guard  # noqa: E402
 PASS = 0.99        # train_guard's target_accuracy and confidence: the stop check
 CHECK_EVERY = 50   # train_guard's eval_every
 ALPHA = 0.5
+PROXY_SEEDS = 64   # --proxy: seeds of the model-free stand-in per kept guard
+SELF_TEST_PASS = 1 / PROXY_SEEDS  # --calibrate --proxy: a passing check counts once the stand-in keeps <= 1 copy
 
 
 class MeanLogitGuard(Guard):
@@ -54,6 +62,24 @@ class MeanLogitGuard(Guard):
 
     def logit(self, x: torch.Tensor, sigma) -> torch.Tensor:
         return torch.stack([member.logit(x, sigma) for member in self.members]).mean(0)
+
+
+def proxy_sampler(bench: Bench, steps: int = 20, kind: str = "euler_a"):
+    """A model-free stand-in for a memorising fine-tune, built from the training latents alone: the
+    closed-form mixture of benchmarks/mixture.py (half the mass on the training latents, half on
+    N(0, I)) in the guard's noise space. How many of its copies a guard removes can be measured
+    without the user's model."""
+    mix = Mixture(bench.train.flatten(1), 0.5, 0.05)
+    sigmas = schedule(bench.space, steps)
+    start = sigmas[0] if bench.space.kind == "vp" else math.sqrt(sigmas[0] ** 2 + (1 - sigmas[0]) ** 2)
+    return seeded_sampler(denoiser(mix, bench.space), bench.space.kind, sigmas, tuple(bench.train.shape[1:]),
+                          kind, start)
+
+
+def proxy_copies(bench: Bench, sample, guide, n: int = PROXY_SEEDS) -> float:
+    """Share of the proxy's samples that copy a training latent (calibrated ℓ2 ratio < 1/3, as calibrate)."""
+    x = sample(guide, list(range(PROBE_SEEDS, PROBE_SEEDS + n)))
+    return float((calibrated_l2_ratio(x, bench.train, 5) < REPLICA_L2_RATIO).double().mean())
 
 
 def trace(bench: Bench, seed: int, every: int, ema: float = 0.0, lr: float = 2e-3,
@@ -106,6 +132,11 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true",
                     help="instead of guiding every kept guard: calibrate the first-pass guard and the ensemble "
                          "(public calibrate, the calibration table's probe seeds) and measure each on fresh seeds")
+    ap.add_argument("--proxy", action="store_true",
+                    help="also count the copies each kept guard leaves in a model-free stand-in built from the "
+                         "training latents (a closed-form mixture on them), at α 0.5 on every step; with "
+                         "--calibrate: calibrate the first pass and the first pass whose stand-in keeps <= 1 of "
+                         f"{PROXY_SEEDS} copies (the self-test), instead of the ensemble")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))  # it decides which guard trains
@@ -116,6 +147,10 @@ def main() -> None:
     unguarded = bench.metrics(sample_many(sample, None, args.samples))
     print(f"[{bench.name}] {args.sampler}, {args.samples} fresh seeds, unguarded: replicas {unguarded['replicas']:.1%}, "
           f"{bench.quality_key} {unguarded[bench.quality_key]:.3f}; guided: α {ALPHA} on every step", flush=True)
+    proxy = proxy_sampler(bench) if args.proxy else None
+    if proxy is not None:
+        print(f"proxy (closed-form mixture on the training latents, euler_a, 20 steps, {PROXY_SEEDS} seeds): "
+              f"unguarded copies {proxy_copies(bench, proxy, None):.1%}", flush=True)
     rows: list[dict] = []
     for seed in (int(s) for s in args.guard_seeds.split(",")):
         guard, kept, checks = trace(bench, seed, args.every, args.ema, args.lr)
@@ -123,22 +158,40 @@ def main() -> None:
         print(f"guard seed {seed}: the stop check passes at steps {passes or 'none'} "
               f"(train_guard stops at {passes[0] if passes else guard.info['steps']})", flush=True)
         nets = []
+        tested = None  # --proxy: the weights of the first passing check that also pass the self-test
         for step in sorted(kept):
             guard.net.load_state_dict(kept[step])
             if passes and step >= passes[0]:
                 nets.append(copy.deepcopy(guard.net).eval())
             if args.calibrate:
-                continue  # only the two guards below are measured
+                if proxy is not None and tested is None and step in passes:
+                    left = proxy_copies(bench, proxy, guide_of(guard, {"alpha": ALPHA}))
+                    print(f"  step {step:5d}  passes the stop check; self-test: proxy copies {left:.1%}"
+                          f"{' (passes)' if left <= SELF_TEST_PASS else ''}", flush=True)
+                    if left <= SELF_TEST_PASS:
+                        tested = (step, copy.deepcopy(guard.net).eval())
+                continue  # only the guards below are measured
             m = bench.metrics(sample_many(sample, guide_of(guard, {"alpha": ALPHA}), args.samples))
             row = {"guard_seed": seed, "step": step, "check": checks.get(step), "passes": step in passes,
                    "first_pass": bool(passes) and step == passes[0],
                    "train_margin": round(guard.training_margin(bench.train), 3), **m}
+            if proxy is not None:
+                row["proxy_copies"] = proxy_copies(bench, proxy, guide_of(guard, {"alpha": ALPHA}))
             rows.append(row)
             print(f"  step {step:5d}  check {checks.get(step, float('nan')):.3f}{' PASS' if row['passes'] else '     '}"
                   f"  margin {row['train_margin']:5.2f}  replicas {m['replicas']:6.1%}  "
-                  f"{bench.quality_key} {m[bench.quality_key]:.3f}", flush=True)
+                  f"{bench.quality_key} {m[bench.quality_key]:.3f}"
+                  + (f"  proxy copies {row['proxy_copies']:6.1%}" if proxy is not None else ""), flush=True)
         both = {"first pass": Guard(nets[0], bench.space),
                 f"mean logit of {len(nets)} kept from the first pass": MeanLogitGuard(nets, bench.space)} if nets else {}
+        if args.calibrate and proxy is not None:  # the first pass against the first self-tested pass
+            both = dict(list(both.items())[:1])
+            if tested is None:
+                print("  no passing check passes the self-test", flush=True)
+            elif tested[0] == passes[0]:
+                print("  the first pass passes the self-test: the same guard", flush=True)
+            else:
+                both[f"self-tested pass (step {tested[0]})"] = Guard(tested[1], bench.space)
         for label, g in both.items():
             if args.calibrate:
                 cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + 64),

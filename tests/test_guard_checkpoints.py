@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.guard_checkpoints import MeanLogitGuard, trace  # noqa: E402
+from benchmarks.guard_checkpoints import MeanLogitGuard, proxy_copies, proxy_sampler, trace  # noqa: E402
 from cpsample_nodes.core import NoiseSpace, training  # noqa: E402
 from cpsample_nodes.core.guard import Guard  # noqa: E402
 
@@ -38,3 +38,15 @@ def test_mean_logit_guard_reads_the_mean_of_its_networks():
     assert torch.allclose(both.logit(x, sigma), expected, atol=1e-6)
     moved = both.guide(x, x, sigma, alpha=0.5, scale=1000.0)
     assert moved.shape == x.shape and not torch.equal(moved, x)
+
+
+def test_the_stand_in_copies_its_training_latents_unless_pushed_off_them():
+    for space in (NoiseSpace.vp(), NoiseSpace.flow()):
+        bench = SimpleNamespace(train=torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(1)), space=space)
+        sample = proxy_sampler(bench)
+        x = sample(None, [1, 2, 3])
+        assert x.shape == (3, 4, 8, 8) and torch.equal(x, sample(None, [1, 2, 3]))  # seeded
+        plain = proxy_copies(bench, sample, None)
+        assert 0.2 <= plain <= 0.8, (space.kind, plain)  # half its mass sits on the training latents
+        # an x0 prediction moved well away from every latent at every step leaves no copy
+        assert proxy_copies(bench, sample, lambda d, x, s: d + 3.0) == 0.0
