@@ -120,7 +120,8 @@ def trace(bench: Bench, seed: int, every: int, ema: float = 0.0, lr: float = 2e-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", choices=["mixture-flow", "mixture-vp", "digits-full"], default="mixture-flow")
+    ap.add_argument("--bench", choices=["mixture-flow", "mixture-vp", "digits-full", "digits-prior"],
+                    default="mixture-flow")
     ap.add_argument("--guard-seeds", default="0,1,2")
     ap.add_argument("--samples", type=int, default=300, help="fresh seeds guided with each kept guard")
     ap.add_argument("--sampler", default="euler_a")
@@ -142,7 +143,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))  # it decides which guard trains
     t0 = time.time()
     bench: Bench = (MixtureBench(args.bench.split("-")[1], args.samples, 50) if args.bench.startswith("mixture")
-                    else DigitsBench("full", args.samples))
+                    else DigitsBench(args.bench.split("-")[1], args.samples))
     sample = bench.sampler(args.sampler)
     unguarded = bench.metrics(sample_many(sample, None, args.samples))
     print(f"[{bench.name}] {args.sampler}, {args.samples} fresh seeds, unguarded: replicas {unguarded['replicas']:.1%}, "
