@@ -300,18 +300,18 @@ def hindsight(paths: list[Path]) -> str:
         higher = q == "quality_share"
         here = [r for r in rows if r["bench"] == bench and r["sampler"] == kind]
         base = {r["guard_seed"]: r["replicas"] for r in here if r["setting"] == "none"}
+
+        def show(r: dict) -> str:
+            value = f"{100 * r[q]:.1f} %" if higher else f"FD {r[q]:.2f} x"
+            return f"{r['replicas']:.1%}, {value}"
+
         for gs in sorted(base):
             mine = [r for r in here if r["guard_seed"] == gs]
             cal = next((r for r in mine if r["setting"].startswith("calibrated")), None)
-            limit = 0.01 if q == "fd_ratio" else base[gs] / 10
-            ok = [r for r in mine if r["setting"].startswith("hand") and r["replicas"] <= limit]
             if cal is None:
                 continue
-
-            def show(r: dict) -> str:
-                value = f"{100 * r[q]:.1f} %" if higher else f"FD {r[q]:.2f} x"
-                return f"{r['replicas']:.1%}, {value}"
-
+            limit = 0.01 if q == "fd_ratio" else base[gs] / 10
+            ok = [r for r in mine if r["setting"].startswith("hand") and r["replicas"] <= limit]
             if not ok:
                 lines.append(f"| {bench} | {kind} | {gs} | {show(cal)} | no hand row cuts the copies enough | |")
                 continue

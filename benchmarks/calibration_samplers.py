@@ -39,12 +39,12 @@ def denoiser(mix: Mixture, space: NoiseSpace) -> Callable[[torch.Tensor, float],
     return lambda x, s: mix.denoise((x / (1 - s)).flatten(1), s / (1 - s)).view_as(x)
 
 
-def mixture_sampler(mix: Mixture, space: NoiseSpace, steps: int, sampler: str):
-    """``sample(guide, seeds) -> [len(seeds), *SHAPE]`` for ``calibrate`` and the evaluation."""
+def mixture_sampler(mix: Mixture, space: NoiseSpace, steps: int, sampler: str, shape: tuple = SHAPE):
+    """``sample(guide, seeds) -> [len(seeds), *shape]`` for ``calibrate`` and the evaluation."""
     sigmas = schedule(space, steps)
     s0 = sigmas[0]
     start = s0 if space.kind == "vp" else math.sqrt(s0**2 + (1 - s0) ** 2)
-    return seeded_sampler(denoiser(mix, space), space.kind, sigmas, SHAPE, sampler, start)
+    return seeded_sampler(denoiser(mix, space), space.kind, sigmas, shape, sampler, start)
 
 
 def seeded_sampler(den_fn: Callable[[torch.Tensor, float], torch.Tensor], kind: str, sigmas: Sequence[float],

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -38,11 +37,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.calibration import (PROBE_SEEDS, Bench, DigitsBench, MixtureBench, guide_of,  # noqa: E402
                                     sample_many)
-from benchmarks.calibration_samplers import denoiser, schedule, seeded_sampler  # noqa: E402
+from benchmarks.calibration_samplers import mixture_sampler  # noqa: E402
 from benchmarks.mixture import Mixture  # noqa: E402
 from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio  # noqa: E402
 from cpsample_nodes.core import calibrate, training  # noqa: E402
-from cpsample_nodes.core.calibration import describe  # noqa: E402
+from cpsample_nodes.core.calibration import L2_K, describe  # noqa: E402
 from cpsample_nodes.core.guard import Guard  # noqa: E402
 
 PASS = 0.99        # train_guard's target_accuracy and confidence: the stop check
@@ -69,17 +68,14 @@ def proxy_sampler(bench: Bench, steps: int = 20, kind: str = "euler_a"):
     closed-form mixture of benchmarks/mixture.py (half the mass on the training latents, half on
     N(0, I)) in the guard's noise space. How many of its copies a guard removes can be measured
     without the user's model."""
-    mix = Mixture(bench.train.flatten(1), 0.5, 0.05)
-    sigmas = schedule(bench.space, steps)
-    start = sigmas[0] if bench.space.kind == "vp" else math.sqrt(sigmas[0] ** 2 + (1 - sigmas[0]) ** 2)
-    return seeded_sampler(denoiser(mix, bench.space), bench.space.kind, sigmas, tuple(bench.train.shape[1:]),
-                          kind, start)
+    return mixture_sampler(Mixture(bench.train.flatten(1), 0.5, 0.05), bench.space, steps, kind,
+                           tuple(bench.train.shape[1:]))
 
 
 def proxy_copies(bench: Bench, sample, guide, n: int = PROXY_SEEDS) -> float:
     """Share of the proxy's samples that copy a training latent (calibrated ℓ2 ratio < 1/3, as calibrate)."""
     x = sample(guide, list(range(PROBE_SEEDS, PROBE_SEEDS + n)))
-    return float((calibrated_l2_ratio(x, bench.train, 5) < REPLICA_L2_RATIO).double().mean())
+    return float((calibrated_l2_ratio(x, bench.train, L2_K) < REPLICA_L2_RATIO).double().mean())
 
 
 def trace(bench: Bench, seed: int, every: int, ema: float = 0.0, lr: float = 2e-3,
