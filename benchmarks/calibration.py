@@ -227,9 +227,10 @@ DEFAULT_SETTINGS = {"alpha": DEFAULT_ALPHA, "sigma_max": None}  # how the defaul
 
 def summarize(paths: list[Path], every_hand_row: bool = False) -> str:
     """One markdown table over result files: per benchmark and sampler, unguarded, uncalibrated
-    defaults, calibrated and the best hand-tuned setting; values per guard seed (g0 | g1 | g2)."""
+    defaults, calibrated and the best hand-tuned setting; values per guard seed (g0 | g1 | g2 ...)."""
     rows, quality = _load(paths)
-    lines = ["| benchmark | sampler | setting | replicas, guard seed 0 \\| 1 \\| 2 | quality, seed 0 \\| 1 \\| 2 "
+    every_seed = " \\| ".join(str(g) for g in sorted({r["guard_seed"] for r in rows}))
+    lines = [f"| benchmark | sampler | setting | replicas, guard seed {every_seed} | quality, seed {every_seed} "
              "| goal met | calibration cost |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for bench, kind in dict.fromkeys((r["bench"], r["sampler"]) for r in rows):
