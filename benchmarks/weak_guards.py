@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.calibration import (EVAL_SEEDS, PROBE_SEEDS, Bench, DigitsBench, MixtureBench,  # noqa: E402
-                                    guide_of, sample_many)
+from benchmarks.calibration import (BATCH, EVAL_SEEDS, PROBE_SEEDS, Bench, DigitsBench,  # noqa: E402
+                                    MixtureBench, guide_of, sample_many)
 from cpsample_nodes.core import Guard, NoiseSpace  # noqa: E402
 from cpsample_nodes.core.calibration import L2_K  # noqa: E402
 from cpsample_nodes.core.guard import as_sigma  # noqa: E402
@@ -57,11 +57,6 @@ def copies(bench: Bench, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         copied = calibrated_l2_ratio(x, bench.train, L2_K) < REPLICA_L2_RATIO
     return copied, nearest.argmin(1)
-
-
-def cap(space: NoiseSpace, sigma: torch.Tensor) -> torch.Tensor:
-    """``Guard.guide``'s step cap per unit max_step: the noise still in the x0 prediction."""
-    return sigma if space.kind == "vp" else sigma / (1 - sigma).clamp_min(1e-4)
 
 
 def objective_grad(guard: Guard, x: torch.Tensor, read_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +85,7 @@ def normalized_guide(guard: Guard, alpha: float, share: float):
         z, grad = objective_grad(guard, d, guard.space.sigma_min)
         p = torch.sigmoid(z)
         on = ((p < alpha) | (p > 1 - alpha)).float()
-        size = share * cap(guard.space, sig) * (1 - 2 * p).abs() * on
+        size = share * guard.space.x0_noise(sig) * (1 - 2 * p).abs() * on
         return d + (grad / rms(grad).clamp_min(1e-12).view(-1, 1, 1, 1) * size.view(-1, 1, 1, 1)).to(d)
     return guide
 
@@ -134,12 +129,12 @@ def trajectories(bench: Bench, guard: Guard, sample, n: int) -> list[str]:
         sig = as_sigma(sigma, d.shape[0], d).float()
         p = guard.probability(d, guard.space.sigma_min)
         step = rms(guard.guide(d, x, sigma, alpha=ALPHA, scale=SCALE, max_step=None) - d)
-        log.append((float(sig[0]), (1 - 2 * p).abs(), step / cap(guard.space, sig)))
+        log.append((float(sig[0]), (1 - 2 * p).abs(), step / guard.space.x0_noise(sig)))
         return d  # unguarded: only watch
 
     x = sample_many(sample, watch, n)
     copied, _ = copies(bench, x)
-    per_step = len(log) // -(-n // 250)  # sample_many runs batches of 250 seeds
+    per_step = len(log) // -(-n // BATCH)  # sample_many runs batches of BATCH seeds
     lines = [f"  along {n} unguarded trajectories ({int(copied.sum())} copy): per step, mean confidence |1-2p| "
              f"and would-be step / cap (alpha {ALPHA}, scale {SCALE:g}), copies | others"]
     for k in range(0, per_step, max(1, per_step // 12)):

@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.calibration import MixtureBench  # noqa: E402
-from benchmarks.weak_guards import adapted, cap, copies, normalized_guide, reading, rms  # noqa: E402
+from benchmarks.weak_guards import adapted, copies, normalized_guide, reading, rms  # noqa: E402
 from cpsample_nodes.core import train_guard  # noqa: E402
 from cpsample_nodes.core.training import random_labels  # noqa: E402
 
@@ -40,7 +40,7 @@ def test_normalized_push_is_a_share_of_the_cap_times_the_confidence(bench, guard
     sigma = torch.full((d.shape[0],), 0.6)
     p = guard.probability(d, guard.space.sigma_min)
     moved = normalized_guide(guard, alpha=0.5, share=0.5)(d, d, sigma)
-    expected = 0.5 * cap(guard.space, sigma) * (1 - 2 * p).abs()
+    expected = 0.5 * guard.space.x0_noise(sigma) * (1 - 2 * p).abs()
     assert torch.allclose(rms(moved - d), expected, rtol=1e-3, atol=1e-6)
     # items inside the gate are left alone
     gate = float((1 - 2 * p).abs().max()) + 1e-3

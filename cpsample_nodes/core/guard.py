@@ -189,9 +189,9 @@ class Guard(nn.Module):
             step = scale * self.space.weight(sig).view(view) * grad
             if max_step is not None:
                 rms = step.flatten(1).pow(2).mean(1).sqrt()
-                # the noise still in the x0 prediction: σ in vp, σ/(1−σ) in flow (x/(1−σ) = x0 + σ/(1−σ)·ε);
-                # capping flow at σ left it 5–10× weaker than vp where copies are decided
-                cap = max_step * (sig if self.space.kind == "vp" else sig / (1 - sig).clamp_min(1e-4))
+                # capping flow at σ rather than at the x0 prediction's own noise left it 5–10× weaker
+                # than vp where copies are decided
+                cap = max_step * self.space.x0_noise(sig)
                 step = step * (cap / rms.clamp_min(1e-12)).clamp(max=1.0).view(view)
             step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
             return denoised + step.to(denoised.device, denoised.dtype)

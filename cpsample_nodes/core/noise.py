@@ -108,6 +108,13 @@ class NoiseSpace:
             return sigma**2
         return sigma**2 / (1 - sigma).clamp_min(1e-4)
 
+    def x0_noise(self, sigma: Tensor) -> Tensor:
+        """The noise still in an x0 prediction at σ, per element: σ in vp, σ/(1−σ) in flow
+        (x/(1−σ) = x0 + σ/(1−σ)·ε). ``Guard.guide`` caps its step at max_step times this."""
+        if self.kind == "vp":
+            return sigma
+        return sigma / (1 - sigma).clamp_min(1e-4)
+
     def percent_to_sigma(self, p: Tensor) -> Tensor:
         """σ for sampling progress p in [0, 1] (0 = most noise), vectorised."""
         p = p.clamp(0, 1)
