@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import machine  # noqa: E402
 from benchmarks.calibration_samplers import mixture_sampler, seeded_sampler  # noqa: E402
 from benchmarks.mixture import SHAPE, Mixture, evaluate as mixture_metrics  # noqa: E402
 from cpsample_nodes.core import Guard, NoiseSpace, calibrate, train_guard  # noqa: E402
@@ -379,12 +380,15 @@ def main() -> None:
     else:
         bench = DigitsBench(args.bench.split("-")[1], args.samples)
     bench.settle = args.settle
+    print(f"machine: {machine.describe()}", flush=True)
+
     def save(rows: list[dict], finished: bool = False) -> None:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             tmp = args.json.with_suffix(".tmp")
             tmp.write_text(json.dumps({"command": "python benchmarks/calibration.py " + " ".join(sys.argv[1:]),
                                        "finished": finished, "seconds": round(time.time() - t0),
+                                       "machine": machine.info(),
                                        "rows": rows, "quality": bench.quality_key}, indent=1, default=str))
             tmp.replace(args.json)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import machine  # noqa: E402
 from benchmarks.calibration import (PROBE_SEEDS, Bench, DigitsBench, MixtureBench, guide_of,  # noqa: E402
                                     sample_many)
 from benchmarks.calibration_samplers import mixture_sampler  # noqa: E402
@@ -138,6 +139,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))  # it decides which guard trains
     t0 = time.time()
+    print(f"machine: {machine.describe()}", flush=True)
     bench: Bench = (MixtureBench(args.bench.split("-")[1], args.samples, 50) if args.bench.startswith("mixture")
                     else DigitsBench(args.bench.split("-")[1], args.samples))
     sample = bench.sampler(args.sampler)
@@ -209,7 +211,7 @@ def main() -> None:
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps({"command": "python benchmarks/guard_checkpoints.py " + " ".join(sys.argv[1:]),
                                    "unguarded": unguarded, "alpha": ALPHA, "quality": bench.quality_key,
-                                   "seconds": round(time.time() - t0), "rows": rows}, indent=1))
+                                   "seconds": round(time.time() - t0), "machine": machine.info(), "rows": rows}, indent=1))
         tmp.replace(args.json)
     print(f"total {time.time() - t0:.0f} s")
 

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from device_arg import require_device, sync  # benchmarks/ is on the path: these run as scripts from there
+import machine  # benchmarks/ is on the path: these run as scripts from there
+from device_arg import require_device, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFY_DEFAULT = ROOT / ".cache" / "comfyui" / "ComfyUI"
@@ -241,8 +241,7 @@ def main() -> None:
     except OSError:
         load = (float("nan"),) * 3
     print(f"# guard overhead benchmark  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
-    print(f"# machine: {platform.machine()} {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), python {platform.python_version()}, ComfyUI at {a.comfyui}")
+    print(f"# machine: {machine.describe()}, ComfyUI at {a.comfyui}")
     import comfy.ldm.modules.attention as attn
     print(f"# UNet attention: ComfyUI's choice on this machine, {attn.optimized_attention.__name__}")
     where = (f"{a.device} ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" else "CPU")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from device_arg import require_device, sync  # benchmarks/ is on the path: these run as scripts from there
+import machine  # benchmarks/ is on the path: these run as scripts from there
+from device_arg import require_device, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CAP_STEPS = 3000  # train_guard's default max_steps
@@ -193,9 +193,8 @@ def main() -> None:
              else (QUICK if a.quick else FULL))
     print(f"# guard training cost  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  "
           f"{'--quick' if a.quick else 'full'}  max_steps={a.max_steps}  time_cap={a.time_cap or 'none'} s")
-    print(f"# machine: {platform.machine()} {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-          f"({a.threads or torch.get_num_threads()} threads per worker), cuda {torch.cuda.is_available()} (all on {a.device}), "
-          f"python {platform.python_version()}")
+    print(f"# machine: {machine.describe()}; {a.threads or torch.get_num_threads()} threads per worker, "
+          f"cuda {torch.cuda.is_available()} (all on {a.device})")
     print(f"# uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print("# latents: smooth random fields (coarse N(0,1) grid at side/8, bicubic up, +0.1 white noise, "
           "standardised per latent); vp space for 4 channels, flow space for 16; core defaults otherwise")

@@ -289,7 +289,36 @@ def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying)
     assert cal.reached and cal.settings["scale"] == 3000.0, cal.report()
     assert cal.weak_guard and "this guard is weak on this model: it needed 3x the standard push" in cal.report()
     assert "another seed" in calibration_summary(cal)
-    # the trained guard on the copying mixture protects at the default scale and is not called weak
+    # the trained guard on the copying mixture protects at the default scale: no push is named as a reason
+    # (with 20 steps its chosen setting spoils over a tenth of the probes, which is reason enough: the
+    # next test; measured on 1,000 fresh seeds, FD 1.35 x the ideal sampler's at 20 steps, 1.06 x at 50)
     strong = copying[3]
-    assert strong.settings["scale"] == 1000.0 and not strong.weak_guard, strong.report()
-    assert "weak" not in strong.report() and "another seed" not in calibration_summary(strong)
+    assert strong.settings["scale"] == 1000.0, strong.report()
+    assert not any("standard push" in r for r in strong.weak_reasons()) and "standard push" not in strong.report()
+
+
+@pytest.mark.parametrize("n_spoiled, weak", [(4, True), (3, False)])
+def test_a_guard_whose_best_setting_still_spoils_over_a_tenth_is_called_weak(small_guard, n_spoiled, weak):
+    from cpsample_nodes.core.evidence import calibration_summary
+
+    guard, train = small_guard
+    spoiled = set(range(500, 500 + n_spoiled))
+
+    def sample(guide, seeds):
+        """Every seed copies; any push turns it into a new latent, blown up (10x) on ``spoiled`` seeds."""
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            if torch.equal(guide(copy, copy, torch.tensor([0.5])), copy):
+                out.append(copy)
+                continue
+            new = torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
+            out.append(10 * new if s in spoiled else new)
+        return torch.cat(out)
+
+    cal = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), confirm_seeds=[])
+    assert cal.reached and cal.calibrated_rate == 0.0 and cal.settings["scale"] == 1000.0, cal.report()
+    assert cal.spoiled_rate == n_spoiled / 32, cal.report()   # 12.5 % | 9.4 %: no setting does better
+    assert cal.weak_guard is weak, cal.report()
+    line = "this guard is weak on this model: even the chosen setting spoils 12.5% of the probes"
+    assert (line in cal.report()) is weak and ("another seed" in calibration_summary(cal)) is weak

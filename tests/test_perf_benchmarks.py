@@ -39,3 +39,13 @@ def test_overhead_without_comfyui_says_so_and_exits_2(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "ComfyUI not found" in p.stderr and "comfyui_env.py" in p.stderr
+
+
+def test_machine_line_names_the_cpu_and_the_kernels_torch_dispatches_to():
+    import machine  # benchmarks/machine.py: the guard a seed trains depends on these
+
+    m = machine.info()
+    assert m["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert m["torch"] == torch.__version__ and m["threads"] == torch.get_num_threads()
+    line = machine.describe()
+    assert line.startswith(str(m["cpu"])) and f"({m['cpu_capability']} kernels)" in line

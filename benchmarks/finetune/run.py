@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -24,6 +23,7 @@ import torch
 from cpsample_nodes.core import NoiseSpace, load_guard, save_guard, train_guard
 
 from . import pipeline as P
+from ..machine import info as machine_info
 from .classifier import classify
 from .diffusion import SIGMA_MAX, SIGMA_MIN, Progress
 from .evaluate import L2_K, generate, mia, rejection_metrics, replica_flags, sample_metrics, summarize_real
@@ -236,7 +236,7 @@ def run(cfg: P.Config, sweep: list[tuple[float, float]], out_json: Path, out_txt
                    "Welch t, one-sided p (members lower)",
         },
         "rows": [{"setting": n, **clean(m)} for n, m in rows],
-        "timings_s": timings, "threads": nthreads, "machine": platform.machine(),
+        "timings_s": timings, "threads": nthreads, "machine": machine_info(),
         "torch": torch.__version__,
     })
     out_json.parent.mkdir(parents=True, exist_ok=True)

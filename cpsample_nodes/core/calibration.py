@@ -50,6 +50,11 @@ SPOIL_MARGIN = 1.0      # the natural range is widened by its own width on each 
 # sided binomial bound on its probe count): a setting that just reaches the target on the probes
 # misses it on fresh seeds half the time (digits: 5 of 64 probes allowed, 9.4 % of fresh seeds copied).
 CONFIDENCE = 0.8
+# A guard whose chosen setting still spoils more than this share of the probes is called weak: in the
+# calibration tables 4 of the 5 mixture calibrations above it missed FD ≤ 1.2 × (1.32–1.66 ×; the fifth
+# 1.12 ×), and no digits calibration came near it (at most 3.1 %) (docs/protection.md, "Another
+# machine, other guards").
+WEAK_SPOIL = 0.1
 
 
 class CalibrationStopped(TrainingStopped):
@@ -166,12 +171,26 @@ class Calibration:
 
     @property
     def weak_guard(self) -> bool:
-        """The model copies and the guard needed a stronger push than the default scale, or missed the
-        target. In the calibration table the two calibrations that raised the scale were both guards
-        that stopped training at a weak moment (docs/protection.md, "Where the weak guards come
-        from"), and the other label seeds' guards protected with the default scale."""
-        return not self.no_copies and (not self.reached or
-                                       float(self.settings.get("scale", DEFAULT_SCALE)) > DEFAULT_SCALE)
+        """The model copies and the guard missed the target, needed a stronger push than the default
+        scale, or spoils more than ``WEAK_SPOIL`` of the probes even with the chosen setting. In the
+        calibration table the calibrations that raised the scale were guards that stopped training at a
+        weak moment (docs/protection.md, "Where the weak guards come from"), and those that spoiled over
+        a tenth of the probes missed the quality goal."""
+        return bool(self.weak_reasons())
+
+    def weak_reasons(self) -> list[str]:
+        """Why this guard is weak on this model, in words (empty: it is not)."""
+        if self.no_copies:
+            return []
+        if not self.reached:
+            return ["no setting reached the target"]
+        reasons = []
+        scale = float(self.settings.get("scale", DEFAULT_SCALE))
+        if scale > DEFAULT_SCALE:
+            reasons.append(f"it needed {scale / DEFAULT_SCALE:g}x the standard push")
+        if self.spoiled_rate > WEAK_SPOIL:
+            reasons.append(f"even the chosen setting spoils {self.spoiled_rate:.1%} of the probes")
+        return reasons
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able record stored in ``guard.info["calibration"]`` (nothing per image)."""
@@ -232,10 +251,9 @@ class Calibration:
                          f"(unguarded {self.unguarded_rate:.1%}), {verdict}; spoils {self.spoiled_rate:.1%} "
                          f"of the probes (near copies, or std, mean, max |x| or high-frequency share outside the natural range)")
             if self.weak_guard:
-                lines.append("this guard is weak on this model: " + (
-                    "no setting reached the target" if not self.reached else
-                    f"it needed {float(self.settings['scale']) / DEFAULT_SCALE:g}x the standard push") +
-                    ". A guard trained again with another seed is often stronger and protects with gentler settings.")
+                lines.append("this guard is weak on this model: " + "; ".join(self.weak_reasons()) +
+                             ". A guard trained again with another seed is often stronger and protects with "
+                             "gentler settings.")
         lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s")
         return "\n".join(lines)
 
