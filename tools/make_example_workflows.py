@@ -33,7 +33,7 @@ TRAIN = {
     "nodes": [
         dict(id=1, type="CheckpointLoaderSimple", pos=[40, 160], widgets={"ckpt_name": CKPT}),
         dict(id=2, type="CPSampleTrainGuard", pos=[420, 120],
-             widgets={"folder": FOLDER, "seed": 0, "max_steps": 400, "batch_size": 32,
+             widgets={"folder": FOLDER, "seed": 0, "max_steps": 1000, "batch_size": 32,
                       "resolution_policy": "resize", "resolution": 0},
              links={"model": (1, 0), "vae": (1, 2)}),
         dict(id=3, type="CPSampleSaveGuard", pos=[840, 120],
@@ -120,7 +120,7 @@ CALIBRATED = {
         dict(id=4, type="CLIPTextEncode", pos=[380, 820], widgets={"text": "blurry"}, links={"clip": (2, 1)},
              title="Negative"),
         dict(id=5, type="CPSampleTrainGuard", pos=[380, 20],
-             widgets={"folder": FOLDER, "seed": 0, "max_steps": 400, "batch_size": 32,
+             widgets={"folder": FOLDER, "seed": 0, "max_steps": 1000, "batch_size": 32,
                       "resolution_policy": "resize", "resolution": 0},
              links={"model": (2, 0), "vae": (1, 2)}),
         dict(id=6, type="CPSampleCalibrateGuard", pos=[740, 20], size=[380, 720],
