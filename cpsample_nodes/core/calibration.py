@@ -174,8 +174,8 @@ class Calibration:
         """The model copies and the guard missed the target, needed a stronger push than the default
         scale, or spoils more than ``WEAK_SPOIL`` of the probes even with the chosen setting. In the
         calibration table the calibrations that raised the scale were guards that stopped training at a
-        weak moment (docs/protection.md, "Where the weak guards come from"), and those that spoiled over
-        a tenth of the probes missed the quality goal."""
+        weak moment (docs/protection.md, "Where the weak guards come from"), and 4 of the 5 that spoiled
+        over a tenth of the probes missed the quality goal."""
         return bool(self.weak_reasons())
 
     def weak_reasons(self) -> list[str]:
