@@ -161,7 +161,8 @@ def guide_of(guard: Guard, settings: dict | None):
 
 
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
-        save: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+        save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = False,
+        hand: bool = True) -> list[dict]:
     rows: list[dict] = []
     for gs in guard_seeds:
         t0 = time.time()
@@ -174,11 +175,11 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
             sample = bench.sampler(kind)
             g = guard.with_space(guard.space)  # a fresh info dict per sampler
             cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
-                            sampler_description=f"{bench.name} {kind}")
+                            sampler_description=f"{bench.name} {kind}", count_moved=count_moved)
             print(cal.report(), flush=True)
             settings: list[tuple[str, dict | None]] = [("none", None),
                                                         ("calibrated: " + describe(cal.settings), cal.settings)]
-            for label, kw, ratio in HAND:
+            for label, kw, ratio in (HAND if hand else []):
                 settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
             for label, kw in settings:
                 t1 = time.time()
@@ -359,6 +360,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="train the guards with train_guard(settle=...): a cool-down past memorisation")
+    ap.add_argument("--count-moved", action="store_true",
+                    help="calibrate(count_moved=True): rank settings by spoiled probes plus how far the non-copies moved")
+    ap.add_argument("--only-calibrated", action="store_true",
+                    help="evaluate the unguarded and calibrated rows only (a trial of a calibration option)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--summarize", nargs="+", type=Path, help="print one markdown table of these result files")
     ap.add_argument("--every-hand-row", action="store_true", help="with --summarize: list every hand-tuned row")
@@ -393,7 +398,7 @@ def main() -> None:
             tmp.replace(args.json)
 
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
-               args.samples, save)
+               args.samples, save, args.count_moved, not args.only_calibrated)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 

@@ -249,6 +249,48 @@ def test_a_wider_window_is_tried_while_the_best_spoils_more_than_one_probe(small
     assert windows == ({1.0, 2.0, 4.0} if n_spoiled > 1 else {1.0}), cal.report()
 
 
+def _wide_window_moves_new_samples(train, spoiled_seeds: set[int]):
+    """Even seeds copy a training latent, odd seeds draw a new one. A guide acting at σ 0.5 turns every
+    copy into a new latent, but on ``spoiled_seeds`` blows it up (10x) unless it also acts at σ 3; a
+    guide acting at σ 3 (windows wider than σ ≤ 2) also moves every new sample (same norm, relative
+    change about 0.6): the narrow windows spoil two copies, the wide ones move every sample that did
+    not copy."""
+    def noise(seed):
+        return torch.randn(train[:1].shape, generator=torch.Generator().manual_seed(seed))
+
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            late = not torch.equal(guide(copy, copy, torch.tensor([0.5])), copy)
+            early = not torch.equal(guide(copy, copy, torch.tensor([3.0])), copy)
+            new = noise(10_000 + s)
+            if s % 2:
+                out.append(0.8 * new + 0.6 * noise(20_000 + s) if early else new)
+            elif not late:
+                out.append(copy + 1e-3 * noise(s))
+            else:
+                out.append(new if early or s not in spoiled_seeds else 10 * new)
+        return torch.cat(out)
+    return sample
+
+
+@pytest.mark.parametrize("count_moved, window", [(False, 4.0), (True, 1.0)])
+def test_count_moved_ranks_a_setting_that_moves_the_non_copies_lower(small_guard, count_moved, window):
+    guard, train = small_guard
+    sample = _wide_window_moves_new_samples(train, {500, 502})
+    cal = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), confirm_seeds=[],
+                    count_moved=count_moved)
+    assert cal.reached and cal.calibrated_rate == 0.0, cal.report()
+    # by spoil alone σ ≤ 4 wins (it spoils none); counting the 16 moved non-copies, σ ≤ 1 does,
+    # though it spoils the blown-up copies (and, by chance, a near copy)
+    assert cal.settings["sigma_max"] == window, cal.report()
+    assert (cal.spoiled_rate > 0) == count_moved, cal.report()
+    moved = [r["change_noncopy"] for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 4.0
+             and r["change_noncopy"] is not None]
+    assert moved and min(moved) > 0.3, cal.report()
+
+
 class _Damped(torch.nn.Module):
     """A guard network whose logits are shrunk: right, but with gradients too small to push hard."""
 

@@ -136,6 +136,11 @@ class _Row:
     def n_spoiled(self) -> int:
         return sum(self.spoiled.values())
 
+    def moved(self) -> float:
+        """The probes that did not copy, each counted by how far the guide moved it (relative ℓ2
+        change, at most 1), leaving out those already spoiled."""
+        return sum(min(1.0, c) for i, c in self.change.items() if not self.spoiled.get(i, False))
+
 
 @dataclass
 class Calibration:
@@ -294,7 +299,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               progress: Callable[[int, int, dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
               sampler_description: str | None = None,
-              confirm_seeds: Iterable[int] | None = None) -> Calibration:
+              confirm_seeds: Iterable[int] | None = None, count_moved: bool = False) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -303,7 +308,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     (optional) maps latents to images, so copies are counted on pixels as well. The target: at most
     ``target_ratio`` × the unguarded copies. ``confirm_seeds``: the seeds a passing setting must pass
     on again, over probes and these together, before it is chosen (None: as many as the probes,
-    following the largest probe seed; empty: no confirmation). ``progress(done, total, stats)``
+    following the largest probe seed; empty: no confirmation). ``count_moved`` (a trial, off by
+    default): rank settings by spoiled probes plus the probes that did not copy, each counted by how
+    far the guide moved it, instead of by spoiled probes alone. ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
     started = time.monotonic()
@@ -367,6 +374,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     rows: list[_Row] = []
     best: list[_Row] = []  # the passing, confirmed setting that spoils fewest probes so far
 
+    def cost(row: _Row) -> float:
+        return row.n_spoiled() + (row.moved() if count_moved else 0.0)
+
     def measure(row: _Row, chunk: list[int], what: str) -> tuple[Tensor, Tensor]:
         t0, c0 = time.monotonic(), calls[0]
         x = run(_guide_fn(guard, row.settings), chunk, what)
@@ -383,7 +393,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
             if not full and row.n_copies() > allowed:
                 row.abandoned = "too many copies"
                 return False
-            if not full and best and row.n_spoiled() >= best[0].n_spoiled():
+            if not full and best and cost(row) >= cost(best[0]):
                 row.abandoned = f"spoils more than {describe(best[0].settings)}"
                 return False
             idx = todo[j:j + CHUNK]
@@ -419,7 +429,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         """Keep row if it passes, spoils fewer probes than the best so far (ties: the earlier,
         gentler one) and passes again on the confirmation seeds."""
         if len(row.copies) == n and row.n_copies() <= allowed:
-            if (not best or row.n_spoiled() < best[0].n_spoiled()) and confirmed(row):
+            if (not best or cost(row) < cost(best[0])) and confirmed(row):
                 best[:] = [row]
 
     for s_i, scale in enumerate(SCALES):
@@ -442,7 +452,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 consider(row)
             consider(strongest)  # measured first, kept only if it spoils fewer than every gentler gate
             # A wider window is tried only while the best setting still spoils more than one probe.
-            if best and best[0].n_spoiled() <= SPOIL_STOP:
+            if best and cost(best[0]) <= SPOIL_STOP:
                 break
         if best:
             break
