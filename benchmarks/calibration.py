@@ -161,8 +161,10 @@ def guide_of(guard: Guard, settings: dict | None):
 
 
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
-        save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = False,
-        hand: bool = True) -> list[dict]:
+        save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = True,
+        hand: bool = True, also_spoil_only: bool = False) -> list[dict]:
+    """``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
+    evaluate that choice too, as a row labelled "spoil only: ..." (the summaries leave it out)."""
     rows: list[dict] = []
     for gs in guard_seeds:
         t0 = time.time()
@@ -179,19 +181,33 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
             print(cal.report(), flush=True)
             settings: list[tuple[str, dict | None]] = [("none", None),
                                                         ("calibrated: " + describe(cal.settings), cal.settings)]
+            cals = {"calibrated": cal}
+            if also_spoil_only:
+                other = calibrate(guard.with_space(guard.space), sample, bench.train,
+                                  seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
+                                  sampler_description=f"{bench.name} {kind}", count_moved=False)
+                print(other.report(), flush=True)
+                cals["spoil only"] = other
+                settings.append(("spoil only: " + describe(other.settings), other.settings))
             for label, kw, ratio in (HAND if hand else []):
                 settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
+            measured: list[tuple[dict | None, dict]] = []
             for label, kw in settings:
                 t1 = time.time()
-                m = bench.metrics(sample_many(sample, guide_of(guard, kw), samples))
+                # the same settings sample the same images: measured once
+                m = next((mm for k, mm in measured if k == kw), None)
+                if m is None:
+                    m = bench.metrics(sample_many(sample, guide_of(guard, kw), samples))
+                    measured.append((kw, m))
                 row = {"bench": bench.name, "guard_seed": gs, "sampler": kind, "setting": label,
                        "settings": kw, **m, "sample_s": round(time.time() - t1, 1)}
-                if label.startswith("calibrated"):
-                    row.update({"calibration_model_calls": cal.model_calls,
-                                "calibration_s": round(cal.seconds, 1),
-                                "probe_unguarded_rate": cal.unguarded_rate,
-                                "probe_calibrated_rate": cal.calibrated_rate, "reached": cal.reached,
-                                "no_copies": cal.no_copies})
+                c = cals.get(label.split(":")[0])
+                if c is not None:
+                    row.update({"calibration_model_calls": c.model_calls,
+                                "calibration_s": round(c.seconds, 1),
+                                "probe_unguarded_rate": c.unguarded_rate,
+                                "probe_calibrated_rate": c.calibrated_rate, "reached": c.reached,
+                                "no_copies": c.no_copies})
                 rows.append(row)
                 save(rows)  # after every row: a long run that is cut short still leaves its rows
                 print(f"  {bench.name} g{gs} {kind:8} {label:34} replicas {m['replicas']:6.1%}  "
@@ -360,8 +376,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="train the guards with train_guard(settle=...): a cool-down past memorisation")
-    ap.add_argument("--count-moved", action="store_true",
-                    help="calibrate(count_moved=True): rank settings by spoiled probes plus how far the non-copies moved")
+    ranking = ap.add_mutually_exclusive_group()
+    ranking.add_argument("--count-moved", action="store_true",
+                         help="calibrate(count_moved=True), the default: rank settings by spoiled probes plus "
+                              "how far the non-copies moved")
+    ranking.add_argument("--spoil-only", action="store_true",
+                         help="calibrate(count_moved=False): rank by spoiled probes alone, as the tables made "
+                              "before 2026-12 did")
+    ap.add_argument("--also-spoil-only", action="store_true",
+                    help="calibrate each guard again with --spoil-only and evaluate that choice as well "
+                         "(rows labelled 'spoil only: ...'; the summaries leave them out)")
     ap.add_argument("--only-calibrated", action="store_true",
                     help="evaluate the unguarded and calibrated rows only (a trial of a calibration option)")
     ap.add_argument("--json", type=Path)
@@ -398,7 +422,7 @@ def main() -> None:
             tmp.replace(args.json)
 
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
-               args.samples, save, args.count_moved, not args.only_calibrated)
+               args.samples, save, not args.spoil_only, not args.only_calibrated, args.also_spoil_only)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 

@@ -67,6 +67,7 @@ def test_calibration_is_stored_and_survives_save_load(copying, tmp_path):
     for key in ("settings", "unguarded_rate", "calibrated_rate", "probes", "sampler", "model_calls", "target"):
         assert key in stored, key
     assert stored["probes"] == 32 and stored["sampler"] == "euler_a 20 steps"
+    assert stored["ranking"] == "spoiled+moved"  # the default cost, recorded with the choice
     assert guard.calibrated_settings() == cal.settings
     path = save_guard(guard, tmp_path / "g.safetensors")
     back = load_guard(path)
@@ -286,6 +287,11 @@ def test_count_moved_ranks_a_setting_that_moves_the_non_copies_lower(small_guard
     # though it spoils the blown-up copies (and, by chance, a near copy)
     assert cal.settings["sigma_max"] == window, cal.report()
     assert (cal.spoiled_rate > 0) == count_moved, cal.report()
+    assert cal.ranking == ("spoiled+moved" if count_moved else "spoiled")
+    # a σ ≤ 4 row's cost: its spoiled probes, plus (count_moved) the many non-copies it moved
+    wide = [r["cost"] - r["spoiled"] for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 4.0
+            and r["change_noncopy"] is not None]
+    assert wide and all((extra > 1.0) if count_moved else extra == 0.0 for extra in wide), cal.report()
     moved = [r["change_noncopy"] for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 4.0
              and r["change_noncopy"] is not None]
     assert moved and min(moved) > 0.3, cal.report()

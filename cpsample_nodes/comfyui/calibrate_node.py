@@ -91,9 +91,9 @@ class CalibrateGuard(io.ComfyNode):
             category=CATEGORY,
             description=("Measures how often your fine-tuned model copies its training images with your prompt and "
                          "sampler, then finds the guard setting (gate α, σ window, and a stronger scale where "
-                         "needed) that cuts the copies to a tenth and spoils the fewest samples, and checks it "
-                         "again on as many new seeds. Outputs the guard with that calibration (Protect "
-                         "Model applies it), a report and a picture: copy rate per setting, and unguarded | "
+                         "needed) that cuts the copies to a tenth, spoils the fewest samples and moves the others "
+                         "least, and checks it again on as many new seeds. Outputs the guard with that calibration "
+                         "(Protect Model applies it), a report and a picture: copy rate per setting, and unguarded | "
                          "calibrated for the seeds that copied."),
             inputs=[
                 io.Model.Input("model", tooltip="The fine-tuned model you generate with (LoRA applied), without "

@@ -5,8 +5,10 @@ guard measures them on the caller's sampler: it samples probe seeds without the 
 the way Replication Check does (calibrated ℓ2 ratio against the training latents, and on decoded
 pixels when a decoder is given), then tries σ windows from narrow to every step, and every gate α in
 a window: of the settings that cut the copies to the target (with a margin for the probes' sampling
-error), the one that spoils the fewest probes wins, the gentlest on a tie; a wider window is tried
-only while the best so far spoils more than one probe. Where nothing passes at the
+error), the one that costs least wins, the gentlest on a tie. The cost: the probes it spoils, plus
+every probe that did not copy counted by how far the guard moved it (relative ℓ2 change, at most 1),
+since a guard should leave alone what the model draws on its own. A wider window is tried only while
+the best so far costs more than one probe. Where nothing passes at the
 default scale, the same ladder is tried at stronger scales. A setting becomes the choice only after
 it passes again on as many confirmation seeds: the best of many settings measured on the same probes
 looks better on them than it is.
@@ -41,9 +43,10 @@ ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 SCALES: tuple[float, ...] = (DEFAULT_SCALE, 3 * DEFAULT_SCALE, 10 * DEFAULT_SCALE, 30 * DEFAULT_SCALE,
                              100 * DEFAULT_SCALE)
 MAX_STEP = 1.0
-# Once the best passing setting spoils at most this many probes, no wider σ window is tried (see
-# _Reference for "spoiled"): a wider window can still do better on quality (DreamBooth-style digits:
-# every step guided drew better-formed digits than σ ≤ 2, which spoiled 2 of 64 probes).
+# Once the best passing setting costs at most this many probes (spoiled, plus moved non-copies; see
+# _Reference for "spoiled"), no wider σ window is tried: a wider window can still do better on quality
+# (DreamBooth-style digits: every step guided drew better-formed digits than σ ≤ 2, which spoiled 2 of
+# 64 probes).
 SPOIL_STOP = 1
 SPOIL_MARGIN = 1.0      # the natural range is widened by its own width on each side: gross failures only
 # A setting passes when the copy rate on new seeds is below the target with this confidence (one-
@@ -169,6 +172,7 @@ class Calibration:
     confirm_seeds: list[int] = field(default_factory=list)
     confirm_copies: int | None = None  # the chosen setting's copies on confirm_seeds (None: not confirmed)
     confirm_allowed: int = 0           # copies allowed over probes and confirmation seeds together
+    ranking: str = "spoiled+moved"     # what a setting's cost counted ("spoiled": spoiled probes alone)
 
     @property
     def probes(self) -> int:
@@ -213,6 +217,7 @@ class Calibration:
             "confidence": CONFIDENCE,
             "confirm_seeds": len(self.confirm_seeds),
             "confirm_copies": self.confirm_copies,
+            "ranking": self.ranking,
             "sampler": self.sampler,
             "model_calls": self.model_calls,
             "seconds": round(self.seconds, 2),
@@ -240,15 +245,20 @@ class Calibration:
                 lines.append(f"a setting that passes must pass again on {len(self.confirm_seeds)} confirmation "
                              f"seeds: at most {self.confirm_allowed} copies over all "
                              f"{n + len(self.confirm_seeds)} seeds")
-            head = (f"{'setting':<34}{'copies':>8}{'confirm':>9}{'spoiled':>9}{'change':>8}{'calls':>8}"
-                    f"  outcome")
+            lines.append("change: the mean relative change of the probes that did not copy; cost: the spoiled "
+                         "probes" + (" plus each probe that did not copy, counted by its change (at most 1)"
+                                     if self.ranking == "spoiled+moved" else " alone") +
+                         "; the passing setting that costs least is chosen")
+            head = (f"{'setting':<34}{'copies':>8}{'confirm':>9}{'spoiled':>9}{'change':>8}{'cost':>7}"
+                    f"{'calls':>8}  outcome")
             lines += [head, "-" * len(head)]
             for r in self.rows:
                 ch = "" if r["change_noncopy"] is None else f"{r['change_noncopy']:.3f}"
+                cost = "" if r.get("cost") is None else f"{r['cost']:.1f}"
                 copies = f"{r['copies']}/{r['evaluated']}"
                 conf = r.get("confirm") or ""
-                lines.append(f"{r['label']:<34}{copies:>8}{conf:>9}{r['spoiled']:>9}{ch:>8}{r['model_calls']:>8}"
-                             f"  {r['outcome']}")
+                lines.append(f"{r['label']:<34}{copies:>8}{conf:>9}{r['spoiled']:>9}{ch:>8}{cost:>7}"
+                             f"{r['model_calls']:>8}  {r['outcome']}")
             verdict = "reaches the target" if self.reached else "MISSES the target (best found)"
             if self.confirm_copies is not None:
                 lines.append(f"confirmed: {self.confirm_copies} copies on {len(self.confirm_seeds)} further seeds")
@@ -299,7 +309,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               progress: Callable[[int, int, dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
               sampler_description: str | None = None,
-              confirm_seeds: Iterable[int] | None = None, count_moved: bool = False) -> Calibration:
+              confirm_seeds: Iterable[int] | None = None, count_moved: bool = True) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -308,9 +318,10 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     (optional) maps latents to images, so copies are counted on pixels as well. The target: at most
     ``target_ratio`` × the unguarded copies. ``confirm_seeds``: the seeds a passing setting must pass
     on again, over probes and these together, before it is chosen (None: as many as the probes,
-    following the largest probe seed; empty: no confirmation). ``count_moved`` (a trial, off by
-    default): rank settings by spoiled probes plus the probes that did not copy, each counted by how
-    far the guide moved it, instead of by spoiled probes alone. ``progress(done, total, stats)``
+    following the largest probe seed; empty: no confirmation). ``count_moved`` (default True): rank
+    settings by spoiled probes plus the probes that did not copy, each counted by how far the guide
+    moved it; False ranks by spoiled probes alone, as calibrations before 2026-12 did (the older
+    tables of docs/protection.md). ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
     started = time.monotonic()
@@ -359,7 +370,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     gentlest = ladder(guard)[0][0]
     if u == 0:
         cal = Calibration(dict(gentlest), [], list(seeds), 0.0, 0.0, True, True, target_ratio, calls[0],
-                          time.monotonic() - started, sampler_description, base, copied, 0)
+                          time.monotonic() - started, sampler_description, base, copied, 0,
+                          ranking="spoiled+moved" if count_moved else "spoiled")
         _store(guard, cal)
         if progress is not None:
             progress(total[0], total[0], {"setting": "done", "model_calls": calls[0]})
@@ -372,9 +384,10 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     # Copy seeds first: a setting that cannot remove them is abandoned after a chunk or two.
     order = [i for i in range(n) if copied[i]] + [i for i in range(n) if not copied[i]]
     rows: list[_Row] = []
-    best: list[_Row] = []  # the passing, confirmed setting that spoils fewest probes so far
+    best: list[_Row] = []  # the passing, confirmed setting that costs least so far
 
     def cost(row: _Row) -> float:
+        """What a setting costs: spoiled probes, plus (count_moved) the moved non-copies."""
         return row.n_spoiled() + (row.moved() if count_moved else 0.0)
 
     def measure(row: _Row, chunk: list[int], what: str) -> tuple[Tensor, Tensor]:
@@ -394,7 +407,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 row.abandoned = "too many copies"
                 return False
             if not full and best and cost(row) >= cost(best[0]):
-                row.abandoned = f"spoils more than {describe(best[0].settings)}"
+                worse = "spoils or moves" if count_moved else "spoils"
+                row.abandoned = f"{worse} more than {describe(best[0].settings)}"
                 return False
             idx = todo[j:j + CHUNK]
             x, ratio = measure(row, [seeds[i] for i in idx], describe(row.settings))
@@ -426,8 +440,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         return row.confirmed
 
     def consider(row: _Row) -> None:
-        """Keep row if it passes, spoils fewer probes than the best so far (ties: the earlier,
-        gentler one) and passes again on the confirmation seeds."""
+        """Keep row if it passes, costs less than the best so far (ties: the earlier, gentler one)
+        and passes again on the confirmation seeds."""
         if len(row.copies) == n and row.n_copies() <= allowed:
             if (not best or cost(row) < cost(best[0])) and confirmed(row):
                 best[:] = [row]
@@ -450,8 +464,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 rows.append(row)
                 evaluate(row)
                 consider(row)
-            consider(strongest)  # measured first, kept only if it spoils fewer than every gentler gate
-            # A wider window is tried only while the best setting still spoils more than one probe.
+            consider(strongest)  # measured first, kept only if it costs less than every gentler gate
+            # A wider window is tried only while the best setting still costs more than one probe.
             if best and cost(best[0]) <= SPOIL_STOP:
                 break
         if best:
@@ -465,14 +479,16 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                                           r.n_spoiled() / max(1, len(r.copies))))
         evaluate(chosen, full=True)
     flags = torch.tensor([chosen.copies[i] for i in range(n)])
-    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n) for r in rows],
+    cal = Calibration(dict(chosen.settings), [_row_dict(r, r is chosen, allowed, n, cost(r)) for r in rows],
                       list(seeds), u / n, float(flags.double().mean()), reached, False, target_ratio,
                       calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n,
-                      list(confirm), sum(chosen.confirm_copies.values()) if chosen.confirmed else None, pooled)
+                      list(confirm), sum(chosen.confirm_copies.values()) if chosen.confirmed else None, pooled,
+                      "spoiled+moved" if count_moved else "spoiled")
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,
-                        "confirm": None, "model_calls": unguarded_calls, "seconds": None, "outcome": "measured"})
+                        "cost": None, "confirm": None, "model_calls": unguarded_calls, "seconds": None,
+                        "outcome": "measured"})
     _store(guard, cal)
     if progress is not None:
         progress(total[0], total[0], {"setting": "done", "model_calls": calls[0]})
@@ -506,7 +522,7 @@ def _guide_fn(guard: Guard, settings: dict[str, Any]) -> GuideFn:
     return fn
 
 
-def _row_dict(row: _Row, chosen: bool, allowed: int, n: int) -> dict[str, Any]:
+def _row_dict(row: _Row, chosen: bool, allowed: int, n: int, cost: float) -> dict[str, Any]:
     evaluated = len(row.copies)
     changes = list(row.change.values())
     confirm_copies = sum(row.confirm_copies.values())
@@ -530,6 +546,7 @@ def _row_dict(row: _Row, chosen: bool, allowed: int, n: int) -> dict[str, Any]:
         "complete": evaluated == n,
         "spoiled": row.n_spoiled(),
         "change_noncopy": (sum(changes) / len(changes)) if changes else None,
+        "cost": round(cost, 3),  # what the ranking counted, over the probes measured
         # copies on the confirmation seeds measured (None when the row was never confirmed)
         "confirm": f"{confirm_copies}/{len(row.confirm_copies)}" if row.confirm_copies else None,
         "model_calls": row.model_calls,

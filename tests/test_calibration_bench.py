@@ -1,0 +1,36 @@
+"""benchmarks/calibration.py run(): the calibrated row uses the default ranking, and
+``also_spoil_only`` adds the spoiled-alone choice of the same guard, which the summaries leave out."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.calibration import MixtureBench, run, summarize  # noqa: E402
+from cpsample_nodes.core import train_guard  # noqa: E402
+
+
+def test_run_adds_the_spoil_only_choice_of_the_same_guard(tmp_path):
+    bench = MixtureBench("vp", samples=16, steps=8)
+    guards = []
+
+    def guard(seed: int):
+        guards.append(seed)
+        return train_guard(bench.train, bench.space, seed=seed, max_steps=30)
+
+    bench.guard = guard
+    rows = run(bench, [0], ["euler"], probes=8, samples=16, hand=False, also_spoil_only=True)
+    assert guards == [0]  # both rankings calibrate the one guard
+    labels = [r["setting"] for r in rows]
+    assert labels[0] == "none" and labels[1].startswith("calibrated: ") and labels[2].startswith("spoil only: ")
+    cal, spoil = rows[1], rows[2]
+    for r in (cal, spoil):
+        assert r["calibration_model_calls"] > 0 and 0 <= r["probe_unguarded_rate"] <= 1
+    if cal["settings"] == spoil["settings"]:
+        assert cal["replicas"] == spoil["replicas"] and cal["fd_ratio"] == spoil["fd_ratio"]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps({"rows": rows, "quality": bench.quality_key}))
+    table = summarize([path])
+    assert "calibrated" in table and "spoil only" not in table
+    assert torch.isfinite(torch.tensor([r["fd_ratio"] for r in rows])).all()
