@@ -162,7 +162,7 @@ def guide_of(guard: Guard, settings: dict | None):
 
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
         save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = True,
-        hand: bool = True, also_spoil_only: bool = False) -> list[dict]:
+        hand: bool = True, also_spoil_only: bool = False, widen_on_spoil: bool = False) -> list[dict]:
     """``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
     evaluate that choice too, as a row labelled "spoil only: ..." (the summaries leave it out)."""
     rows: list[dict] = []
@@ -177,7 +177,8 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
             sample = bench.sampler(kind)
             g = guard.with_space(guard.space)  # a fresh info dict per sampler
             cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
-                            sampler_description=f"{bench.name} {kind}", count_moved=count_moved)
+                            sampler_description=f"{bench.name} {kind}", count_moved=count_moved,
+                            widen_on_spoil=widen_on_spoil)
             print(cal.report(), flush=True)
             settings: list[tuple[str, dict | None]] = [("none", None),
                                                         ("calibrated: " + describe(cal.settings), cal.settings)]
@@ -383,6 +384,8 @@ def main() -> None:
     ranking.add_argument("--spoil-only", action="store_true",
                          help="calibrate(count_moved=False): rank by spoiled probes alone, as the tables made "
                               "before 2026-12 did")
+    ap.add_argument("--widen-on-spoil", action="store_true",
+                    help="calibrate(widen_on_spoil=True), a trial: widen the σ window on spoiled probes alone")
     ap.add_argument("--also-spoil-only", action="store_true",
                     help="calibrate each guard again with --spoil-only and evaluate that choice as well "
                          "(rows labelled 'spoil only: ...'; the summaries leave them out)")
@@ -422,7 +425,8 @@ def main() -> None:
             tmp.replace(args.json)
 
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
-               args.samples, save, not args.spoil_only, not args.only_calibrated, args.also_spoil_only)
+               args.samples, save, not args.spoil_only, not args.only_calibrated, args.also_spoil_only,
+               args.widen_on_spoil)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 

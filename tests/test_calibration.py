@@ -370,3 +370,37 @@ def test_a_guard_whose_best_setting_still_spoils_over_a_tenth_is_called_weak(sma
     assert cal.weak_guard is weak, cal.report()
     line = "this guard is weak on this model: even the chosen setting spoils 12.5% of the probes"
     assert (line in cal.report()) is weak and ("another seed" in calibration_summary(cal)) is weak
+
+
+def _every_guided_step_moves_new_samples(train):
+    """Even seeds copy a training latent unless the guide acts at σ 0.5; odd seeds draw a new one, which
+    any guide acting at σ 0.5 also moves (relative change about 0.6). No setting spoils anything, but
+    every passing one moves the 16 non-copies."""
+    def noise(seed):
+        return torch.randn(train[:1].shape, generator=torch.Generator().manual_seed(seed))
+
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            late = not torch.equal(guide(copy, copy, torch.tensor([0.5])), copy)
+            new = noise(10_000 + s)
+            if s % 2:
+                out.append(0.8 * new + 0.6 * noise(20_000 + s) if late else new)
+            else:
+                out.append(new if late else copy + 1e-3 * noise(s))
+        return torch.cat(out)
+    return sample
+
+
+@pytest.mark.parametrize("widen_on_spoil, windows", [(False, {1.0, 2.0, 4.0, None}), (True, {1.0})])
+def test_widen_on_spoil_stops_at_a_window_that_spoils_nothing(small_guard, widen_on_spoil, windows):
+    guard, train = small_guard
+    cal = calibrate(guard.with_space(guard.space), _every_guided_step_moves_new_samples(train), train,
+                    seeds=range(500, 532), confirm_seeds=[], widen_on_spoil=widen_on_spoil)
+    assert cal.reached and cal.calibrated_rate == 0.0 and cal.spoiled_rate == 0.0, cal.report()
+    # the moved non-copies keep the best's cost above one probe, so by default every window is tried;
+    # widening on spoil alone stops after σ ≤ 1, whose best spoils none. Both keep σ ≤ 1 (a tie).
+    assert {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]} == windows, cal.report()
+    assert cal.settings["sigma_max"] == 1.0, cal.report()
+    assert cal.ranking == "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "")

@@ -247,7 +247,7 @@ class Calibration:
                              f"{n + len(self.confirm_seeds)} seeds")
             lines.append("change: the mean relative change of the probes that did not copy; cost: the spoiled "
                          "probes" + (" plus each probe that did not copy, counted by its change (at most 1)"
-                                     if self.ranking == "spoiled+moved" else " alone") +
+                                     if self.ranking.startswith("spoiled+moved") else " alone") +
                          "; the passing setting that costs least is chosen")
             head = (f"{'setting':<34}{'copies':>8}{'confirm':>9}{'spoiled':>9}{'change':>8}{'cost':>7}"
                     f"{'calls':>8}  outcome")
@@ -309,7 +309,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               progress: Callable[[int, int, dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None,
               sampler_description: str | None = None,
-              confirm_seeds: Iterable[int] | None = None, count_moved: bool = True) -> Calibration:
+              confirm_seeds: Iterable[int] | None = None, count_moved: bool = True,
+              widen_on_spoil: bool = False) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -321,7 +322,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     following the largest probe seed; empty: no confirmation). ``count_moved`` (default True): rank
     settings by spoiled probes plus the probes that did not copy, each counted by how far the guide
     moved it; False ranks by spoiled probes alone, as calibrations before 2026-12 did (the older
-    tables of docs/protection.md). ``progress(done, total, stats)``
+    tables of docs/protection.md). ``widen_on_spoil`` (a trial, off by default): try a wider σ window
+    only while the best setting spoils more than ``SPOIL_STOP`` probes, whatever it moves; the choice
+    is still ranked by the cost. ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
     started = time.monotonic()
@@ -371,7 +374,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     if u == 0:
         cal = Calibration(dict(gentlest), [], list(seeds), 0.0, 0.0, True, True, target_ratio, calls[0],
                           time.monotonic() - started, sampler_description, base, copied, 0,
-                          ranking="spoiled+moved" if count_moved else "spoiled")
+                          ranking=_ranking(count_moved, widen_on_spoil))
         _store(guard, cal)
         if progress is not None:
             progress(total[0], total[0], {"setting": "done", "model_calls": calls[0]})
@@ -465,8 +468,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 evaluate(row)
                 consider(row)
             consider(strongest)  # measured first, kept only if it costs less than every gentler gate
-            # A wider window is tried only while the best setting still costs more than one probe.
-            if best and cost(best[0]) <= SPOIL_STOP:
+            # A wider window is tried only while the best setting still costs (widen_on_spoil: spoils)
+            # more than one probe.
+            if best and (best[0].n_spoiled() if widen_on_spoil else cost(best[0])) <= SPOIL_STOP:
                 break
         if best:
             break
@@ -484,7 +488,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                       calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n,
                       list(confirm), sum(chosen.confirm_copies.values()) if chosen.confirmed else None, pooled,
-                      "spoiled+moved" if count_moved else "spoiled")
+                      _ranking(count_moved, widen_on_spoil))
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,
                         "cost": None, "confirm": None, "model_calls": unguarded_calls, "seconds": None,
@@ -493,6 +497,10 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     if progress is not None:
         progress(total[0], total[0], {"setting": "done", "model_calls": calls[0]})
     return cal
+
+
+def _ranking(count_moved: bool, widen_on_spoil: bool) -> str:
+    return ("spoiled+moved" if count_moved else "spoiled") + ("; windows widened on spoiled" if widen_on_spoil else "")
 
 
 def _seed_list(values: Iterable[int], name: str) -> list[int]:
