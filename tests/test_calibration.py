@@ -250,12 +250,12 @@ def test_a_wider_window_is_tried_while_the_best_spoils_more_than_one_probe(small
     assert windows == ({1.0, 2.0, 4.0} if n_spoiled > 1 else {1.0}), cal.report()
 
 
-def _wide_window_moves_new_samples(train, spoiled_seeds: set[int]):
+def _wide_window_moves_new_samples(train, spoiled_seeds: set[int], moved_at: float = 3.0):
     """Even seeds copy a training latent, odd seeds draw a new one. A guide acting at σ 0.5 turns every
     copy into a new latent, but on ``spoiled_seeds`` blows it up (10x) unless it also acts at σ 3; a
     guide acting at σ 3 (windows wider than σ ≤ 2) also moves every new sample (same norm, relative
     change about 0.6): the narrow windows spoil two copies, the wide ones move every sample that did
-    not copy."""
+    not copy. ``moved_at`` 0.5 instead: every guide that removes the copies moves the new samples."""
     def noise(seed):
         return torch.randn(train[:1].shape, generator=torch.Generator().manual_seed(seed))
 
@@ -267,7 +267,8 @@ def _wide_window_moves_new_samples(train, spoiled_seeds: set[int]):
             early = not torch.equal(guide(copy, copy, torch.tensor([3.0])), copy)
             new = noise(10_000 + s)
             if s % 2:
-                out.append(0.8 * new + 0.6 * noise(20_000 + s) if early else new)
+                moved = not torch.equal(guide(copy, copy, torch.tensor([moved_at])), copy)
+                out.append(0.8 * new + 0.6 * noise(20_000 + s) if moved else new)
             elif not late:
                 out.append(copy + 1e-3 * noise(s))
             else:
@@ -372,31 +373,11 @@ def test_a_guard_whose_best_setting_still_spoils_over_a_tenth_is_called_weak(sma
     assert (line in cal.report()) is weak and ("another seed" in calibration_summary(cal)) is weak
 
 
-def _every_guided_step_moves_new_samples(train):
-    """Even seeds copy a training latent unless the guide acts at σ 0.5; odd seeds draw a new one, which
-    any guide acting at σ 0.5 also moves (relative change about 0.6). No setting spoils anything, but
-    every passing one moves the 16 non-copies."""
-    def noise(seed):
-        return torch.randn(train[:1].shape, generator=torch.Generator().manual_seed(seed))
-
-    def sample(guide, seeds):
-        out = []
-        for s in seeds:
-            copy = train[s % train.shape[0]].unsqueeze(0)
-            late = not torch.equal(guide(copy, copy, torch.tensor([0.5])), copy)
-            new = noise(10_000 + s)
-            if s % 2:
-                out.append(0.8 * new + 0.6 * noise(20_000 + s) if late else new)
-            else:
-                out.append(new if late else copy + 1e-3 * noise(s))
-        return torch.cat(out)
-    return sample
-
-
 @pytest.mark.parametrize("widen_on_spoil, windows", [(False, {1.0, 2.0, 4.0, None}), (True, {1.0})])
 def test_widen_on_spoil_stops_at_a_window_that_spoils_nothing(small_guard, widen_on_spoil, windows):
     guard, train = small_guard
-    cal = calibrate(guard.with_space(guard.space), _every_guided_step_moves_new_samples(train), train,
+    # no setting spoils anything, but every passing one moves the 16 non-copies
+    cal = calibrate(guard.with_space(guard.space), _wide_window_moves_new_samples(train, set(), 0.5), train,
                     seeds=range(500, 532), confirm_seeds=[], widen_on_spoil=widen_on_spoil)
     assert cal.reached and cal.calibrated_rate == 0.0 and cal.spoiled_rate == 0.0, cal.report()
     # the moved non-copies keep the best's cost above one probe, so by default every window is tried;
