@@ -175,20 +175,20 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
               f"memorised {guard.info['memorised']})", flush=True)
         for kind in samplers:
             sample = bench.sampler(kind)
-            g = guard.with_space(guard.space)  # a fresh info dict per sampler
-            cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
-                            sampler_description=f"{bench.name} {kind}", count_moved=count_moved,
-                            widen_on_spoil=widen_on_spoil)
-            print(cal.report(), flush=True)
+
+            def calibrated(moved: bool, widen: bool):
+                g = guard.with_space(guard.space)  # a fresh info dict per calibration
+                c = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
+                              sampler_description=f"{bench.name} {kind}", count_moved=moved, widen_on_spoil=widen)
+                print(c.report(), flush=True)
+                return c
+
+            cal = calibrated(count_moved, widen_on_spoil)
             settings: list[tuple[str, dict | None]] = [("none", None),
                                                         ("calibrated: " + describe(cal.settings), cal.settings)]
             cals = {"calibrated": cal}
             if also_spoil_only:
-                other = calibrate(guard.with_space(guard.space), sample, bench.train,
-                                  seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
-                                  sampler_description=f"{bench.name} {kind}", count_moved=False)
-                print(other.report(), flush=True)
-                cals["spoil only"] = other
+                cals["spoil only"] = other = calibrated(False, False)
                 settings.append(("spoil only: " + describe(other.settings), other.settings))
             for label, kw, ratio in (HAND if hand else []):
                 settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
