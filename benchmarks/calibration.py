@@ -162,7 +162,7 @@ def guide_of(guard: Guard, settings: dict | None):
 
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
         save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = True,
-        hand: bool = True, also_spoil_only: bool = False, widen_on_spoil: bool = False) -> list[dict]:
+        hand: bool = True, also_spoil_only: bool = False, widen_on_spoil: bool = True) -> list[dict]:
     """``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
     evaluate that choice too, as a row labelled "spoil only: ..." (the summaries leave it out)."""
     rows: list[dict] = []
@@ -384,8 +384,13 @@ def main() -> None:
     ranking.add_argument("--spoil-only", action="store_true",
                          help="calibrate(count_moved=False): rank by spoiled probes alone, as the tables made "
                               "before 2026-12 did")
-    ap.add_argument("--widen-on-spoil", action="store_true",
-                    help="calibrate(widen_on_spoil=True), a trial: widen the σ window on spoiled probes alone")
+    widening = ap.add_mutually_exclusive_group()
+    widening.add_argument("--widen-on-spoil", action="store_true",
+                          help="calibrate(widen_on_spoil=True), the default: try a wider σ window only while the "
+                               "best setting spoils more than one probe")
+    widening.add_argument("--widen-on-cost", action="store_true",
+                          help="calibrate(widen_on_spoil=False): widen while the best costs more than one probe, "
+                               "as the count_moved tables of 2026-12-01 did")
     ap.add_argument("--also-spoil-only", action="store_true",
                     help="calibrate each guard again with --spoil-only and evaluate that choice as well "
                          "(rows labelled 'spoil only: ...'; the summaries leave them out)")
@@ -426,7 +431,7 @@ def main() -> None:
 
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
                args.samples, save, not args.spoil_only, not args.only_calibrated, args.also_spoil_only,
-               args.widen_on_spoil)
+               not args.widen_on_cost)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 

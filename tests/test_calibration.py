@@ -67,7 +67,8 @@ def test_calibration_is_stored_and_survives_save_load(copying, tmp_path):
     for key in ("settings", "unguarded_rate", "calibrated_rate", "probes", "sampler", "model_calls", "target"):
         assert key in stored, key
     assert stored["probes"] == 32 and stored["sampler"] == "euler_a 20 steps"
-    assert stored["ranking"] == "spoiled+moved"  # the default cost, recorded with the choice
+    # the default ranking, recorded with the choice
+    assert stored["ranking"] == "spoiled+moved; windows widened on spoiled"
     assert guard.calibrated_settings() == cal.settings
     path = save_guard(guard, tmp_path / "g.safetensors")
     back = load_guard(path)
@@ -288,7 +289,7 @@ def test_count_moved_ranks_a_setting_that_moves_the_non_copies_lower(small_guard
     # though it spoils the blown-up copies (and, by chance, a near copy)
     assert cal.settings["sigma_max"] == window, cal.report()
     assert (cal.spoiled_rate > 0) == count_moved, cal.report()
-    assert cal.ranking == ("spoiled+moved" if count_moved else "spoiled")
+    assert cal.ranking == ("spoiled+moved; windows widened on spoiled" if count_moved else "spoiled")
     wide = [r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 4.0
             and r["change_noncopy"] is not None]
     assert wide and min(r["change_noncopy"] for r in wide) > 0.3, cal.report()
@@ -379,8 +380,9 @@ def test_widen_on_spoil_stops_at_a_window_that_spoils_nothing(small_guard, widen
     cal = calibrate(guard.with_space(guard.space), _wide_window_moves_new_samples(train, set(), 0.5), train,
                     seeds=range(500, 532), confirm_seeds=[], widen_on_spoil=widen_on_spoil)
     assert cal.reached and cal.calibrated_rate == 0.0 and cal.spoiled_rate == 0.0, cal.report()
-    # the moved non-copies keep the best's cost above one probe, so by default every window is tried;
-    # widening on spoil alone stops after σ ≤ 1, whose best spoils none. Both keep σ ≤ 1 (a tie).
+    # the moved non-copies keep the best's cost above one probe, so widening on the cost tries every
+    # window; widening on spoil alone (the default) stops after σ ≤ 1, whose best spoils none. Both keep
+    # σ ≤ 1 (a tie).
     assert {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]} == windows, cal.report()
     assert cal.settings["sigma_max"] == 1.0, cal.report()
     assert cal.ranking == "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "")

@@ -310,7 +310,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               should_stop: Callable[[], bool] | None = None,
               sampler_description: str | None = None,
               confirm_seeds: Iterable[int] | None = None, count_moved: bool = True,
-              widen_on_spoil: bool = False) -> Calibration:
+              widen_on_spoil: bool = True) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -322,9 +322,10 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     following the largest probe seed; empty: no confirmation). ``count_moved`` (default True): rank
     settings by spoiled probes plus the probes that did not copy, each counted by how far the guide
     moved it; False ranks by spoiled probes alone, as calibrations before 2026-12 did (the older
-    tables of docs/protection.md). ``widen_on_spoil`` (a trial, off by default): try a wider σ window
-    only while the best setting spoils more than ``SPOIL_STOP`` probes, whatever it moves; the choice
-    is still ranked by the cost. ``progress(done, total, stats)``
+    tables of docs/protection.md). ``widen_on_spoil`` (default True): try a wider σ window only while
+    the best setting spoils more than ``SPOIL_STOP`` probes, whatever it moves (the choice is still
+    ranked by the cost); False widens while the best costs more than that, as the first calibrations
+    that counted moved probes did. ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
     started = time.monotonic()
@@ -468,8 +469,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 evaluate(row)
                 consider(row)
             consider(strongest)  # measured first, kept only if it costs less than every gentler gate
-            # A wider window is tried only while the best setting still costs (widen_on_spoil: spoils)
-            # more than one probe.
+            # A wider window is tried only while the best setting still spoils (not widen_on_spoil:
+            # costs) more than one probe: relative change compares the gates of one window better than
+            # it compares windows, so moved non-copies alone do not send the search wider.
             if best and (best[0].n_spoiled() if widen_on_spoil else cost(best[0])) <= SPOIL_STOP:
                 break
         if best:
@@ -500,7 +502,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
 
 
 def _ranking(count_moved: bool, widen_on_spoil: bool) -> str:
-    return ("spoiled+moved" if count_moved else "spoiled") + ("; windows widened on spoiled" if widen_on_spoil else "")
+    if not count_moved:  # the cost is the spoiled probes: both widening rules are the same
+        return "spoiled"
+    return "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "")
 
 
 def _seed_list(values: Iterable[int], name: str) -> list[int]:
