@@ -8,10 +8,10 @@ a window: of the settings that cut the copies to the target (with a margin for t
 error), the one that costs least wins, the gentlest on a tie. The cost: the probes it spoils, plus
 every probe that did not copy counted by how far the guard moved it (relative ℓ2 change, at most 1),
 since a guard should leave alone what the model draws on its own. A wider window is tried only while
-the best so far costs more than one probe. Where nothing passes at the
-default scale, the same ladder is tried at stronger scales. A setting becomes the choice only after
-it passes again on as many confirmation seeds: the best of many settings measured on the same probes
-looks better on them than it is.
+the best so far spoils more than one probe (moved non-copies alone do not widen it). Where nothing
+passes at the default scale, the same ladder is tried at stronger scales. A setting becomes the
+choice only after it passes again on as many confirmation seeds: the best of many settings measured
+on the same probes looks better on them than it is.
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 SCALES: tuple[float, ...] = (DEFAULT_SCALE, 3 * DEFAULT_SCALE, 10 * DEFAULT_SCALE, 30 * DEFAULT_SCALE,
                              100 * DEFAULT_SCALE)
 MAX_STEP = 1.0
-# Once the best passing setting costs at most this many probes (spoiled, plus moved non-copies; see
-# _Reference for "spoiled"), no wider σ window is tried: a wider window can still do better on quality
-# (DreamBooth-style digits: every step guided drew better-formed digits than σ ≤ 2, which spoiled 2 of
-# 64 probes).
+# Once the best passing setting spoils at most this many probes (with widen_on_spoil=False: costs, i.e.
+# spoiled plus moved non-copies; see _Reference for "spoiled"), no wider σ window is tried: a wider
+# window can still do better on quality (DreamBooth-style digits: every step guided drew better-formed
+# digits than σ ≤ 2, which spoiled 2 of 64 probes).
 SPOIL_STOP = 1
 SPOIL_MARGIN = 1.0      # the natural range is widened by its own width on each side: gross failures only
 # A setting passes when the copy rate on new seeds is below the target with this confidence (one-
