@@ -124,3 +124,14 @@ def test_pretrain_budget_reads_batch_steps_lr_and_names_a_bad_one():
     for bad in ("128:x:2e-3", "128:3200", "a:b:c:d"):
         with pytest.raises(SystemExit, match=bad):
             parse(bad)
+
+
+def test_demo_runs_on_two_threads_where_the_machine_has_them(monkeypatch):
+    # the demo's guard runs to its step cap, which differs with the thread count: two, not the machine's
+    import os
+
+    from benchmarks.finetune import demo
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert demo.demo_threads() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert demo.demo_threads() == 1
