@@ -162,7 +162,8 @@ def guide_of(guard: Guard, settings: dict | None):
 
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
         save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = True,
-        hand: bool = True, also_spoil_only: bool = False, widen_on_spoil: bool = True) -> list[dict]:
+        hand: bool = True, also_spoil_only: bool = False, widen_on_spoil: bool = True,
+        confirm_each: bool = False) -> list[dict]:
     """``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
     evaluate that choice too, as a row labelled "spoil only: ..." (the summaries leave it out)."""
     rows: list[dict] = []
@@ -179,7 +180,8 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
             def calibrated(moved: bool, widen: bool):
                 g = guard.with_space(guard.space)  # a fresh info dict per calibration
                 c = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
-                              sampler_description=f"{bench.name} {kind}", count_moved=moved, widen_on_spoil=widen)
+                              sampler_description=f"{bench.name} {kind}", count_moved=moved, widen_on_spoil=widen,
+                              confirm_each=confirm_each)
                 print(c.report(), flush=True)
                 return c
 
@@ -391,6 +393,9 @@ def main() -> None:
     widening.add_argument("--widen-on-cost", action="store_true",
                           help="calibrate(widen_on_spoil=False): widen while the best costs more than one probe, "
                                "as the count_moved tables of 2026-12-01 did")
+    ap.add_argument("--confirm-each", action="store_true",
+                    help="calibrate(confirm_each=True): confirm each setting that beats the best so far at once, "
+                         "as the tables made before 2026-12-02 did (the same choices, more model calls)")
     ap.add_argument("--also-spoil-only", action="store_true",
                     help="calibrate each guard again with --spoil-only and evaluate that choice as well "
                          "(rows labelled 'spoil only: ...'; the summaries leave them out)")
@@ -431,7 +436,7 @@ def main() -> None:
 
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
                args.samples, save, not args.spoil_only, not args.only_calibrated, args.also_spoil_only,
-               not args.widen_on_cost)
+               not args.widen_on_cost, args.confirm_each)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 

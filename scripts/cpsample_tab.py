@@ -15,7 +15,7 @@ if _ROOT not in sys.path:
 
 from cpsample_nodes.core import images as imgs  # noqa: E402
 from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, REPLICA_SSIM  # noqa: E402
-from cpsample_nodes.core.calibration import MIN_PROBES  # noqa: E402
+from cpsample_nodes.core.calibration import MIN_PROBES, PROBE_COST_NOTE  # noqa: E402
 from cpsample_nodes.webui import api, guards, host, tasks  # noqa: E402
 from cpsample_nodes.webui.calibrate import CalibrateRequest  # noqa: E402
 from cpsample_nodes.webui.train import DEFAULT_MAX_STEPS  # noqa: E402
@@ -172,7 +172,7 @@ def on_ui_tabs():
                     cal_seed = gr.Number(label="First probe seed", value=defaults.seed, precision=0,
                                          elem_id="cpsample_calibrate_seed")
                     cal_probes = gr.Number(label=f"Probes (at least {MIN_PROBES})", value=defaults.probes, precision=0,
-                                           elem_id="cpsample_calibrate_probes")
+                                           info=PROBE_COST_NOTE, elem_id="cpsample_calibrate_probes")
                     cal_save_as = gr.Textbox(label="Save as (empty: the guard's file)",
                                              elem_id="cpsample_calibrate_save_as")
                 with gr.Row():

@@ -196,6 +196,15 @@ def test_a_setting_must_pass_again_on_new_seeds(small_guard):
     assert stored["confirm_seeds"] == 16 and stored["confirm_copies"] is None
 
 
+def test_confirming_once_per_window_chooses_as_confirming_each_improvement(copying):
+    guard, train, sample, cal, _ = copying
+    each = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), confirm_each=True)
+    assert each.settings == cal.settings and torch.equal(each.calibrated_copied, cal.calibrated_copied)
+    assert each.confirm_copies == cal.confirm_copies and each.spoiled_rate == cal.spoiled_rate
+    confirmations = [sum(r["confirm"] is not None for r in c.rows) for c in (cal, each)]
+    assert confirmations[0] <= confirmations[1] and cal.model_calls <= each.model_calls, (confirmations, each.report())
+
+
 def test_confirmation_of_a_good_setting(copying):
     guard, train, sample, cal, _ = copying
     # the mixture's chosen setting passed on probes and on the 32 seeds after them, pooled
@@ -386,3 +395,75 @@ def test_widen_on_spoil_stops_at_a_window_that_spoils_nothing(small_guard, widen
     assert {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]} == windows, cal.report()
     assert cal.settings["sigma_max"] == 1.0, cal.report()
     assert cal.ranking == "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "")
+
+
+class _ScriptedGuard:
+    """Stands in for a guard where the test needs to say what each gate does: its guide marks the
+    denoised latent with the gate α, so the sampler below knows which setting it runs under."""
+
+    def __init__(self, latent_channels: int):
+        self.space, self.latent_channels, self.info = NoiseSpace.vp(), latent_channels, {}
+
+    def guide(self, denoised, x, sigma, *, alpha, sigma_max=None, **_):
+        return denoised if sigma_max is not None and float(sigma[0]) > sigma_max else torch.full_like(denoised, alpha)
+
+
+def _gates_spoil(train, spoils: dict[float, int], copy_on_confirmation: set[float], first_new: int):
+    """Every seed copies a training latent unguarded; every gate turns the copy into a new latent and
+    blows up (10x) the first ``spoils[α]`` probes; the gates in ``copy_on_confirmation`` leave the
+    copies of the seeds from ``first_new`` on (the confirmation seeds)."""
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            marked = guide(copy, copy, torch.tensor([0.5]))
+            if torch.equal(marked, copy):
+                out.append(copy + 1e-3 * torch.randn(copy.shape, generator=torch.Generator().manual_seed(s)))
+                continue
+            alpha = round(float(marked.flatten()[0]), 6)
+            if s >= first_new and alpha in copy_on_confirmation:
+                out.append(copy + 1e-3 * torch.randn(copy.shape, generator=torch.Generator().manual_seed(s)))
+                continue
+            new = torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
+            out.append(10 * new if s - 500 < spoils[alpha] else new)
+        return torch.cat(out)
+    return sample
+
+
+@pytest.mark.parametrize("fails, chosen, confirmations", [
+    # spoiling fewer probes at every step up in α: each gate beats the one before, yet one is confirmed
+    (set(), 0.5, 1),
+    # the least costly gate fails confirmation; the next by cost is chosen, measured in full only then
+    ({0.001}, 0.01, 2),
+])
+def test_a_window_is_confirmed_once_least_costly_first(small_guard, fails, chosen, confirmations):
+    _, train = small_guard
+    if fails:   # α 0.001 spoils least; 0.003 and 0.01 cost more, and are set aside until it fails
+        spoils = {0.001: 2, 0.003: 4, 0.01: 3, 0.05: 6, 0.1: 6, 0.2: 6, 0.3: 6, 0.4: 6, 0.5: 5}
+    else:
+        spoils = {a: 9 - i for i, a in enumerate((0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5))}
+    sample = _gates_spoil(train, spoils, fails, first_new=532)
+    cal = calibrate(_ScriptedGuard(train.shape[1]), sample, train, seeds=range(500, 532))
+    assert cal.reached and cal.settings["alpha"] == chosen and cal.settings["sigma_max"] == 1.0, cal.report()
+    narrow = [r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 1.0]
+    assert sum(r["confirm"] is not None for r in narrow) == confirmations, cal.report()
+    # confirming each improvement at once (the earlier rule) chooses the same, with more confirmation runs
+    each = calibrate(_ScriptedGuard(train.shape[1]), sample, train, seeds=range(500, 532), confirm_each=True)
+    assert each.settings == cal.settings and each.calibrated_rate == cal.calibrated_rate, each.report()
+    each_narrow = [r for r in each.rows if r["settings"] and r["settings"]["sigma_max"] == 1.0]
+    assert sum(r["confirm"] is not None for r in each_narrow) == (9 if not fails else 3), each.report()
+    assert each.model_calls > cal.model_calls
+    rows = {r["settings"]["alpha"]: r for r in narrow}
+    assert rows[chosen]["spoiled"] == spoils[chosen] and rows[chosen]["outcome"] == "chosen", cal.report()
+    # the choice is the least costly setting that passes on the probes and is confirmed: every complete
+    # setting that costs less failed its confirmation
+    for r in cal.rows[1:]:
+        if r["complete"] and r["copies"] <= cal.allowed and r["cost"] < rows[chosen]["cost"]:
+            assert r["outcome"].startswith("failed confirmation"), cal.report()
+    if fails:
+        assert rows[0.001]["outcome"].startswith("failed confirmation") and rows[0.003]["complete"], cal.report()
+        assert rows[0.05]["outcome"].startswith("abandoned: spoils or moves more than α 0.01"), cal.report()
+    # the wider windows are tried only while the best spoils more than one probe (α 0.01 spoils 3;
+    # there, too, α 0.001 spoils least and fails confirmation, and the rest cost more than α 0.01)
+    windows = {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]}
+    assert windows == ({1.0, 2.0, 4.0, None} if fails else {1.0}), cal.report()

@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 
 from ..core import CalibrationStopped, calibrate, dataset_digest, evidence
 from ..core import images as imgs
-from ..core.calibration import MIN_PROBES
+from ..core.calibration import MIN_PROBES, PROBE_COST_NOTE
 from . import host
 from .calibrate import ProbeSampler, check_unprotected, vae_decoder
 from .nodes import (CATEGORY, NO_FOLDER, Guard, _downscale, _encode_cached, _folder_fingerprint, _folder_options,
@@ -114,7 +114,8 @@ class CalibrateGuard(io.ComfyNode):
                                      "image KSampler makes with seed s and batch size 1."),
                 io.Int.Input("probes", default=32, min=MIN_PROBES, max=4096,
                              tooltip=f"Probe images per setting (at least {MIN_PROBES}). More probes measure "
-                                     "smaller copy rates; each setting stops early once it cannot reach the target."),
+                                     "smaller copy rates; each setting stops early once it cannot reach the target. "
+                                     + PROBE_COST_NOTE),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps, as in your KSampler."),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="CFG scale, as in your KSampler."),

@@ -11,7 +11,9 @@ since a guard should leave alone what the model draws on its own. A wider window
 the best so far spoils more than one probe (moved non-copies alone do not widen it). Where nothing
 passes at the default scale, the same ladder is tried at stronger scales. A setting becomes the
 choice only after it passes again on as many confirmation seeds: the best of many settings measured
-on the same probes looks better on them than it is.
+on the same probes looks better on them than it is. Confirmation waits for the end of a window and
+starts with the setting that costs least, so a window whose gates keep improving on each other costs
+one confirmation run, not one per improvement.
 """
 from __future__ import annotations
 
@@ -58,6 +60,11 @@ CONFIDENCE = 0.8
 # 1.12 ×), and no digits calibration came near it (at most 3.1 %) (docs/protection.md, "Another
 # machine, other guards").
 WEAK_SPOIL = 0.1
+# What the hosts tell users a probe costs: images sampled per probe over a whole calibration, from the
+# 24 second-machine calibrations (docs/protection.md, "Confirmation once per window": 312-1,536 images
+# for 64 probes).
+PROBE_COST_NOTE = ("Each probe costs about 5-24 images of sampling over the whole calibration (measured on "
+                   "the benchmarks), so 32 probes take about 160-770 images at your steps.")
 
 
 class CalibrationStopped(TrainingStopped):
@@ -130,6 +137,8 @@ class _Row:
     model_calls: int = 0
     seconds: float = 0.0
     abandoned: str = ""  # why it stopped early ("" = measured on every probe it was given)
+    set_aside: bool = False  # abandoned because a passing setting cost less (resumed if that one fails)
+    order: int = 0  # when it is considered: of two settings that cost the same, the earlier wins
     confirm_copies: dict[int, bool] = field(default_factory=dict)  # on the confirmation seeds
     confirmed: bool | None = None  # None: never put to the confirmation seeds
 
@@ -310,7 +319,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               should_stop: Callable[[], bool] | None = None,
               sampler_description: str | None = None,
               confirm_seeds: Iterable[int] | None = None, count_moved: bool = True,
-              widen_on_spoil: bool = True) -> Calibration:
+              widen_on_spoil: bool = True, confirm_each: bool = False) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -325,7 +334,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     tables of docs/protection.md). ``widen_on_spoil`` (default True): try a wider σ window only while
     the best setting spoils more than ``SPOIL_STOP`` probes, whatever it moves (the choice is still
     ranked by the cost); False widens while the best costs more than that, as the first calibrations
-    that counted moved probes did. ``progress(done, total, stats)``
+    that counted moved probes did. ``confirm_each`` (default False): put each setting that beats the
+    best so far to the confirmation seeds at once, as calibrations before 2026-12-02 did, instead of
+    once per window, least costly first; the choice is the same, the model calls more. ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
     started = time.monotonic()
@@ -389,10 +400,23 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     order = [i for i in range(n) if copied[i]] + [i for i in range(n) if not copied[i]]
     rows: list[_Row] = []
     best: list[_Row] = []  # the passing, confirmed setting that costs least so far
+    # Passed the probes, not yet confirmed: a window's gates are confirmed once, at its end, starting
+    # with the one that costs least, rather than each time a gate beats the best so far.
+    pending: list[_Row] = []
 
     def cost(row: _Row) -> float:
         """What a setting costs: spoiled probes, plus (count_moved) the moved non-copies."""
         return row.n_spoiled() + (row.moved() if count_moved else 0.0)
+
+    def beats(a: _Row, b: _Row) -> bool:
+        """Does ``a`` cost less than ``b`` (on a tie: was it considered first)? Costs only grow as
+        probes are added, so a setting that part-measured no longer beats ``a`` never will."""
+        return cost(a) < cost(b) or (cost(a) == cost(b) and a.order < b.order)
+
+    def bar() -> _Row | None:
+        """The setting to beat: the least costly of the confirmed best and the pending ones."""
+        contenders = best + pending
+        return min(contenders, key=lambda r: (cost(r), r.order)) if contenders else None
 
     def measure(row: _Row, chunk: list[int], what: str) -> tuple[Tensor, Tensor]:
         t0, c0 = time.monotonic(), calls[0]
@@ -410,9 +434,10 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
             if not full and row.n_copies() > allowed:
                 row.abandoned = "too many copies"
                 return False
-            if not full and best and cost(row) >= cost(best[0]):
+            ahead = bar()
+            if not full and ahead is not None and ahead is not row and beats(ahead, row):
                 worse = "spoils or moves" if count_moved else "spoils"
-                row.abandoned = f"{worse} more than {describe(best[0].settings)}"
+                row.abandoned, row.set_aside = f"{worse} more than {describe(ahead.settings)}", True
                 return False
             idx = todo[j:j + CHUNK]
             x, ratio = measure(row, [seeds[i] for i in idx], describe(row.settings))
@@ -422,7 +447,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 row.samples[i] = x[q]
                 if not copied[i]:
                     row.change[i] = float((x[q] - base[i]).norm() / base[i].norm().clamp_min(1e-12))
-        row.abandoned = ""
+        row.abandoned, row.set_aside = "", False
         return True
 
     def confirmed(row: _Row) -> bool:
@@ -444,31 +469,56 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         return row.confirmed
 
     def consider(row: _Row) -> None:
-        """Keep row if it passes, costs less than the best so far (ties: the earlier, gentler one)
-        and passes again on the confirmation seeds."""
-        if len(row.copies) == n and row.n_copies() <= allowed:
-            if (not best or cost(row) < cost(best[0])) and confirmed(row):
+        """Keep row for confirmation if it passes on every probe and beats the best so far."""
+        if len(row.copies) == n and row.n_copies() <= allowed and (not best or beats(row, best[0])):
+            if not confirm_each:
+                pending.append(row)
+            elif confirmed(row):
                 best[:] = [row]
 
+    def settle() -> None:
+        """Confirm the pending settings, least costly first, until one passes (it becomes the best)
+        or none is left. When one fails, the settings set aside because it cost less are measured
+        further: the choice is the one confirming each new best at once would make, with fewer
+        confirmation runs (one per window where every confirmation passes)."""
+        while pending:
+            first = min(pending, key=lambda r: (cost(r), r.order))
+            pending.remove(first)
+            if best and not beats(first, best[0]):
+                pending.clear()
+                return
+            if confirmed(first):
+                best[:] = [first]
+                pending.clear()
+                return
+            for row in rows:
+                if row.set_aside and evaluate(row):
+                    consider(row)
+
+    considered = [0]
     for s_i, scale in enumerate(SCALES):
         if s_i:
             total[0] += per_scale  # nothing passed at the gentler scale
         for window in ladder(guard, scale):
             # Test the window with its strongest α first: if even that cannot reach the target, the
-            # gentler gates of the same window will not either, and the window is skipped.
-            strongest = _Row(window[-1])
+            # gentler gates of the same window will not either, and the window is skipped. It is
+            # considered after them (its order), so it is kept only if it costs less than every one.
+            first = considered[0]  # this window's gates are considered first .. first + len(window) - 1
+            considered[0] += len(window)
+            strongest = _Row(window[-1], order=first + len(window) - 1)
             rows.append(strongest)
             evaluate(strongest)
             if strongest.n_copies() > allowed:
                 continue
             # Every gate of a window that can pass is measured: the gentlest passing gate may leave
             # copies pushed just past the line (near copies) that a stronger one moves away.
-            for settings in window[:-1]:
-                row = _Row(settings)
+            for i, settings in enumerate(window[:-1]):
+                row = _Row(settings, order=first + i)
                 rows.append(row)
                 evaluate(row)
                 consider(row)
-            consider(strongest)  # measured first, kept only if it costs less than every gentler gate
+            consider(strongest)
+            settle()
             # A wider window is tried only while the best setting still spoils (not widen_on_spoil:
             # costs) more than one probe: relative change compares the gates of one window better than
             # it compares windows, so moved non-copies alone do not send the search wider.
