@@ -408,15 +408,18 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         """What a setting costs: spoiled probes, plus (count_moved) the moved non-copies."""
         return row.n_spoiled() + (row.moved() if count_moved else 0.0)
 
+    def rank(row: _Row) -> tuple[float, int]:
+        """Cost first; of two that cost the same, the one considered first wins."""
+        return cost(row), row.order
+
     def beats(a: _Row, b: _Row) -> bool:
-        """Does ``a`` cost less than ``b`` (on a tie: was it considered first)? Costs only grow as
-        probes are added, so a setting that part-measured no longer beats ``a`` never will."""
-        return cost(a) < cost(b) or (cost(a) == cost(b) and a.order < b.order)
+        """Does ``a`` rank before ``b``? Costs only grow as probes are added, so a setting that
+        part-measured no longer beats ``a`` never will."""
+        return rank(a) < rank(b)
 
     def bar() -> _Row | None:
         """The setting to beat: the least costly of the confirmed best and the pending ones."""
-        contenders = best + pending
-        return min(contenders, key=lambda r: (cost(r), r.order)) if contenders else None
+        return min(best + pending, key=rank, default=None)
 
     def measure(row: _Row, chunk: list[int], what: str) -> tuple[Tensor, Tensor]:
         t0, c0 = time.monotonic(), calls[0]
@@ -435,7 +438,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 row.abandoned = "too many copies"
                 return False
             ahead = bar()
-            if not full and ahead is not None and ahead is not row and beats(ahead, row):
+            if not full and ahead is not None and beats(ahead, row):
                 worse = "spoils or moves" if count_moved else "spoils"
                 row.abandoned, row.set_aside = f"{worse} more than {describe(ahead.settings)}", True
                 return False
@@ -481,12 +484,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         or none is left. When one fails, the settings set aside because it cost less are measured
         further: the choice is the one confirming each new best at once would make, with fewer
         confirmation runs (one per window where every confirmation passes)."""
-        while pending:
-            first = min(pending, key=lambda r: (cost(r), r.order))
+        while pending:  # each beat the best when it was added, and the best changes only here
+            first = min(pending, key=rank)
             pending.remove(first)
-            if best and not beats(first, best[0]):
-                pending.clear()
-                return
             if confirmed(first):
                 best[:] = [first]
                 pending.clear()
@@ -495,7 +495,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                 if row.set_aside and evaluate(row):
                     consider(row)
 
-    considered = [0]
+    considered = 0
     for s_i, scale in enumerate(SCALES):
         if s_i:
             total[0] += per_scale  # nothing passed at the gentler scale
@@ -503,8 +503,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
             # Test the window with its strongest α first: if even that cannot reach the target, the
             # gentler gates of the same window will not either, and the window is skipped. It is
             # considered after them (its order), so it is kept only if it costs less than every one.
-            first = considered[0]  # this window's gates are considered first .. first + len(window) - 1
-            considered[0] += len(window)
+            first = considered  # this window's gates are considered first .. first + len(window) - 1
+            considered += len(window)
             strongest = _Row(window[-1], order=first + len(window) - 1)
             rows.append(strongest)
             evaluate(strongest)
