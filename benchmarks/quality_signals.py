@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import machine  # noqa: E402
 from benchmarks.calibration import EVAL_SEEDS, DigitsBench  # noqa: E402
 from benchmarks.finetune.classifier import classify  # noqa: E402
 from cpsample_nodes.core.calibration import L2_K, _Reference, window_sigma  # noqa: E402
@@ -44,7 +45,7 @@ from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio  #
 
 SETTINGS = [("α 0.3, σ ≤ 1", 0.3, 1.0), ("α 0.5, σ ≤ 1", 0.5, 1.0), ("α 0.2, σ ≤ 2", 0.2, 2.0),
             ("α 0.5, σ ≤ 2", 0.5, 2.0), ("α 0.2, all steps", 0.2, None), ("α 0.5, all steps", 0.5, None)]
-SIGNALS = ("spoiled", "change", "late_push", "redenoise")
+SIGNALS = ("spoiled", "change", "late_push", "redenoise", "pull_back", "undone")
 LATE_SIGMA = 0.5
 REDENOISE_SIGMA = 0.7
 
@@ -64,16 +65,29 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def measure(guard, sample, seeds: list[int], settings: dict | None):
-    """Samples of ``seeds`` with ``settings`` (None: unguarded) and each sample's summed late push."""
-    late = torch.zeros(len(seeds), dtype=torch.float64)
+    """Samples of ``seeds`` with ``settings`` (None: unguarded), each sample's summed late push and what
+    the model made of the pushes: the pull back ‖D_{k+1} − G_k‖ summed over the steps (the model's next
+    x0 prediction against the guided one it was steered to), and the share of the push it undid,
+    Σ⟨D_k − G_k, D_{k+1} − G_k⟩ / Σ‖G_k − D_k‖². Both come from the guide's own calls."""
+    n = len(seeds)
+    late, pull, undo, pushed = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
+    prev: dict[str, torch.Tensor] = {}
 
     def guide(d, x, s):
         g = d if settings is None else guard.guide(d, x, s, **settings)
         if float(s[0]) < LATE_SIGMA:
             late.add_((g - d).flatten(1).norm(dim=1).double())
+        if prev:
+            back = (d - prev["g"]).flatten(1).double()
+            push = (prev["d"] - prev["g"]).flatten(1).double()
+            pull.add_(back.norm(dim=1))
+            undo.add_((back * push).sum(1))
+            pushed.add_(push.pow(2).sum(1))
+        prev["g"], prev["d"] = g.detach().clone(), d.detach().clone()
         return g
 
-    return sample(guide, seeds), late
+    x = sample(guide, seeds)
+    return x, late, pull, undo / pushed.clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -89,30 +103,33 @@ def run(bench: DigitsBench, kind: str, guard_seeds: list[int], n: int) -> list[d
     rows = []
     for gs in guard_seeds:
         guard = bench.guard(gs)
-        base, _ = measure(guard, sample, seeds, None)
+        base, *_ = measure(guard, sample, seeds, None)
         base_ratio = calibrated_l2_ratio(base, bench.train, L2_K)
         copied = base_ratio < REPLICA_L2_RATIO
         reference = _Reference.of(torch.cat([bench.train, base]), base_ratio[~copied])
         per_guard = []
         for label, alpha, ratio in SETTINGS:
             settings = {"alpha": alpha, "sigma_max": window_sigma(guard, ratio)}
-            x, late = measure(guard, sample, seeds, settings)
+            x, late, pull, undone = measure(guard, sample, seeds, settings)
             m = bench.metrics(x)
             ratio_x = calibrated_l2_ratio(x, bench.train, L2_K)
             new = ratio_x >= REPLICA_L2_RATIO  # the samples that are not replicas: what the signals judge
             _, conf, _ = classify(bench.clf, x[new])
             moved = ~copied & new
             change = ((x[moved] - base[moved]).flatten(1).norm(dim=1) / base[moved].flatten(1).norm(dim=1)).mean()
-            row = {"bench": bench.name, "sampler": kind, "guard_seed": gs, "setting": label,
+            row = {"bench": bench.name, "sampler": kind, "guard_seed": gs, "guard_steps": guard.info["steps"],
+                   "machine": machine.describe(), "setting": label,
                    "replicas": m["replicas"], "quality": m["quality_share"],
                    "quality_new": float((conf >= 0.9).double().mean()),
                    "spoiled": float(reference.spoiled(x[new], ratio_x[new]).double().mean()),
                    "change": float(change), "late_push": float(late[new].mean()),
-                   "redenoise": float(redenoise(bench, x[new]).mean())}
+                   "redenoise": float(redenoise(bench, x[new]).mean()),
+                   "pull_back": float(pull[new].mean()), "undone": float(undone[new].mean())}
             print(f"  {bench.name} g{gs} {kind:8} {label:18} replicas {row['replicas']:6.1%}  quality {row['quality']:.3f}, "
                   f"new {row['quality_new']:.3f}  "
                   f"spoiled {row['spoiled']:6.1%}  change {row['change']:.3f}  late push {row['late_push']:.3f}  "
-                  f"re-denoise {row['redenoise']:.3f}", flush=True)
+                  f"re-denoise {row['redenoise']:.3f}  pull back {row['pull_back']:.3f}  undone {row['undone']:.3f}",
+                  flush=True)
             per_guard.append(row)
         q = torch.tensor([r["quality_new"] for r in per_guard])
         corr = {s: rank_correlation(torch.tensor([r[s] for r in per_guard]), q) for s in SIGNALS}
@@ -125,14 +142,16 @@ def run(bench: DigitsBench, kind: str, guard_seeds: list[int], n: int) -> list[d
 
 
 def summarize(paths: list[Path]) -> str:
-    """Per benchmark: each signal's rank correlation with the quality of new samples, per guard seed."""
-    lines = ["| benchmark | sampler | " + " | ".join(f"{s}, guard seed 0 \\| 1 \\| 2" for s in SIGNALS) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in SIGNALS) + " |"]
-    for path in paths:
-        rows = json.loads(path.read_text())
+    """Per benchmark: each signal's rank correlation with the quality of new samples, per guard seed
+    (the signals every file has: results made before pull back and undone were measured lack them)."""
+    files = [json.loads(path.read_text()) for path in paths]
+    signals = [s for s in SIGNALS if all(s in r for rows in files for r in rows)]
+    lines = ["| benchmark | sampler | " + " | ".join(f"{s}, guard seed 0 \\| 1 \\| 2" for s in signals) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in signals) + " |"]
+    for rows in files:
         seeds = sorted({r["guard_seed"] for r in rows})
         cells = []
-        for sig in SIGNALS:
+        for sig in signals:
             per = []
             for gs in seeds:
                 mine = [r for r in rows if r["guard_seed"] == gs]
@@ -159,6 +178,7 @@ def main() -> None:
         ap.error("--bench and --sampler are required (or --summarize)")
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))  # it decides which guard trains
     bench = DigitsBench(a.bench.split("-")[1], a.samples)
+    print(f"machine: {machine.describe()}", flush=True)
     rows = run(bench, a.sampler, [int(s) for s in a.guard_seeds.split(",")], a.samples)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
