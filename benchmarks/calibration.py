@@ -22,6 +22,7 @@ class guard; replicas: calibrated ℓ2 ratio < 1/3; quality: the digit CNN's con
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -162,9 +163,10 @@ def guide_of(guard: Guard, settings: dict | None):
 
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
         save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = True,
-        hand: bool = True, also_spoil_only: bool = False, widen_on_spoil: bool = True,
+        hand: bool | list = True, also_spoil_only: bool = False, widen_on_spoil: bool = True,
         confirm_each: bool = False) -> list[dict]:
-    """``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
+    """``hand``: True for the hand rows of HAND, False for none, or a list of rows like HAND's.
+    ``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
     evaluate that choice too, as a row labelled "spoil only: ..." (the summaries leave it out)."""
     rows: list[dict] = []
     for gs in guard_seeds:
@@ -192,7 +194,7 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
             if also_spoil_only:
                 cals["spoil only"] = other = calibrated(False, False)
                 settings.append(("spoil only: " + describe(other.settings), other.settings))
-            for label, kw, ratio in (HAND if hand else []):
+            for label, kw, ratio in (HAND if hand is True else hand or []):
                 settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
             measured: list[tuple[dict | None, dict]] = []
             for label, kw in settings:
@@ -368,6 +370,19 @@ def candidates(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def custom_row(settings: dict) -> tuple[str, dict, float | None]:
+    """A hand row from ``--rows``: its label, its ``Guard.guide`` settings and its σ window."""
+    kw = dict(settings)
+    ratio = kw.pop("window", None)
+    unknown = sorted(set(kw) - set(inspect.signature(Guard.guide).parameters))
+    if unknown or "sigma_max" in kw:
+        raise SystemExit(f"--rows: {unknown or ['sigma_max']} not a setting of Guard.guide here "
+                         "(the σ window is \"window\", a noise-to-signal ratio)")
+    rest = "".join(f", {k} {v}" for k, v in kw.items() if k not in ("alpha", "scale"))
+    label = describe({**kw, "alpha": kw.get("alpha", DEFAULT_ALPHA), "sigma_max": ratio}) + rest
+    return label, kw, ratio
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", choices=["mixture-vp", "mixture-flow", "digits-full", "digits-prior"],
@@ -401,6 +416,10 @@ def main() -> None:
                          "(rows labelled 'spoil only: ...'; the summaries leave them out)")
     ap.add_argument("--only-calibrated", action="store_true",
                     help="evaluate the unguarded and calibrated rows only (a trial of a calibration option)")
+    ap.add_argument("--rows", type=json.loads,
+                    help="evaluate these settings instead of the hand rows: a JSON list of Guard.guide keyword "
+                         "dicts, the σ window as \"window\" (noise-to-signal), e.g. "
+                         "'[{\"alpha\": 0.5, \"scale\": 300}, {\"alpha\": 0.2, \"window\": 2}]'")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--summarize", nargs="+", type=Path, help="print one markdown table of these result files")
     ap.add_argument("--every-hand-row", action="store_true", help="with --summarize: list every hand-tuned row")
@@ -434,8 +453,9 @@ def main() -> None:
                                        "rows": rows, "quality": bench.quality_key}, indent=1, default=str))
             tmp.replace(args.json)
 
+    hand = (False if args.only_calibrated else [custom_row(r) for r in args.rows] if args.rows else True)
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
-               args.samples, save, not args.spoil_only, not args.only_calibrated, args.also_spoil_only,
+               args.samples, save, not args.spoil_only, hand, args.also_spoil_only,
                not args.widen_on_cost, args.confirm_each)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,3 +35,22 @@ def test_run_adds_the_spoil_only_choice_of_the_same_guard(tmp_path):
     table = summarize([path])
     assert "calibrated" in table and "spoil only" not in table
     assert torch.isfinite(torch.tensor([r["fd_ratio"] for r in rows])).all()
+
+
+def test_rows_of_your_own_replace_the_hand_rows():
+    from benchmarks.calibration import custom_row, window_sigma
+
+    rows_in = [custom_row({"alpha": 0.5, "scale": 300}), custom_row({"alpha": 0.2, "window": 2, "max_step": 0.5})]
+    assert [r[0] for r in rows_in] == ["α 0.5, all steps, scale 300", "α 0.2, σ ≤ 2, max_step 0.5"]
+    with pytest.raises(SystemExit, match="alpah"):
+        custom_row({"alpah": 0.2})
+    with pytest.raises(SystemExit, match="window"):
+        custom_row({"alpha": 0.2, "sigma_max": 1.0})
+    bench = MixtureBench("vp", samples=16, steps=8)
+    guard = train_guard(bench.train, bench.space, seed=0, max_steps=30)
+    bench.guard = lambda seed: guard
+    rows = run(bench, [0], ["euler"], probes=8, samples=16, hand=rows_in)
+    hand = [r for r in rows if r["setting"].startswith("hand: ")]
+    assert [r["setting"] for r in hand] == ["hand: α 0.5, all steps, scale 300", "hand: α 0.2, σ ≤ 2, max_step 0.5"]
+    assert hand[0]["settings"] == {"alpha": 0.5, "scale": 300, "sigma_max": None}
+    assert hand[1]["settings"] == {"alpha": 0.2, "max_step": 0.5, "sigma_max": window_sigma(guard, 2)}
