@@ -18,6 +18,9 @@ seeds and reports:
     guide sees, so no host change is needed);
   - ``re-denoise``: ‖D(x + 0.7 ε) − x‖, the model's own correction of the finished sample renoised
     to σ 0.7 (would need a host hook that runs the model once on a given latent).
+  - ``pull back``: ‖D_{k+1} − G_k‖ summed over the steps, the model's next x0 prediction against the
+    guided one G_k it was steered to, and ``undone``: the share of the push G_k − D_k the model took
+    back (both from the guide's own calls, so no host change is needed).
 
 Then, per guard, the Spearman rank correlation over the settings between each signal and the quality
 of the new samples (a useful signal is strongly negative: more spoil, push or correction, worse digits).
