@@ -467,3 +467,45 @@ def test_a_window_is_confirmed_once_least_costly_first(small_guard, fails, chose
     # there, too, α 0.001 spoils least and fails confirmation, and the rest cost more than α 0.01)
     windows = {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]}
     assert windows == ({1.0, 2.0, 4.0, None} if fails else {1.0}), cal.report()
+
+
+def _one_copy_left_or_moved(train):
+    """Three of every four seeds copy a training latent unguarded. α 0.001 turns every copy but probe
+    500's into a new latent and leaves the new samples alone; every stronger gate turns all the copies
+    and moves each new sample by about 5 % of its norm (natural statistics, a small change)."""
+    def draw(s):
+        return torch.randn((1, *train.shape[1:]), generator=torch.Generator().manual_seed(10_000 + s))
+
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            new = draw(s)
+            marked = guide(copy, copy, torch.tensor([0.5]))
+            alpha = None if torch.equal(marked, copy) else round(float(marked.flatten()[0]), 6)
+            if s % 4 != 3:  # copies unguarded
+                keep = alpha is None or (alpha == 0.001 and s == 500)
+                out.append(copy + 1e-3 * draw(-s) if keep else new)
+            else:
+                moved = alpha is not None and alpha != 0.001
+                out.append((1 - 0.05 ** 2) ** 0.5 * new + 0.05 * draw(50_000 + s) if moved else new)
+        return torch.cat(out)
+    return sample
+
+
+@pytest.mark.parametrize("count_copies, chosen", [(True, 0.003), (False, 0.001)])
+def test_count_copies_false_leaves_the_copies_to_the_target(small_guard, count_copies, chosen):
+    # α 0.001 leaves one copy (within the target) and moves nothing; α 0.003 leaves none but moves the
+    # 16 new samples by 5 % each (0.8 of a probe). Counted as spoiled, the copy costs α 0.001 a whole
+    # probe; left to the target, α 0.001 is the gentler and cheaper setting.
+    _, train = small_guard
+    cal = calibrate(_ScriptedGuard(train.shape[1]), _one_copy_left_or_moved(train), train,
+                    seeds=range(500, 564), count_copies=count_copies)
+    assert cal.allowed >= 1 and cal.reached, cal.report()
+    assert cal.settings["alpha"] == chosen and cal.settings["sigma_max"] == 1.0, cal.report()
+    rows = {r["settings"]["alpha"]: r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 1.0}
+    gentle, next_ = rows[0.001], rows[0.003]
+    assert gentle["copies"] == 1 and next_["copies"] == 0, cal.report()
+    # the one copy is spoiled (under the near-copy line) only when copies count
+    assert gentle["spoiled"] - next_["spoiled"] == (1 if count_copies else 0), cal.report()
+    assert cal.ranking.endswith("; copies not counted as spoiled") != count_copies

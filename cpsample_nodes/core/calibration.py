@@ -319,7 +319,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               should_stop: Callable[[], bool] | None = None,
               sampler_description: str | None = None,
               confirm_seeds: Iterable[int] | None = None, count_moved: bool = True,
-              widen_on_spoil: bool = True, confirm_each: bool = False) -> Calibration:
+              widen_on_spoil: bool = True, confirm_each: bool = False,
+              count_copies: bool = True) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -336,7 +337,11 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     ranked by the cost); False widens while the best costs more than that, as the first calibrations
     that counted moved probes did. ``confirm_each`` (default False): put each setting that beats the
     best so far to the confirmation seeds at once, as calibrations before 2026-12-02 did, instead of
-    once per window, least costly first; the choice is the same, the model calls more. ``progress(done, total, stats)``
+    once per window, least costly first; the choice is the same, the model calls more.
+    ``count_copies`` (default True): a probe that still copies counts as spoiled (it lies under the
+    near-copy line); False (a trial, docs/protection.md) leaves copies to the target, which bounds
+    them already, so the cost and the widening see only the samples the guide spoiled.
+    ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
     started = time.monotonic()
@@ -386,7 +391,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     if u == 0:
         cal = Calibration(dict(gentlest), [], list(seeds), 0.0, 0.0, True, True, target_ratio, calls[0],
                           time.monotonic() - started, sampler_description, base, copied, 0,
-                          ranking=_ranking(count_moved, widen_on_spoil))
+                          ranking=_ranking(count_moved, widen_on_spoil, count_copies))
         _store(guard, cal)
         if progress is not None:
             progress(total[0], total[0], {"setting": "done", "model_calls": calls[0]})
@@ -446,7 +451,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
             x, ratio = measure(row, [seeds[i] for i in idx], describe(row.settings))
             flags, bad = ratio < REPLICA_L2_RATIO, reference.spoiled(x, ratio)
             for q, i in enumerate(idx):
-                row.copies[i], row.spoiled[i] = bool(flags[q]), bool(bad[q])
+                row.copies[i] = bool(flags[q])
+                row.spoiled[i] = bool(bad[q]) and (count_copies or not row.copies[i])
                 row.samples[i] = x[q]
                 if not copied[i]:
                     row.change[i] = float((x[q] - base[i]).norm() / base[i].norm().clamp_min(1e-12))
@@ -540,7 +546,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                       calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n,
                       list(confirm), sum(chosen.confirm_copies.values()) if chosen.confirmed else None, pooled,
-                      _ranking(count_moved, widen_on_spoil))
+                      _ranking(count_moved, widen_on_spoil, count_copies))
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,
                         "cost": None, "confirm": None, "model_calls": unguarded_calls, "seconds": None,
@@ -551,10 +557,11 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     return cal
 
 
-def _ranking(count_moved: bool, widen_on_spoil: bool) -> str:
+def _ranking(count_moved: bool, widen_on_spoil: bool, count_copies: bool = True) -> str:
+    copies = "" if count_copies else "; copies not counted as spoiled"
     if not count_moved:  # the cost is the spoiled probes: both widening rules are the same
-        return "spoiled"
-    return "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "")
+        return "spoiled" + copies
+    return "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "") + copies
 
 
 def _seed_list(values: Iterable[int], name: str) -> list[int]:
