@@ -17,30 +17,31 @@ from pathlib import Path
 import torch
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_id() -> str:
-    """``family F model M stepping S, cache C`` from /proc/cpuinfo; empty where that is not readable."""
+def first_cpu() -> dict[str, str]:
+    """The fields of the first processor in /proc/cpuinfo (Linux); empty where it is not readable."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                if fields:  # the first processor's block is enough
+                    break
+                continue
             key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("cpu family", "model", "stepping", "cache size") and key not in fields:
-                fields[key] = value.strip()
-            if not line.strip() and fields:  # the first processor's block is enough
-                break
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return ""
+        pass
+    return fields
+
+
+def cpu_model(fields: dict[str, str] | None = None) -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    fields = first_cpu() if fields is None else fields
+    return fields.get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id(fields: dict[str, str] | None = None) -> str:
+    """``family F model M stepping S, cache C`` from /proc/cpuinfo; empty where that is not readable."""
+    fields = first_cpu() if fields is None else fields
     if "cpu family" not in fields:
         return ""
     text = f"family {fields['cpu family']} model {fields.get('model', '?')} stepping {fields.get('stepping', '?')}"
@@ -56,7 +57,8 @@ def cpu_capability() -> str:
 
 
 def info() -> dict[str, object]:
-    return {"cpu": cpu_model(), "cpu_id": cpu_id(), "cpu_capability": cpu_capability(), "logical_cpus": os.cpu_count(),
+    cpu = first_cpu()  # read once for both
+    return {"cpu": cpu_model(cpu), "cpu_id": cpu_id(cpu), "cpu_capability": cpu_capability(), "logical_cpus": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version()}
 

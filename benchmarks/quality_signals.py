@@ -103,6 +103,7 @@ def redenoise(bench: DigitsBench, x: torch.Tensor) -> torch.Tensor:
 def run(bench: DigitsBench, kind: str, guard_seeds: list[int], n: int) -> list[dict]:
     seeds = list(range(EVAL_SEEDS, EVAL_SEEDS + n))
     sample = bench.sampler(kind)
+    where = machine.describe()  # the same for every row; the guards trained on it
     rows = []
     for gs in guard_seeds:
         guard = bench.guard(gs)
@@ -121,7 +122,7 @@ def run(bench: DigitsBench, kind: str, guard_seeds: list[int], n: int) -> list[d
             moved = ~copied & new
             change = ((x[moved] - base[moved]).flatten(1).norm(dim=1) / base[moved].flatten(1).norm(dim=1)).mean()
             row = {"bench": bench.name, "sampler": kind, "guard_seed": gs, "guard_steps": guard.info["steps"],
-                   "machine": machine.describe(), "setting": label,
+                   "machine": where, "setting": label,
                    "replicas": m["replicas"], "quality": m["quality_share"],
                    "quality_new": float((conf >= 0.9).double().mean()),
                    "spoiled": float(reference.spoiled(x[new], ratio_x[new]).double().mean()),
