@@ -164,7 +164,7 @@ def guide_of(guard: Guard, settings: dict | None):
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
         save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = True,
         hand: bool | list = True, also_spoil_only: bool = False, widen_on_spoil: bool = True,
-        confirm_each: bool = False, count_copies: bool = True) -> list[dict]:
+        confirm_each: bool = False, count_copies: bool = False) -> list[dict]:
     """``hand``: True for the hand rows of HAND, False for none, or a list of rows like HAND's.
     ``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
     evaluate that choice too, as a row labelled "spoil only: ..." (the summaries leave it out)."""
@@ -411,9 +411,13 @@ def main() -> None:
     ap.add_argument("--confirm-each", action="store_true",
                     help="calibrate(confirm_each=True): confirm each setting that beats the best so far at once, "
                          "as the tables made before 2026-12-02 did (the same choices, more model calls)")
-    ap.add_argument("--copies-not-spoiled", action="store_true",
-                    help="calibrate(count_copies=False): a probe that still copies is left to the target, "
-                         "not counted as spoiled (a trial)")
+    copies = ap.add_mutually_exclusive_group()
+    copies.add_argument("--copies-not-spoiled", action="store_true",
+                        help="calibrate(count_copies=False), the default: a probe that still copies is left to "
+                             "the target, not counted as spoiled")
+    copies.add_argument("--copies-spoiled", action="store_true",
+                        help="calibrate(count_copies=True): a probe that still copies counts as spoiled too, "
+                             "as the tables made before 2026-12-02 did")
     ap.add_argument("--also-spoil-only", action="store_true",
                     help="calibrate each guard again with --spoil-only and evaluate that choice as well "
                          "(rows labelled 'spoil only: ...'; the summaries leave them out)")
@@ -459,7 +463,7 @@ def main() -> None:
     hand = (False if args.only_calibrated else [custom_row(r) for r in args.rows] if args.rows else True)
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
                args.samples, save, not args.spoil_only, hand, args.also_spoil_only,
-               not args.widen_on_cost, args.confirm_each, not args.copies_not_spoiled)
+               not args.widen_on_cost, args.confirm_each, args.copies_spoiled)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 

@@ -141,6 +141,9 @@ def main() -> None:
     ap.add_argument("--confirm-each", action="store_true",
                     help="with --calibrate: calibrate(confirm_each=True), confirming each setting that beats the "
                          "best so far at once, as the results made before 2026-12-02 did (the same choices)")
+    ap.add_argument("--copies-spoiled", action="store_true",
+                    help="with --calibrate: calibrate(count_copies=True), a probe that still copies counts as "
+                         "spoiled too, as the results made before 2026-12-02 did")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))  # it decides which guard trains
@@ -201,7 +204,7 @@ def main() -> None:
             if args.calibrate:
                 cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + 64),
                                 sampler_description=f"{bench.name} {args.sampler}", count_moved=not args.spoil_only,
-                                confirm_each=args.confirm_each)
+                                confirm_each=args.confirm_each, count_copies=args.copies_spoiled)
                 m = bench.metrics(sample_many(sample, guide_of(g, cal.settings), args.samples))
                 rows.append({"guard_seed": seed, "guard": label, "calibrated": describe(cal.settings),
                              "settings": cal.settings, "reached": cal.reached, "model_calls": cal.model_calls, **m})

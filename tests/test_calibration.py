@@ -9,6 +9,7 @@ from benchmarks.calibration_samplers import mixture_sampler
 from benchmarks.mixture import Mixture
 from cpsample_nodes.core import (Calibration, CalibrationStopped, NoiseSpace, calibrate, load_guard, read_metadata,
                                  save_guard)
+from cpsample_nodes.core.calibration import COPIES_LEFT
 from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio
 
 STEPS = 20
@@ -68,7 +69,7 @@ def test_calibration_is_stored_and_survives_save_load(copying, tmp_path):
         assert key in stored, key
     assert stored["probes"] == 32 and stored["sampler"] == "euler_a 20 steps"
     # the default ranking, recorded with the choice
-    assert stored["ranking"] == "spoiled+moved; windows widened on spoiled"
+    assert stored["ranking"] == "spoiled+moved; windows widened on spoiled; copies not counted as spoiled"
     assert guard.calibrated_settings() == cal.settings
     path = save_guard(guard, tmp_path / "g.safetensors")
     back = load_guard(path)
@@ -298,7 +299,7 @@ def test_count_moved_ranks_a_setting_that_moves_the_non_copies_lower(small_guard
     # though it spoils the blown-up copies (and, by chance, a near copy)
     assert cal.settings["sigma_max"] == window, cal.report()
     assert (cal.spoiled_rate > 0) == count_moved, cal.report()
-    assert cal.ranking == ("spoiled+moved; windows widened on spoiled" if count_moved else "spoiled")
+    assert cal.ranking == ("spoiled+moved; windows widened on spoiled" if count_moved else "spoiled") + COPIES_LEFT
     wide = [r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 4.0
             and r["change_noncopy"] is not None]
     assert wide and min(r["change_noncopy"] for r in wide) > 0.3, cal.report()
@@ -394,7 +395,7 @@ def test_widen_on_spoil_stops_at_a_window_that_spoils_nothing(small_guard, widen
     # σ ≤ 1 (a tie).
     assert {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]} == windows, cal.report()
     assert cal.settings["sigma_max"] == 1.0, cal.report()
-    assert cal.ranking == "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "")
+    assert cal.ranking == "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "") + COPIES_LEFT
 
 
 class _ScriptedGuard:
@@ -497,7 +498,7 @@ def _one_copy_left_or_moved(train):
 def test_count_copies_false_leaves_the_copies_to_the_target(small_guard, count_copies, chosen):
     # α 0.001 leaves one copy (within the target) and moves nothing; α 0.003 leaves none but moves the
     # 16 new samples by 5 % each (0.8 of a probe). Counted as spoiled, the copy costs α 0.001 a whole
-    # probe; left to the target, α 0.001 is the gentler and cheaper setting.
+    # probe; left to the target (the default), α 0.001 is the gentler and cheaper setting.
     _, train = small_guard
     cal = calibrate(_ScriptedGuard(train.shape[1]), _one_copy_left_or_moved(train), train,
                     seeds=range(500, 564), count_copies=count_copies)
@@ -508,4 +509,6 @@ def test_count_copies_false_leaves_the_copies_to_the_target(small_guard, count_c
     assert gentle["copies"] == 1 and next_["copies"] == 0, cal.report()
     # the one copy is spoiled (under the near-copy line) only when copies count
     assert gentle["spoiled"] - next_["spoiled"] == (1 if count_copies else 0), cal.report()
-    assert cal.ranking.endswith("; copies not counted as spoiled") != count_copies
+    assert cal.ranking.endswith(COPIES_LEFT) != count_copies
+    # the report says how copies were counted when they count as spoiled (not the default)
+    assert ("a copy counted as spoiled" in cal.report()) == count_copies

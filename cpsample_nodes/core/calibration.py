@@ -50,6 +50,9 @@ MAX_STEP = 1.0
 # window can still do better on quality (DreamBooth-style digits: every step guided drew better-formed
 # digits than σ ≤ 2, which spoiled 2 of 64 probes).
 SPOIL_STOP = 1
+# The ranking's words for count_copies=False, the default: a probe that still copies is the target's
+# to bound, not counted as spoiled as well (docs/protection.md, "Copies left to the target: adopted").
+COPIES_LEFT = "; copies not counted as spoiled"
 SPOIL_MARGIN = 1.0      # the natural range is widened by its own width on each side: gross failures only
 # A setting passes when the copy rate on new seeds is below the target with this confidence (one-
 # sided binomial bound on its probe count): a setting that just reaches the target on the probes
@@ -61,10 +64,10 @@ CONFIDENCE = 0.8
 # machine, other guards").
 WEAK_SPOIL = 0.1
 # What the hosts tell users a probe costs: images sampled per probe over a whole calibration, from the
-# 24 second-machine calibrations (docs/protection.md, "Confirmation once per window": 312-1,536 images
-# for 64 probes).
-PROBE_COST_NOTE = ("Each probe costs about 5-24 images of sampling over the whole calibration (measured on "
-                   "the benchmarks), so 32 probes take about 160-770 images at your steps.")
+# 24 second-machine calibrations (docs/protection.md, "Copies left to the target: adopted": 272-1,536
+# images for 64 probes).
+PROBE_COST_NOTE = ("Each probe costs about 4-24 images of sampling over the whole calibration (measured on "
+                   "the benchmarks), so 32 probes take about 140-770 images at your steps.")
 
 
 class CalibrationStopped(TrainingStopped):
@@ -257,6 +260,7 @@ class Calibration:
             lines.append("change: the mean relative change of the probes that did not copy; cost: the spoiled "
                          "probes" + (" plus each probe that did not copy, counted by its change (at most 1)"
                                      if self.ranking.startswith("spoiled+moved") else " alone") +
+                         ("" if self.ranking.endswith(COPIES_LEFT) else ", a copy counted as spoiled") +
                          "; the passing setting that costs least is chosen")
             head = (f"{'setting':<34}{'copies':>8}{'confirm':>9}{'spoiled':>9}{'change':>8}{'cost':>7}"
                     f"{'calls':>8}  outcome")
@@ -320,7 +324,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               sampler_description: str | None = None,
               confirm_seeds: Iterable[int] | None = None, count_moved: bool = True,
               widen_on_spoil: bool = True, confirm_each: bool = False,
-              count_copies: bool = True) -> Calibration:
+              count_copies: bool = False) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -338,9 +342,10 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     that counted moved probes did. ``confirm_each`` (default False): put each setting that beats the
     best so far to the confirmation seeds at once, as calibrations before 2026-12-02 did, instead of
     once per window, least costly first; the choice is the same, the model calls more.
-    ``count_copies`` (default True): a probe that still copies counts as spoiled (it lies under the
-    near-copy line); False (a trial, docs/protection.md) leaves copies to the target, which bounds
-    them already, so the cost and the widening see only the samples the guide spoiled.
+    ``count_copies`` (default False): a probe that still copies is left to the target, which bounds
+    copies already, so the cost, the abandoning and the widening see only the samples the guide
+    spoiled; True counts it as spoiled as well (it lies under the near-copy line), as calibrations
+    before 2026-12-02 did: a copy the target allows then costs a setting a whole probe more.
     ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
@@ -557,8 +562,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     return cal
 
 
-def _ranking(count_moved: bool, widen_on_spoil: bool, count_copies: bool = True) -> str:
-    copies = "" if count_copies else "; copies not counted as spoiled"
+def _ranking(count_moved: bool, widen_on_spoil: bool, count_copies: bool = False) -> str:
+    copies = "" if count_copies else COPIES_LEFT
     if not count_moved:  # the cost is the spoiled probes: both widening rules are the same
         return "spoiled" + copies
     return "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "") + copies
