@@ -64,10 +64,10 @@ CONFIDENCE = 0.8
 # machine, other guards").
 WEAK_SPOIL = 0.1
 # What the hosts tell users a probe costs: images sampled per probe over a whole calibration, from the
-# 24 second-machine calibrations (docs/protection.md, "Copies left to the target: adopted": 272-1,536
-# images for 64 probes).
-PROBE_COST_NOTE = ("Each probe costs about 4-24 images of sampling over the whole calibration (measured on "
-                   "the benchmarks), so 32 probes take about 140-770 images at your steps.")
+# 36 second-machine calibrations (docs/protection.md, "Copies left to the target: adopted" and "Three
+# more guards on the second machine": 272-2,176 images for 64 probes).
+PROBE_COST_NOTE = ("Each probe costs about 4-34 images of sampling over the whole calibration (measured on "
+                   "the benchmarks), so 32 probes take about 140-1,090 images at your steps.")
 
 
 class CalibrationStopped(TrainingStopped):
