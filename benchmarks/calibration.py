@@ -161,13 +161,22 @@ def guide_of(guard: Guard, settings: dict | None):
     return lambda d, x, s: guard.guide(d, x, s, **settings)
 
 
+def calibrate_rules(args: argparse.Namespace) -> dict:
+    """``calibrate``'s rule keywords from the flags that bring back an older rule; a flag the script
+    does not offer keeps the default."""
+    flag = vars(args).get
+    return {"count_moved": not flag("spoil_only", False), "widen_on_spoil": not flag("widen_on_cost", False),
+            "confirm_each": flag("confirm_each", False), "count_copies": flag("copies_spoiled", False)}
+
+
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
-        save: Callable[[list[dict]], None] = lambda rows: None, count_moved: bool = True,
-        hand: bool | list = True, also_spoil_only: bool = False, widen_on_spoil: bool = True,
-        confirm_each: bool = False, count_copies: bool = False) -> list[dict]:
-    """``hand``: True for the hand rows of HAND, False for none, or a list of rows like HAND's.
-    ``also_spoil_only``: calibrate each guard a second time ranking by spoiled probes alone and
-    evaluate that choice too, as a row labelled "spoil only: ..." (the summaries leave it out)."""
+        save: Callable[[list[dict]], None] = lambda rows: None, rules: dict | None = None,
+        hand: bool | list = True, also_spoil_only: bool = False) -> list[dict]:
+    """``rules``: keyword arguments of ``calibrate`` (None: its defaults). ``hand``: True for the hand
+    rows of HAND, False for none, or a list of rows like HAND's. ``also_spoil_only``: calibrate each
+    guard a second time ranking by spoiled probes alone and evaluate that choice too, as a row
+    labelled "spoil only: ..." (the summaries leave it out)."""
+    rules = rules or {}
     rows: list[dict] = []
     for gs in guard_seeds:
         t0 = time.time()
@@ -179,20 +188,19 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
         for kind in samplers:
             sample = bench.sampler(kind)
 
-            def calibrated(moved: bool, widen: bool):
+            def calibrated(**override):
                 g = guard.with_space(guard.space)  # a fresh info dict per calibration
                 c = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
-                              sampler_description=f"{bench.name} {kind}", count_moved=moved, widen_on_spoil=widen,
-                              confirm_each=confirm_each, count_copies=count_copies)
+                              sampler_description=f"{bench.name} {kind}", **{**rules, **override})
                 print(c.report(), flush=True)
                 return c
 
-            cal = calibrated(count_moved, widen_on_spoil)
+            cal = calibrated()
             settings: list[tuple[str, dict | None]] = [("none", None),
                                                         ("calibrated: " + describe(cal.settings), cal.settings)]
             cals = {"calibrated": cal}
             if also_spoil_only:
-                cals["spoil only"] = other = calibrated(False, False)
+                cals["spoil only"] = other = calibrated(count_moved=False, widen_on_spoil=False)
                 settings.append(("spoil only: " + describe(other.settings), other.settings))
             for label, kw, ratio in (HAND if hand is True else hand or []):
                 settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
@@ -462,8 +470,7 @@ def main() -> None:
 
     hand = (False if args.only_calibrated else [custom_row(r) for r in args.rows] if args.rows else True)
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
-               args.samples, save, not args.spoil_only, hand, args.also_spoil_only,
-               not args.widen_on_cost, args.confirm_each, args.copies_spoiled)
+               args.samples, save, calibrate_rules(args), hand, args.also_spoil_only)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 

@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import machine  # noqa: E402
-from benchmarks.calibration import (PROBE_SEEDS, Bench, DigitsBench, MixtureBench, guide_of,  # noqa: E402
-                                    sample_many)
+from benchmarks.calibration import (PROBE_SEEDS, Bench, DigitsBench, MixtureBench, calibrate_rules,  # noqa: E402
+                                    guide_of, sample_many)
 from benchmarks.calibration_samplers import mixture_sampler  # noqa: E402
 from benchmarks.mixture import Mixture  # noqa: E402
 from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio  # noqa: E402
@@ -203,8 +203,7 @@ def main() -> None:
         for label, g in both.items():
             if args.calibrate:
                 cal = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + 64),
-                                sampler_description=f"{bench.name} {args.sampler}", count_moved=not args.spoil_only,
-                                confirm_each=args.confirm_each, count_copies=args.copies_spoiled)
+                                sampler_description=f"{bench.name} {args.sampler}", **calibrate_rules(args))
                 m = bench.metrics(sample_many(sample, guide_of(g, cal.settings), args.samples))
                 rows.append({"guard_seed": seed, "guard": label, "calibrated": describe(cal.settings),
                              "settings": cal.settings, "reached": cal.reached, "model_calls": cal.model_calls, **m})

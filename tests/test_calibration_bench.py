@@ -54,3 +54,18 @@ def test_rows_of_your_own_replace_the_hand_rows():
     assert [r["setting"] for r in hand] == ["hand: α 0.5, all steps, scale 300", "hand: α 0.2, σ ≤ 2, max_step 0.5"]
     assert hand[0]["settings"] == {"alpha": 0.5, "scale": 300, "sigma_max": None}
     assert hand[1]["settings"] == {"alpha": 0.2, "max_step": 0.5, "sigma_max": window_sigma(guard, 2)}
+
+
+def test_the_older_rule_flags_map_onto_calibrate_and_absent_flags_keep_its_defaults():
+    import argparse
+    import inspect
+
+    from benchmarks.calibration import calibrate_rules
+    from cpsample_nodes.core import calibrate
+
+    defaults = {k: p.default for k, p in inspect.signature(calibrate).parameters.items()}
+    none = calibrate_rules(argparse.Namespace())
+    assert none == {k: defaults[k] for k in none}
+    older = calibrate_rules(argparse.Namespace(spoil_only=True, widen_on_cost=True, confirm_each=True,
+                                               copies_spoiled=True))
+    assert older == {k: not v for k, v in none.items()}
