@@ -166,7 +166,8 @@ def calibrate_rules(args: argparse.Namespace) -> dict:
     does not offer keeps the default."""
     flag = vars(args).get
     return {"count_moved": not flag("spoil_only", False), "widen_on_spoil": not flag("widen_on_cost", False),
-            "confirm_each": flag("confirm_each", False), "count_copies": flag("copies_spoiled", False)}
+            "confirm_each": flag("confirm_each", False), "count_copies": flag("copies_spoiled", False),
+            "reuse_unguarded": not flag("no_reuse", False)}
 
 
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
@@ -217,6 +218,7 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
                 c = cals.get(label.split(":")[0])
                 if c is not None:
                     row.update({"calibration_model_calls": c.model_calls,
+                                "calibration_calls_saved": c.calls_saved,
                                 "calibration_s": round(c.seconds, 1),
                                 "probe_unguarded_rate": c.unguarded_rate,
                                 "probe_calibrated_rate": c.calibrated_rate, "reached": c.reached,
@@ -254,6 +256,41 @@ def _load(paths: list[Path]) -> tuple[list[dict], dict[str, str]]:
 
 
 DEFAULT_SETTINGS = {"alpha": DEFAULT_ALPHA, "sigma_max": None}  # how the defaults' hand row is stored
+
+
+def compare(before: list[Path], after: list[Path]) -> str:
+    """One markdown table: each calibrated row of ``after`` against the same benchmark, sampler and guard
+    seed in ``before`` (the same guards calibrated by another rule): the choice, what it left on fresh
+    seeds, and the model calls (with the calls reuse saved, where it was on)."""
+    old, quality = _load(before)
+    new, quality_new = _load(after)
+    quality.update(quality_new)
+    key = lambda r: (r["bench"], r["sampler"], r["guard_seed"])  # noqa: E731
+    was = {key(r): r for r in old if r["setting"].startswith("calibrated")}
+    lines = ["| benchmark, sampler, guard seed | before | after | model calls: before → after (saved) |",
+             "| --- | --- | --- | --- |"]
+    same = compared = total_before = total_after = 0
+    for r in sorted((r for r in new if r["setting"].startswith("calibrated")), key=key):
+        q = quality[r["bench"]]
+        shown = lambda row: (f"{row['setting'].split(': ', 1)[-1]}: {row['replicas']:.1%}, "  # noqa: E731
+                             f"{q.split('_')[0]} {row[q]:.3f}")
+        b = was.get(key(r))
+        if b is None:
+            lines.append(f"| {r['bench']}, {r['sampler']}, {r['guard_seed']} | — | {shown(r)} | — |")
+            continue
+        alike = b["setting"] == r["setting"] and b["replicas"] == r["replicas"] and b[q] == r[q]
+        same, compared = same + alike, compared + 1
+        total_before += b["calibration_model_calls"]
+        total_after += r["calibration_model_calls"]
+        calls = f"{b['calibration_model_calls']:,} → {r['calibration_model_calls']:,}"
+        if r.get("calibration_calls_saved"):
+            calls += f" ({r['calibration_calls_saved']:,})"
+        lines.append(f"| {r['bench']}, {r['sampler']}, {r['guard_seed']} | {shown(b)} | "
+                     f"{'the same' if alike else shown(r)} | {calls} |")
+    change = f"{total_after / total_before - 1:+.1%}" if total_before else "—"
+    lines.append(f"\n{same} of {compared} the same choice, copies and quality; model calls {total_before:,} → "
+                 f"{total_after:,} ({change})")
+    return "\n".join(lines)
 
 
 def summarize(paths: list[Path], every_hand_row: bool = False) -> str:
@@ -426,6 +463,9 @@ def main() -> None:
     copies.add_argument("--copies-spoiled", action="store_true",
                         help="calibrate(count_copies=True): a probe that still copies counts as spoiled too, "
                              "as the tables made before 2026-12-02 did")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="calibrate(reuse_unguarded=False): sample every seed of every setting, as the tables made "
+                         "before 2026-12-03 did (the same choices, more model calls)")
     ap.add_argument("--also-spoil-only", action="store_true",
                     help="calibrate each guard again with --spoil-only and evaluate that choice as well "
                          "(rows labelled 'spoil only: ...'; the summaries leave them out)")
@@ -440,11 +480,16 @@ def main() -> None:
     ap.add_argument("--every-hand-row", action="store_true", help="with --summarize: list every hand-tuned row")
     ap.add_argument("--hindsight", action="store_true",
                     help="with --summarize: per guard, calibrated against the best hand row chosen on the evaluation seeds")
+    ap.add_argument("--compare", nargs="+", type=Path,
+                    help="with --summarize (the newer result files): their calibrated rows against these files' "
+                         "(the same guards calibrated by another rule)")
     ap.add_argument("--candidates", action="store_true",
                     help="with --summarize: the defaults candidates instead (guards that meet the copy goal, mean quality)")
     args = ap.parse_args()
     if args.summarize:
-        if args.hindsight:
+        if args.compare:
+            print(compare(args.compare, args.summarize))
+        elif args.hindsight:
             print(hindsight(args.summarize))
         else:
             print(candidates(args.summarize) if args.candidates else summarize(args.summarize, args.every_hand_row))

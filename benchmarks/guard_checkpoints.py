@@ -144,6 +144,9 @@ def main() -> None:
     ap.add_argument("--copies-spoiled", action="store_true",
                     help="with --calibrate: calibrate(count_copies=True), a probe that still copies counts as "
                          "spoiled too, as the results made before 2026-12-02 did")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="with --calibrate: calibrate(reuse_unguarded=False), sampling every seed of every "
+                         "setting, as the results made before 2026-12-03 did (the same choices, more calls)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))  # it decides which guard trains

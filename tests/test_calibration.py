@@ -408,6 +408,13 @@ class _ScriptedGuard:
     def guide(self, denoised, x, sigma, *, alpha, sigma_max=None, **_):
         return denoised if sigma_max is not None and float(sigma[0]) > sigma_max else torch.full_like(denoised, alpha)
 
+    def guide_traced(self, denoised, x, sigma, **settings):
+        out = self.guide(denoised, x, sigma, **settings)
+        return out, None if out is denoised else torch.zeros(denoised.shape[0])
+
+    def probability(self, x, sigma):
+        return torch.zeros(x.shape[0])  # sure everywhere: its gates open wherever their window lets them
+
 
 def _gates_spoil(train, spoils: dict[float, int], copy_on_confirmation: set[float], first_new: int):
     """Every seed copies a training latent unguarded; every gate turns the copy into a new latent and
@@ -512,3 +519,65 @@ def test_count_copies_false_leaves_the_copies_to_the_target(small_guard, count_c
     assert cal.ranking.endswith(COPIES_LEFT) != count_copies
     # the report says how copies were counted when they count as spoiled (not the default)
     assert ("a copy counted as spoiled" in cal.report()) == count_copies
+
+
+def _in_batches_of(sample, size: int):
+    """The same sampler run the way a host with little memory runs it: the seeds in batches, one after
+    another (each batch's model calls come before the next batch's)."""
+    def batched(guide, seeds):
+        return torch.cat([sample(guide, list(seeds[i:i + size])) for i in range(0, len(seeds), size)])
+    return batched
+
+
+def _decisions(cal):
+    """What a calibration decided, row by row: everything but what it cost (and rounding noise)."""
+    keep = ("label", "copies", "evaluated", "complete", "spoiled", "confirm", "outcome")
+    return [{k: r.get(k) for k in keep} for r in cal.rows]
+
+
+def test_reusing_unguarded_paths_decides_as_sampling_every_seed(copying):
+    # A gate that stays shut along a seed's unguarded path leaves the seed unguarded: reusing that
+    # sample changes nothing calibration decides, only the model calls it makes.
+    guard, train, sample, cal, _ = copying
+    every = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), reuse_unguarded=False)
+    assert every.calls_saved == 0 and every.reused == 0
+    assert cal.settings == every.settings and _decisions(cal) == _decisions(every), (cal.report(), every.report())
+    assert torch.equal(cal.calibrated_copied, every.calibrated_copied) and cal.confirm_copies == every.confirm_copies
+    assert torch.allclose(cal.calibrated, every.calibrated, atol=1e-4)  # batching rounds differently, no more
+    # every reused sample would have cost its model calls: the two add up to sampling every seed
+    assert cal.reused > 0 and cal.calls_saved == cal.reused * STEPS
+    assert cal.model_calls + cal.calls_saved == every.model_calls
+    assert sum(r["reused"] for r in cal.rows) == cal.reused
+    assert cal.summary()["model_calls_saved"] == cal.calls_saved and "more saved by reusing" in cal.report()
+    # a host that runs the seeds in smaller batches, one after another, is traced as well
+    batched = calibrate(guard.with_space(guard.space), _in_batches_of(sample, 3), train, seeds=range(500, 532))
+    assert batched.settings == cal.settings and _decisions(batched) == _decisions(cal)
+    assert batched.calls_saved == cal.calls_saved
+
+
+def test_a_path_is_reused_only_where_the_gate_stays_shut_by_a_margin():
+    from cpsample_nodes.core.calibration import REUSE_MARGIN, _Path, _Trace
+
+    path = _Path([14.0, 3.0, 0.5], [0.002, 0.2, 0.3], torch.zeros(1))
+    gate = {"alpha": 0.1, "sigma_max": None}
+    assert not path.shut(gate)                          # at σ 14 p came within 0.002 of 0 or 1
+    assert path.shut({**gate, "sigma_max": 4.0})        # that call lies outside the window
+    assert not path.shut({**gate, "alpha": 0.2, "sigma_max": 4.0})  # p at 0.2 exactly: too close
+    assert path.shut({**gate, "alpha": 0.2 - 2 * REUSE_MARGIN, "sigma_max": 4.0})
+    assert not path.shut({**gate, "sigma_max": 4.0, "guard_input": "noisy"})  # p was read on x0 predictions
+    unknown = _Path([14.0, 3.0], [0.4, None], torch.zeros(1))  # the guard did not run at σ 3
+    assert not unknown.shut({"alpha": 0.01, "sigma_max": None})
+    # two batches of 2 seeds, 2 calls each: the second seed of the first batch was guided at its 2nd call
+    trace = _Trace()
+    x = torch.zeros(2, 1, 1, 1)
+    for changed in (False, True):
+        out = x.clone()
+        out[1] += float(changed)
+        trace.add(x, out, x, torch.tensor(1.0), torch.full((2,), 0.5))
+    for _ in range(2):
+        trace.add(x, x, x, torch.tensor(1.0), torch.full((2,), 0.5))
+    found = trace.paths([7, 8, 9, 10], torch.arange(4.0).view(4, 1, 1, 1))
+    assert sorted(found) == [7, 9, 10] and float(found[9].sample) == 2.0 and found[7].margins == [0.5, 0.5]
+    # batches that do not each run the same number of calls (a host interleaving them): no path at all
+    trace.add(x[:1], x[:1], x[:1], torch.tensor(1.0), None)
+    assert trace.paths([7, 8, 9, 10, 11], torch.zeros(5, 1, 1, 1)) == {}

@@ -67,5 +67,32 @@ def test_the_older_rule_flags_map_onto_calibrate_and_absent_flags_keep_its_defau
     none = calibrate_rules(argparse.Namespace())
     assert none == {k: defaults[k] for k in none}
     older = calibrate_rules(argparse.Namespace(spoil_only=True, widen_on_cost=True, confirm_each=True,
-                                               copies_spoiled=True))
+                                               copies_spoiled=True, no_reuse=True))
     assert older == {k: not v for k, v in none.items()}
+
+
+def test_compare_puts_each_calibration_against_the_same_guard_under_another_rule(tmp_path):
+    import json
+
+    from benchmarks.calibration import compare
+
+    def row(seed, setting, replicas, calls, saved=None):
+        r = {"bench": "mixture-vp", "sampler": "euler", "guard_seed": seed, "setting": "calibrated: " + setting,
+             "replicas": replicas, "fd_ratio": 1.05, "calibration_model_calls": calls}
+        return r if saved is None else {**r, "calibration_calls_saved": saved}
+
+    unguarded = {"bench": "mixture-vp", "sampler": "euler", "guard_seed": 0, "setting": "none", "replicas": 0.4,
+                 "fd_ratio": 2.4}
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps({"quality": "fd_ratio", "rows": [unguarded, row(0, "α 0.4, all steps", 0.0, 1000),
+                                                                  row(1, "α 0.2, all steps", 0.0, 800)]}))
+    after.write_text(json.dumps({"quality": "fd_ratio", "rows": [unguarded, row(0, "α 0.4, all steps", 0.0, 700, 300),
+                                                                 row(1, "α 0.3, all steps", 0.0, 600, 100),
+                                                                 row(2, "α 0.5, all steps", 0.0, 900, 0)]}))
+    table = compare([before], [after])
+    lines = table.splitlines()
+    assert lines[2] == "| mixture-vp, euler, 0 | α 0.4, all steps: 0.0%, fd 1.050 | the same | 1,000 → 700 (300) |"
+    assert lines[3].startswith("| mixture-vp, euler, 1 | α 0.2, all steps") and "| α 0.3, all steps: 0.0%" in lines[3]
+    assert lines[4] == "| mixture-vp, euler, 2 | — | α 0.5, all steps: 0.0%, fd 1.050 | — |"
+    # the guard seed with nothing to compare against counts in neither the share nor the calls
+    assert lines[-1] == "1 of 2 the same choice, copies and quality; model calls 1,800 → 1,300 (-27.8%)"

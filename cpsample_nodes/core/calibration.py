@@ -13,7 +13,9 @@ passes at the default scale, the same ladder is tried at stronger scales. A sett
 choice only after it passes again on as many confirmation seeds: the best of many settings measured
 on the same probes looks better on them than it is. Confirmation waits for the end of a window and
 starts with the setting that costs least, so a window whose gates keep improving on each other costs
-one confirmation run, not one per improvement.
+one confirmation run, not one per improvement. A gate that stays shut all along a seed's unguarded
+path leaves that path unguarded: calibration records the guard's p along each path it sees unguarded
+and reuses the unguarded sample instead of sampling the seed again (the same samples, fewer calls).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 
 from .guard import DEFAULT_SCALE, Guard
 from .metrics import REPLICA_L2_RATIO, calibrated_l2_ratio
+from .noise import as_sigma
 from .training import TrainingStopped
 
 Tensor = torch.Tensor
@@ -68,6 +71,15 @@ WEAK_SPOIL = 0.1
 # more guards on the second machine": 272-2,176 images for 64 probes).
 PROBE_COST_NOTE = ("Each probe costs about 4-34 images of sampling over the whole calibration (measured on "
                    "the benchmarks), so 32 probes take about 140-1,090 images at your steps.")
+
+
+# A seed's unguarded sample is reused for a gate α only where p kept at least this far inside [α, 1−α]
+# at every model call of the gate's σ window: batching can move the guard's p by a few float ulps.
+REUSE_MARGIN = 1e-4
+# Reusing samples changes which seeds share a batch from one setting to the next, and batching rounds
+# differently: two settings that move the probes alike then differ in cost by ~1e-7, not 0. Costs are
+# compared at this many decimals, so such a tie still goes to the setting considered first.
+COST_DECIMALS = 4
 
 
 class CalibrationStopped(TrainingStopped):
@@ -138,6 +150,7 @@ class _Row:
     change: dict[int, float] = field(default_factory=dict)
     samples: dict[int, Tensor] = field(default_factory=dict)
     model_calls: int = 0
+    reused: int = 0  # samples taken from an unguarded path the gate never touched, not sampled again
     seconds: float = 0.0
     abandoned: str = ""  # why it stopped early ("" = measured on every probe it was given)
     set_aside: bool = False  # abandoned because a passing setting cost less (resumed if that one fails)
@@ -155,6 +168,69 @@ class _Row:
         """The probes that did not copy, each counted by how far the guide moved it (relative ℓ2
         change, at most 1), leaving out those already spoiled."""
         return sum(min(1.0, c) for i, c in self.change.items() if not self.spoiled.get(i, False))
+
+
+@dataclass
+class _Path:
+    """A seed's unguarded path as the guard saw it: σ and min(p, 1 − p) at every model call (None
+    where the guard did not run), and the sample it ends in."""
+    sigmas: list[float]
+    margins: list[float | None]
+    sample: Tensor
+
+    def shut(self, settings: dict[str, Any]) -> bool:
+        """Does the gate of ``settings`` stay shut all along this path? Then guiding never changes
+        the seed's x0 prediction, and its sample is this one."""
+        if settings.get("guard_input", "denoised") != "denoised":
+            return False  # the path recorded p on the x0 prediction
+        alpha, top = float(settings["alpha"]), settings.get("sigma_max")
+        for sigma, margin in zip(self.sigmas, self.margins):
+            if top is not None and sigma > top * (1 + 1e-6):
+                continue  # outside the σ window the guard does not run
+            if margin is None or margin < alpha + REUSE_MARGIN:
+                return False
+        return True
+
+    def merge(self, other: "_Path") -> bool:
+        """Add what another unguarded run saw of the same path; False when the two disagree on the
+        number of model calls (a sampler that is not deterministic per seed)."""
+        if len(other.sigmas) != len(self.sigmas):
+            return False
+        self.margins = [b if a is None else a if b is None else min(a, b)
+                        for a, b in zip(self.margins, other.margins)]
+        return True
+
+
+class _Trace:
+    """The model calls of one sampler call, in order: σ, the guard's p (None where it did not run) and
+    which items the guide left unchanged."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[float], list[float] | None, list[bool]]] = []
+
+    def add(self, denoised: Tensor, out: Tensor, x: Tensor, sigma: Tensor | float, p: Tensor | None) -> None:
+        b = int(denoised.shape[0])
+        same = [True] * b if out is denoised else (out == denoised).flatten(1).all(1).tolist()
+        self.calls.append((as_sigma(sigma, b, x).float().tolist(), None if p is None else p.float().tolist(), same))
+
+    def paths(self, chunk: Sequence[int], out: Tensor) -> dict[int, _Path]:
+        """The path of every seed the guide never changed. A host may split the seeds into batches run
+        one after another, each for the same number of calls; a trace of any other shape gives none."""
+        n, total = len(chunk), sum(len(c[0]) for c in self.calls)
+        if n == 0 or not self.calls or total % n:
+            return {}
+        k, found, start, i = total // n, {}, 0, 0
+        while i < len(self.calls):
+            group = self.calls[i:i + k]
+            b = len(group[0][0])
+            if len(group) < k or any(len(c[0]) != b for c in group) or start + b > n:
+                return {}
+            for q in range(b):
+                if all(c[2][q] for c in group):
+                    margins = [None if c[1] is None else min(c[1][q], 1.0 - c[1][q]) for c in group]
+                    found[chunk[start + q]] = _Path([c[0][q] for c in group], margins, out[start + q])
+            start, i = start + b, i + k
+        return found if start == n else {}
 
 
 @dataclass
@@ -185,6 +261,8 @@ class Calibration:
     confirm_copies: int | None = None  # the chosen setting's copies on confirm_seeds (None: not confirmed)
     confirm_allowed: int = 0           # copies allowed over probes and confirmation seeds together
     ranking: str = "spoiled+moved"     # what a setting's cost counted ("spoiled": spoiled probes alone)
+    reused: int = 0       # samples reused from unguarded paths a gate never touched, not sampled again
+    calls_saved: int = 0  # the model calls sampling them again would have taken
 
     @property
     def probes(self) -> int:
@@ -232,6 +310,7 @@ class Calibration:
             "ranking": self.ranking,
             "sampler": self.sampler,
             "model_calls": self.model_calls,
+            "model_calls_saved": self.calls_saved,
             "seconds": round(self.seconds, 2),
             "tried": [{"settings": r["settings"], "copies": r["copies"], "evaluated": r["evaluated"],
                        "spoiled": r["spoiled"], "confirm": r.get("confirm"), "outcome": r["outcome"]}
@@ -282,7 +361,9 @@ class Calibration:
                 lines.append("this guard is weak on this model: " + "; ".join(self.weak_reasons()) +
                              ". A guard trained again with another seed is often stronger and protects with "
                              "gentler settings.")
-        lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s")
+        lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s" + (
+            f"; {self.calls_saved} more saved by reusing {self.reused} unguarded samples where the gate "
+            f"stayed shut" if self.calls_saved else ""))
         return "\n".join(lines)
 
 
@@ -324,7 +405,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
               sampler_description: str | None = None,
               confirm_seeds: Iterable[int] | None = None, count_moved: bool = True,
               widen_on_spoil: bool = True, confirm_each: bool = False,
-              count_copies: bool = False) -> Calibration:
+              count_copies: bool = False, reuse_unguarded: bool = True) -> Calibration:
     """Choose ``guard.guide`` settings on the caller's own sampler and store them in ``guard.info``.
 
     ``sample(guide, seeds)`` returns the final clean latents [len(seeds), C, H, W], deterministic per
@@ -346,6 +427,12 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     copies already, so the cost, the abandoning and the widening see only the samples the guide
     spoiled; True counts it as spoiled as well (it lies under the near-copy line), as calibrations
     before 2026-12-02 did: a copy the target allows then costs a setting a whole probe more.
+    ``reuse_unguarded`` (default True): record the guard's p along every path sampled unguarded (the
+    probes' unguarded run, and each seed a guided run left unchanged) and, for a setting whose gate
+    stays shut all along a seed's path, reuse that sample instead of sampling it again: the same
+    choice and rows, fewer model calls (``Calibration.calls_saved``). The unguarded run then costs a
+    guard forward per model call. False samples every seed of every setting, as calibrations before
+    2026-12-03 did.
     ``progress(done, total, stats)``
     counts sampled images; ``should_stop()`` returning True raises ``CalibrationStopped``.
     """
@@ -356,28 +443,65 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     train_px = _decoded(decode, train) if decode is not None else None
     k = max(1, min(L2_K, train.shape[0] - 1))
     calls = [0]
+    paths: dict[int, _Path] = {}   # unguarded paths seen so far, by seed (reuse_unguarded)
+    untrusted: set[int] = set()    # seeds whose paths disagreed: never reused
+    saved = [0, 0]                 # samples reused, model calls saved
     n, m = len(seeds), len(confirm)
     per_scale = n * sum(len(w) for w in ladder(guard))
     total = [n + per_scale + m]  # grows when a stronger scale or another confirmation is needed
     done = [0]
 
-    def counting(fn: GuideFn | None) -> GuideFn:
+    def counting(settings: dict[str, Any] | None, trace: _Trace | None) -> GuideFn:
         def guide(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
             calls[0] += int(denoised.shape[0])  # one model call per image and step
-            return denoised if fn is None else fn(denoised, x, sigma)
+            if trace is None:
+                return denoised if settings is None else guard.guide(denoised, x, sigma, **settings)
+            if settings is None:
+                out, p = denoised, guard.probability(denoised.detach().float(), guard.space.sigma_min)
+            else:
+                out, p = guard.guide_traced(denoised, x, sigma, **settings)
+            trace.add(denoised, out, x, sigma, p)
+            return out
         return guide
 
-    def run(fn: GuideFn | None, chunk: list[int], what: str) -> Tensor:
+    def advance(count: int, what: str) -> None:
+        done[0] += count
+        if progress is not None:
+            progress(min(done[0], total[0]), total[0], {"setting": what, "model_calls": calls[0]})
+
+    def run(settings: dict[str, Any] | None, chunk: list[int], what: str) -> Tensor:
         if should_stop is not None and should_stop():
             raise CalibrationStopped(f"calibration stopped while sampling {what}")
         # The unguarded run gets a guide that returns denoised unchanged: the samples are those of
         # no guide, and the model calls are counted the same way as for the guided runs.
-        out = sample(counting(fn), list(chunk))
+        trace = _Trace() if reuse_unguarded else None
+        out = sample(counting(settings, trace), list(chunk))
         out = _check_samples(out, chunk, train)
-        done[0] += len(chunk)
-        if progress is not None:
-            progress(min(done[0], total[0]), total[0], {"setting": what, "model_calls": calls[0]})
+        if trace is not None:
+            for seed, path in trace.paths(chunk, out).items():
+                if seed in untrusted:
+                    continue
+                if seed not in paths:
+                    paths[seed] = path
+                elif not paths[seed].merge(path):
+                    del paths[seed]
+                    untrusted.add(seed)
+        advance(len(chunk), what)
         return out
+
+    def sample_or_reuse(settings: dict[str, Any], chunk: list[int], what: str) -> tuple[Tensor, int]:
+        """The samples of ``chunk`` under ``settings``: sampled, or the unguarded sample of a seed whose
+        gate stays shut all along its path. Also returns how many were reused."""
+        shut = [s for s in chunk if s in paths and paths[s].shut(settings)]
+        todo = [s for s in chunk if s not in shut]
+        got = dict(zip(todo, run(settings, todo, what))) if todo else {}
+        for s in shut:
+            got[s] = paths[s].sample
+            saved[0] += 1
+            saved[1] += len(paths[s].sigmas)
+        if shut:
+            advance(len(shut), what)
+        return torch.stack([got[s] for s in chunk]), len(shut)
 
     def ratios_of(x: Tensor) -> Tensor:
         """Calibrated ℓ2 ratio per sample (with a decoder: the smaller of latents and pixels)."""
@@ -416,7 +540,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
 
     def cost(row: _Row) -> float:
         """What a setting costs: spoiled probes, plus (count_moved) the moved non-copies."""
-        return row.n_spoiled() + (row.moved() if count_moved else 0.0)
+        value = row.n_spoiled() + (row.moved() if count_moved else 0.0)
+        return round(value, COST_DECIMALS) if reuse_unguarded else value
 
     def rank(row: _Row) -> tuple[float, int]:
         """Cost first; of two that cost the same, the one considered first wins."""
@@ -433,8 +558,9 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
 
     def measure(row: _Row, chunk: list[int], what: str) -> tuple[Tensor, Tensor]:
         t0, c0 = time.monotonic(), calls[0]
-        x = run(_guide_fn(guard, row.settings), chunk, what)
+        x, reused = sample_or_reuse(row.settings, chunk, what)
         row.model_calls += calls[0] - c0
+        row.reused += reused
         row.seconds += time.monotonic() - t0
         ratio = ratios_of(x)
         return x, ratio
@@ -551,10 +677,10 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                       calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n,
                       list(confirm), sum(chosen.confirm_copies.values()) if chosen.confirmed else None, pooled,
-                      _ranking(count_moved, widen_on_spoil, count_copies))
+                      _ranking(count_moved, widen_on_spoil, count_copies), saved[0], saved[1])
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,
-                        "cost": None, "confirm": None, "model_calls": unguarded_calls, "seconds": None,
+                        "cost": None, "confirm": None, "model_calls": unguarded_calls, "reused": 0, "seconds": None,
                         "outcome": "measured"})
     _store(guard, cal)
     if progress is not None:
@@ -590,12 +716,6 @@ def _confirmation_seeds(seeds: list[int], confirm_seeds: Iterable[int] | None) -
     return confirm
 
 
-def _guide_fn(guard: Guard, settings: dict[str, Any]) -> GuideFn:
-    def fn(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        return guard.guide(denoised, x, sigma, **settings)
-    return fn
-
-
 def _row_dict(row: _Row, chosen: bool, allowed: int, n: int, cost: float) -> dict[str, Any]:
     evaluated = len(row.copies)
     changes = list(row.change.values())
@@ -624,6 +744,7 @@ def _row_dict(row: _Row, chosen: bool, allowed: int, n: int, cost: float) -> dic
         # copies on the confirmation seeds measured (None when the row was never confirmed)
         "confirm": f"{confirm_copies}/{len(row.confirm_copies)}" if row.confirm_copies else None,
         "model_calls": row.model_calls,
+        "reused": row.reused,
         "seconds": round(row.seconds, 2),
         "outcome": outcome,
     }

@@ -145,8 +145,15 @@ class Guard(nn.Module):
         Returns ``denoised`` itself when scale is 0, no item lies inside the σ window or none is
         confident.
         """
+        return self.guide_traced(denoised, x, sigma, scale, alpha, objective, max_step, guard_input, sigma_max)[0]
+
+    def guide_traced(self, denoised: Tensor, x: Tensor, sigma: Tensor | float, scale: float = DEFAULT_SCALE,
+                     alpha: float = DEFAULT_ALPHA, objective: str = "uncertainty", max_step: float | None = 1.0,
+                     guard_input: str = "denoised", sigma_max: float | None = None) -> tuple[Tensor, Tensor | None]:
+        """``guide``, also returning the p it gated on: float32 [B] on the guard's device, or None
+        where the guard did not run (scale 0, no item inside the σ window)."""
         if scale == 0:
-            return denoised
+            return denoised, None
         if sigma_max is not None and not (isinstance(sigma_max, (int, float)) and sigma_max > 0):
             raise ValueError(f"sigma_max must be None or a positive number, got {sigma_max!r}")
         if objective not in OBJECTIVES:
@@ -161,7 +168,7 @@ class Guard(nn.Module):
         if sigma_max is not None:
             inside = as_sigma(sigma, x.shape[0], x).to(dev) <= sigma_max
             if not bool(inside.any()):  # skip the guard's forward and backward altogether
-                return denoised
+                return denoised, None
         # Hosts call this under torch.inference_mode(): leave it, and clone so the inputs are
         # normal tensors that autograd can record.
         with torch.inference_mode(False), torch.enable_grad():
@@ -183,7 +190,7 @@ class Guard(nn.Module):
             if inside is not None:
                 active = active & inside
             if not bool(active.any()):
-                return denoised
+                return denoised, p
             view = (-1,) + (1,) * (x.dim() - 1)
             grad = torch.where(active.view(view), grad, torch.zeros((), device=dev))
             step = scale * self.space.weight(sig).view(view) * grad
@@ -194,4 +201,4 @@ class Guard(nn.Module):
                 cap = max_step * self.space.x0_noise(sig)
                 step = step * (cap / rms.clamp_min(1e-12)).clamp(max=1.0).view(view)
             step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
-            return denoised + step.to(denoised.device, denoised.dtype)
+            return denoised + step.to(denoised.device, denoised.dtype), p

@@ -329,6 +329,9 @@ def test_calibration_on_a_copying_model(comfy, comfy_layout, run_prompt):
     cal = load_guard(Path(comfy_layout["guards"]) / "kernel_calibrated.safetensors").info["calibration"]
     assert not cal["no_copies"] and cal["calibrated_rate"] < cal["unguarded_rate"], cal
     assert cal["tried"] and sum(r["outcome"] == "chosen" for r in cal["tried"]) == 1, cal["tried"]
+    # ComfyUI's post-CFG calls were traced per probe: settings whose gate stayed shut along a probe's
+    # unguarded path reused its sample instead of sampling it again
+    assert cal["model_calls_saved"] > 0 and "more saved by reusing" in report, report
     assert len(H.output_images(entry, comfy_layout, "9")) == 1
     # Every probe that copied is listed with its seed; one the calibration freed must be a copy with
     # KSampler at that seed, and not with Protect Model applying the calibration.
