@@ -67,10 +67,10 @@ CONFIDENCE = 0.8
 # machine, other guards").
 WEAK_SPOIL = 0.1
 # What the hosts tell users a probe costs: images sampled per probe over a whole calibration, from the
-# 36 second-machine calibrations (docs/protection.md, "Copies left to the target: adopted" and "Three
-# more guards on the second machine": 272-2,176 images for 64 probes).
-PROBE_COST_NOTE = ("Each probe costs about 4-34 images of sampling over the whole calibration (measured on "
-                   "the benchmarks), so 32 probes take about 140-1,090 images at your steps.")
+# 36 calibrations of docs/protection.md, "Reusing unguarded paths: adopted" (296-1,379 images for 64
+# probes; 4-34 per probe before samples were reused).
+PROBE_COST_NOTE = ("Each probe costs about 5-22 images of sampling over the whole calibration (measured on "
+                   "the benchmarks), so 32 probes take about 150-690 images at your steps.")
 
 
 # A seed's unguarded sample is reused for a gate α only where p kept at least this far inside [α, 1−α]
