@@ -445,7 +445,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     calls = [0]
     paths: dict[int, _Path] = {}   # unguarded paths seen so far, by seed (reuse_unguarded)
     untrusted: set[int] = set()    # seeds whose paths disagreed: never reused
-    saved = [0, 0]                 # samples reused, model calls saved
+    calls_saved = [0]              # what sampling the reused seeds again would have cost
     n, m = len(seeds), len(confirm)
     per_scale = n * sum(len(w) for w in ladder(guard))
     total = [n + per_scale + m]  # grows when a stronger scale or another confirmation is needed
@@ -497,8 +497,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         got = dict(zip(todo, run(settings, todo, what))) if todo else {}
         for s in shut:
             got[s] = paths[s].sample
-            saved[0] += 1
-            saved[1] += len(paths[s].sigmas)
+            calls_saved[0] += len(paths[s].sigmas)
         if shut:
             advance(len(shut), what)
         return torch.stack([got[s] for s in chunk]), len(shut)
@@ -677,7 +676,7 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                       calls[0], time.monotonic() - started, sampler_description, base, copied, allowed,
                       torch.stack([chosen.samples[i] for i in range(n)]), flags, chosen.n_spoiled() / n,
                       list(confirm), sum(chosen.confirm_copies.values()) if chosen.confirmed else None, pooled,
-                      _ranking(count_moved, widen_on_spoil, count_copies), saved[0], saved[1])
+                      _ranking(count_moved, widen_on_spoil, count_copies), sum(r.reused for r in rows), calls_saved[0])
     cal.rows.insert(0, {"label": "unguarded", "settings": None, "copies": u, "evaluated": n, "copy_rate": u / n,
                         "spoiled": int(reference.spoiled(base, base_ratio).sum()), "change_noncopy": None,
                         "cost": None, "confirm": None, "model_calls": unguarded_calls, "reused": 0, "seconds": None,
