@@ -69,6 +69,7 @@ class Bench:
     quality_key: str       # the metric that says how good the samples are
     higher_is_better: bool
     settle: float = 0.0    # train_guard(settle=...): the cool-down past memorisation
+    heads: int = 1         # train_guard(heads=...): independent random labellings fitted at once
 
     space: NoiseSpace
 
@@ -80,7 +81,8 @@ class Bench:
         return {}
 
     def guard(self, seed: int) -> Guard:
-        return train_guard(self.train, self.space, seed=seed, settle=self.settle, **self.training_options())
+        return train_guard(self.train, self.space, seed=seed, settle=self.settle, heads=self.heads,
+                           **self.training_options())
 
 
 class MixtureBench(Bench):
@@ -184,6 +186,7 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
         guard = bench.guard(gs)
         train_s = time.time() - t0
         cooled = f", cool-down from step {guard.info['settle_from']}" if "settle_from" in guard.info else ""
+        cooled += f", {guard.heads} heads" if guard.heads > 1 else ""
         print(f"[{bench.name}] guard seed {gs}: trained in {train_s:.0f} s ({guard.info['steps']} steps{cooled}, "
               f"memorised {guard.info['memorised']})", flush=True)
         for kind in samplers:
@@ -439,6 +442,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="train the guards with train_guard(settle=...): a cool-down past memorisation")
+    ap.add_argument("--heads", type=int, default=1,
+                    help="train the guards with train_guard(heads=...): independent random labellings at once")
     ranking = ap.add_mutually_exclusive_group()
     ranking.add_argument("--count-moved", action="store_true",
                          help="calibrate(count_moved=True), the default: rank settings by spoiled probes plus "
@@ -500,7 +505,7 @@ def main() -> None:
         bench: Bench = MixtureBench(args.bench.split("-")[1], args.samples, args.steps)
     else:
         bench = DigitsBench(args.bench.split("-")[1], args.samples)
-    bench.settle = args.settle
+    bench.settle, bench.heads = args.settle, args.heads
     print(f"machine: {machine.describe()}", flush=True)
 
     def save(rows: list[dict], finished: bool = False) -> None:

@@ -18,14 +18,14 @@ from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, REPLICA_SSIM  # noqa: 
 from cpsample_nodes.core.calibration import MIN_PROBES, PROBE_COST_NOTE  # noqa: E402
 from cpsample_nodes.webui import api, guards, host, tasks  # noqa: E402
 from cpsample_nodes.webui.calibrate import CalibrateRequest  # noqa: E402
-from cpsample_nodes.webui.train import DEFAULT_MAX_STEPS  # noqa: E402
+from cpsample_nodes.webui.train import DEFAULT_MAX_STEPS, MAX_HEADS  # noqa: E402
 
 
-def _train(folder, class_folder, name, seed, max_steps, batch_size, policy, resolution, overwrite,
+def _train(folder, class_folder, name, seed, max_steps, batch_size, policy, resolution, overwrite, heads=1,
            progress=gr.Progress()):
     values = {"folder": folder, "class_folder": class_folder, "name": name, "seed": int(seed),
               "max_steps": int(max_steps), "batch_size": int(batch_size), "resolution_policy": policy,
-              "resolution": int(resolution), "overwrite": bool(overwrite)}
+              "resolution": int(resolution), "overwrite": bool(overwrite), "heads": int(heads)}
     try:
         result = tasks.train_guard(values, on_progress=lambda s, t, text: progress((s, t), desc=text))
     except api.CLIENT_ERRORS as e:
@@ -110,6 +110,8 @@ def on_ui_tabs():
                                          elem_id="cpsample_train_policy")
                     resolution = gr.Number(label="Resolution (0: smallest side)", value=0, precision=0,
                                            elem_id="cpsample_train_resolution")
+                    heads = gr.Number(label=f"Heads (1-{MAX_HEADS})", value=1, precision=0,
+                                      elem_id="cpsample_train_heads")
                 with gr.Row():
                     train = gr.Button("Train guard", variant="primary", elem_id="cpsample_train_button")
                     stop = gr.Button("Interrupt", elem_id="cpsample_train_interrupt")
@@ -189,7 +191,7 @@ def on_ui_tabs():
                                             cal_save_as], outputs=[cal_report, cal_picture])
         cal_stop.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
         train.click(_train, inputs=[folder, class_folder, name, seed, max_steps, batch_size, policy, resolution,
-                                    overwrite], outputs=[report])
+                                    overwrite, heads], outputs=[report])
         stop.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
         check.click(_check, inputs=[files, check_folder, k, ratio, ssim], outputs=[check_report, pairs])
     return [(tab, "CPSample", "cpsample")]

@@ -458,17 +458,23 @@ def test_train_request_names_bad_fields():
     with pytest.raises(ValueError, match="resolution_policy must be one of resize, crop, exact"):
         TrainRequest.from_dict({"folder": "x", "resolution_policy": "stretch"})
     assert TrainRequest.from_dict({"folder": "x", "max_steps": 10.0}).max_steps == 10
+    assert TrainRequest.from_dict({"folder": "x"}).heads == 1  # requests made before heads existed
+    with pytest.raises(ValueError, match="heads must lie between 1 and 16, got 0"):
+        TrainRequest.from_dict({"folder": "x", "heads": 0})
 
 
 def test_train_saves_a_guard_that_loads_and_a_stop_saves_nothing(tmp_path):
     folder = _image_folder(tmp_path / "imgs", 4)
     out = tmp_path / "models" / "cpsample"
-    req = TrainRequest.from_dict({"folder": str(folder), "name": "mine", "max_steps": 3, "batch_size": 4})
+    req = TrainRequest.from_dict({"folder": str(folder), "name": "mine", "max_steps": 3, "batch_size": 4,
+                                  "heads": 3})
     seen = []
     result = train(req, encode=_encode, family=SD15, space=NoiseSpace.vp(), out_folder=out, host="test",
                    progress=lambda s, t, text: seen.append((s, t)))
     assert result["name"] == "mine.safetensors" and seen[-1][1] == 3
+    assert "3 heads, 3 steps" in result["report"]
     g = load_guard(result["path"])
+    assert g.heads == 3 and g.info["heads"] == 3
     assert g.info["latent_format"] == "SD15" and g.info["model_sampling"] == "ModelSamplingDiscrete+EPS"
     assert g.info["n_images"] == 4 and g.info["host"] == "test"
     check_guard(g, SD15)

@@ -18,7 +18,7 @@ from comfy_api.latest import io, ui
 
 from ..core import GuardFileError, TrainingStopped, load_guard, save_guard, train_guard
 from ..core import images as imgs
-from ..core.training import DEFAULT_NEGATIVES, outcome_text, progress_text
+from ..core.training import DEFAULT_NEGATIVES, MAX_HEADS, outcome_text, progress_text
 from . import events, host, paths
 from .guard_facts import guard_facts
 from .patch import GUARD_INPUTS, protect
@@ -170,6 +170,18 @@ def _train_inputs() -> list:
     ]
 
 
+# Last among each node's inputs and optional, so saved workflows (widget values in order) and API
+# prompts made before it existed keep loading, with one head.
+HEADS_HELP = ("Independent random labellings the guard fits at once, one output each, at the same cost per "
+              "sampling step. 1 is the classic guard. With 3, the pushes of the labellings share what moves a "
+              "sample away from a training image and differ in the rest: on the benchmarks fewer guards "
+              "spoil samples (docs/protection.md, 'Guards with several heads'). Training takes longer.")
+
+
+def _heads_input() -> io.Int.Input:
+    return io.Int.Input("heads", default=1, min=1, max=MAX_HEADS, optional=True, tooltip=HEADS_HELP)
+
+
 def _class_batch(class_folder: str | None, class_images, hw: tuple[int, int]) -> torch.Tensor | None:
     """Class images (same kind of picture, not in the training set) at the training size, or None."""
     parts = []
@@ -181,7 +193,7 @@ def _class_batch(class_folder: str | None, class_images, hw: tuple[int, int]) ->
 
 
 def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution, images=None,
-           class_folder=None, class_images=None) -> io.NodeOutput:
+           class_folder=None, class_images=None, heads=None) -> io.NodeOutput:
     import comfy.model_management as mm
     import comfy.utils
 
@@ -246,7 +258,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
         with torch.inference_mode(False):
             guard = train_guard(latents, space=space, seed=seed, progress=progress, should_stop=should_stop,
                                 max_steps=max_steps, batch_size=batch_size, info=info, negatives=negatives,
-                                device=mm.get_torch_device())
+                                heads=int(heads or 1), device=mm.get_torch_device())
     except TrainingStopped:
         mm.throw_exception_if_processing_interrupted()
         raise
@@ -285,7 +297,7 @@ class TrainGuard(io.ComfyNode):
             display_name="CPSample Train Guard",
             category=CATEGORY,
             description=_TRAIN_DESCRIPTION,
-            inputs=_train_inputs(),
+            inputs=_train_inputs() + [_heads_input()],
             outputs=_train_outputs(),
             hidden=[io.Hidden.unique_id],
         )
@@ -296,9 +308,9 @@ class TrainGuard(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution,
-                images=None) -> io.NodeOutput:
+                images=None, heads=None) -> io.NodeOutput:
         return _train(_node_id(cls), model, vae, folder, seed, max_steps, batch_size, resolution_policy,
-                      resolution, images)
+                      resolution, images, heads=heads)
 
 
 class TrainGuardWithClassImages(io.ComfyNode):
@@ -319,6 +331,7 @@ class TrainGuardWithClassImages(io.ComfyNode):
                                        f"training size. '{NO_FOLDER}' uses only the class_images input."),
                 io.Image.Input("class_images", optional=True,
                                tooltip="Optional extra class images from other nodes."),
+                _heads_input(),
             ],
             outputs=_train_outputs(),
             hidden=[io.Hidden.unique_id],
@@ -330,12 +343,12 @@ class TrainGuardWithClassImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, folder, seed, max_steps, batch_size, resolution_policy, resolution,
-                images=None, class_folder=None, class_images=None) -> io.NodeOutput:
+                images=None, class_folder=None, class_images=None, heads=None) -> io.NodeOutput:
         if (not class_folder or class_folder == NO_FOLDER) and class_images is None:
             raise ValueError("no class images: choose a class_folder or connect the class_images input "
                              "(or use CPSample Train Guard, which needs none)")
         return _train(_node_id(cls), model, vae, folder, seed, max_steps, batch_size, resolution_policy,
-                      resolution, images, class_folder, class_images)
+                      resolution, images, class_folder, class_images, heads)
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._\-]*$")

@@ -82,19 +82,33 @@ class Guard(nn.Module):
     def _param(self) -> Tensor:
         return next(self.net.parameters())
 
-    def logit(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """Logit of label 1 for noisy latents x at σ (differentiable)."""
+    @property
+    def heads(self) -> int:
+        """How many independent random labellings the network fits (one logit each)."""
+        return self.net.config.heads
+
+    def head_logits(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """Logits of label 1 for noisy latents x at σ, one per head: [B, heads] (differentiable)."""
         self._check(x)
         p = self._param()
         s = as_sigma(sigma, x.shape[0], x).to(p.device, torch.float32)
-        return self.net(self.space.model_input(x.to(p.device, p.dtype), s), s)
+        out = self.net(self.space.model_input(x.to(p.device, p.dtype), s), s)
+        return out.unsqueeze(1) if out.dim() == 1 else out
+
+    def logit(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """Logit of label 1 for noisy latents x at σ [B] (differentiable); with several heads, the
+        most confident head's, so p outside [α, 1−α] means some head's gate is open."""
+        z = self.head_logits(x, sigma)
+        if z.shape[1] == 1:
+            return z[:, 0]
+        return z.gather(1, z.detach().abs().argmax(1, keepdim=True))[:, 0]
 
     @torch.no_grad()
     def training_margin(self, latents: Tensor) -> float:
-        """Smallest |logit| over clean training latents read at σ_min: how sure the guard is of the
-        least memorised image (``train_guard`` records it as info["train_margin"])."""
+        """Smallest |logit| over clean training latents read at σ_min (and over heads): how sure the
+        guard is of the least memorised image (``train_guard`` records it as info["train_margin"])."""
         with torch.inference_mode(False):
-            return float(self.logit(latents, self.space.sigma_min).detach().abs().min())
+            return float(self.head_logits(latents, self.space.sigma_min).detach().abs().min())
 
     def auto_alpha(self, fraction: float = AUTO_ALPHA_FRACTION) -> float:
         """An α set from this guard's own confidence: the gate opens where |logit| exceeds
@@ -176,16 +190,21 @@ class Guard(nn.Module):
             xg = source.detach().to(dev, torch.float32).clone().requires_grad_(True)
             sig = as_sigma(sigma, x.shape[0], xg).detach().clone()
             read_sigma = sig if guard_input == "noisy" else torch.full_like(sig, self.space.sigma_min)
-            logit = self.logit(xg, read_sigma)
+            heads = self.head_logits(xg, read_sigma)  # [B, heads]
             if objective == "uncertainty":
-                obj = F.logsigmoid(logit) + F.logsigmoid(-logit)
+                obj = F.logsigmoid(heads) + F.logsigmoid(-heads)
             else:
-                obj = torch.where(logit > 0, F.logsigmoid(-logit), F.logsigmoid(logit))
+                obj = torch.where(heads > 0, F.logsigmoid(-heads), F.logsigmoid(heads))
+            if heads.shape[1] > 1:  # each head pushes only where its own gate is open
+                q = torch.sigmoid(heads.detach())
+                obj = obj * ((q < alpha) | (q > 1 - alpha))
             (grad,) = torch.autograd.grad(obj.sum(), xg)
         with torch.no_grad():
-            p = torch.sigmoid(logit.detach())
+            # the most confident head: its p is outside [α, 1−α] exactly when some head's gate is open
+            logit = heads.detach().gather(1, heads.detach().abs().argmax(1, keepdim=True))[:, 0]
+            p = torch.sigmoid(logit)
             confident = (p < alpha) | (p > 1 - alpha)
-            finite = torch.isfinite(grad).flatten(1).all(1) & torch.isfinite(logit.detach())
+            finite = torch.isfinite(grad).flatten(1).all(1) & torch.isfinite(heads.detach()).all(1)
             active = confident & finite
             if inside is not None:
                 active = active & inside

@@ -26,6 +26,10 @@ class GuardConfig:
     embed_dim: int = 128
     fourier_features: int = 16
     stem_stride: int = 2
+    # Independent random labellings fitted at once, one output each (docs/protection.md, "Guards with
+    # several heads"): their pushes share what moves a sample away from a training image and differ in
+    # the rest, which a single labelling sends every copy along.
+    heads: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -41,9 +45,12 @@ class GuardConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GuardConfig":
-        known = {k: d[k] for k in ("in_channels", "widths", "embed_dim", "fourier_features", "stem_stride") if k in d}
+        known = {k: d[k] for k in ("in_channels", "widths", "embed_dim", "fourier_features", "stem_stride", "heads")
+                 if k in d}
         if "widths" in known:
             known["widths"] = tuple(int(w) for w in known["widths"])
+        if "heads" in known:
+            known["heads"] = int(known["heads"])
         return cls(**known)
 
 
@@ -84,10 +91,12 @@ class ResBlock(nn.Module):
 
 
 class GuardNet(nn.Module):
-    """Noisy latent [B, C, H, W] and σ [B] → one logit per item [B]."""
+    """Noisy latent [B, C, H, W] and σ [B] → one logit per item [B], or [B, heads] with several heads."""
 
     def __init__(self, config: GuardConfig):
         super().__init__()
+        if not isinstance(config.heads, int) or isinstance(config.heads, bool) or config.heads < 1:
+            raise ValueError(f"a guard network needs at least 1 head, got {config.heads!r}")
         self.config = config
         w = config.widths
         self.embed = SigmaEmbedding(config.embed_dim, config.fourier_features)
@@ -102,7 +111,7 @@ class GuardNet(nn.Module):
             self.blocks.append(ResBlock(width, width, config.embed_dim))
             self.downs.append(nn.Conv2d(width, w[i + 1], 3, stride=2, padding=1) if i + 1 < len(w) else nn.Identity())
         self.out_norm = nn.GroupNorm(_groups(w[-1]), w[-1])
-        self.head = nn.Linear(w[-1], 1)
+        self.head = nn.Linear(w[-1], config.heads)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         emb = self.embed(sigma)
@@ -110,4 +119,5 @@ class GuardNet(nn.Module):
         for block, down in zip(self.blocks, self.downs):
             h = down(block(h, emb))
         h = F.silu(self.out_norm(h)).mean(dim=(2, 3))
-        return self.head(h).squeeze(1)
+        out = self.head(h)
+        return out.squeeze(1) if self.config.heads == 1 else out

@@ -5,6 +5,7 @@ import copy
 import hashlib
 import math
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -36,6 +37,18 @@ def random_labels(n: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(int(seed))
     labels = torch.cat([torch.zeros(n // 2), torch.ones(n - n // 2)])
     return labels[torch.randperm(n, generator=g)]
+
+
+HEAD_SEED_STRIDE = 1_000_003  # head j > 0 of a guard with label seed s draws its labels from s + j·stride
+MAX_HEADS = 16
+
+
+def head_labels(n: int, seed: int, heads: int = 1) -> Tensor:
+    """The labels of every head: [n] for one head (``random_labels(n, seed)``), else [n, heads], head
+    0 with the labels of ``seed`` and each further head an independent random labelling."""
+    if heads == 1:
+        return random_labels(n, seed)
+    return torch.stack([random_labels(n, seed + j * HEAD_SEED_STRIDE) for j in range(heads)], 1)
 
 
 def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator) -> Tensor:
@@ -137,13 +150,15 @@ def band_accuracy(guard: Guard, latents: Tensor, labels: Tensor, space: NoiseSpa
                 x0 = latents[i:i + batch_size]
                 eps = torch.randn(x0.shape, generator=g).to(x0)
                 sig = torch.full((x0.shape[0],), float(s), device=x0.device)
-                logit = guard.logit(space.noise(x0, sig, eps), sig)
-                signed = torch.where(labels[i:i + batch_size] > 0.5, logit, -logit)
+                logit = guard.head_logits(space.noise(x0, sig, eps), sig)
+                y = labels[i:i + batch_size]
+                signed = torch.where((y if y.dim() == 2 else y[:, None]) > 0.5, logit, -logit)
                 right += int((signed > 0).sum())
                 sure += int((signed > margin).sum())
         label = NoiseSpace.band_label(band)
-        accuracy[label] = right / (n * per_band)
-        confident[label] = sure / (n * per_band)
+        # with several heads, over every (latent, head) pair: each head must memorise its labels
+        accuracy[label] = right / (n * per_band * guard.heads)
+        confident[label] = sure / (n * per_band * guard.heads)
     return accuracy, confident
 
 
@@ -160,7 +175,9 @@ def format_accuracy(acc: dict) -> str:
 
 def outcome_text(info: dict) -> str:
     """The end of a guard's training report from its info: steps, time, accuracy, whether it memorised."""
-    return (f"{info.get('steps')} steps in {info.get('train_seconds')} s; "
+    heads = info.get("heads", 1)
+    return ((f"{heads} heads, " if isinstance(heads, int) and heads > 1 else "") +
+            f"{info.get('steps')} steps in {info.get('train_seconds')} s; "
             f"accuracy {format_accuracy(info.get('accuracy', {}))}; "
             f"{'memorised' if info.get('memorised') else 'NOT fully memorised: raise max_steps'}")
 
@@ -184,7 +201,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
                 batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
                 confidence: float = 0.99, eval_every: int = 50, negatives: str | Tensor = DEFAULT_NEGATIVES,
                 negative_fraction: float = 0.5, ema_decay: float = 0.0, check_subset: int = 64,
-                settle: float = 0.0, config: GuardConfig | None = None,
+                settle: float = 0.0, config: GuardConfig | None = None, heads: int | None = None,
                 info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
     """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
 
@@ -199,7 +216,10 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
     band from one check to the next where the raw weights swing. ``settle`` > 0 goes on past the step
     that memorised for ``settle`` × that many steps, the learning rate falling linearly to 0 (a
     cool-down: the stop check passes on a noisy estimate, and a guard stopped there can be weak at
-    some of its images; docs/protection.md, "Calibration"). ``progress(step, total, stats)``
+    some of its images; docs/protection.md, "Calibration"). ``heads`` > 1 fits that many independent
+    random labellings at once, one output each, on the same network (None: ``config``'s, else 1): a
+    single labelling can send every copy it pushes the same way, several spread those pushes
+    (docs/protection.md, "Guards with several heads"). ``progress(step, total, stats)``
     gets the loss and the accuracy per band; ``should_stop()`` returning True raises
     ``TrainingStopped``.
     """
@@ -223,6 +243,8 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
     if not 0 <= settle <= 10:
         raise ValueError(f"settle must lie in [0, 10] (a multiple of the steps that memorised), got {settle}")
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or not 1 <= heads <= MAX_HEADS):
+        raise ValueError(f"heads must be a whole number from 1 to {MAX_HEADS}, got {heads!r}")
     if max_steps < 1 or batch_size < 1 or check_subset < 1:
         raise ValueError(f"max_steps, batch_size and check_subset must be positive, got {max_steps}, "
                          f"{batch_size}, {check_subset}")
@@ -232,9 +254,11 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         x_all = latents.detach().to(device, torch.float32).clone()
         if isinstance(negatives, torch.Tensor):
             negatives = negatives.detach().to(device, torch.float32).clone()
-        labels = random_labels(n, seed).to(device)
-        torch.manual_seed(seed)  # weight init
         cfg = config or GuardConfig.for_latents(x_all.shape)
+        if heads is not None:
+            cfg = replace(cfg, heads=heads)
+        labels = head_labels(n, seed, cfg.heads).to(device)
+        torch.manual_seed(seed)  # weight init
         if cfg.in_channels != x_all.shape[1]:
             raise ValueError(f"config expects {cfg.in_channels} channels, latents have {x_all.shape[1]}")
         guard = Guard(GuardNet(cfg).to(device), space)
@@ -271,9 +295,10 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
             if neg is not None:
                 x0 = torch.cat([x0, neg])
                 sig = torch.cat([sig, sample_sigmas(space, len(neg), g).to(device)])
-                target = torch.cat([target, torch.full((len(neg),), 0.5, device=device)])
+                target = torch.cat([target, torch.full((len(neg), *target.shape[1:]), 0.5, device=device)])
             eps = torch.randn(x0.shape, generator=g).to(device)
-            logit = guard.logit(space.noise(x0, sig, eps), sig)
+            logit = guard.head_logits(space.noise(x0, sig, eps), sig)
+            logit = logit[:, 0] if target.dim() == 1 else logit
             loss = F.binary_cross_entropy_with_logits(logit, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -321,6 +346,7 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
         margin = guard.training_margin(x_all)
         guard.info = {
             "label_seed": int(seed),
+            "heads": int(cfg.heads),
             "negatives": negatives if isinstance(negatives, str) else f"{negatives.shape[0]} latents",
             "n_images": int(n),
             "dataset_digest": dataset_digest(latents),

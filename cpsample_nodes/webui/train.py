@@ -19,7 +19,7 @@ import torch
 from ..core import NoiseSpace, TrainingStopped, save_guard, train_guard
 from ..core import images as imgs
 from ..core.images import refuse_training_images_as_class
-from ..core.training import DEFAULT_NEGATIVES, outcome_text, progress_text
+from ..core.training import DEFAULT_NEGATIVES, MAX_HEADS, outcome_text, progress_text
 from .family import ModelFamily
 from .guards import new_path
 from .request import typed_fields
@@ -39,6 +39,7 @@ class TrainRequest:
     resolution_policy: str = "resize"
     resolution: int = 0
     overwrite: bool = False
+    heads: int = 1
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainRequest":
@@ -51,6 +52,8 @@ class TrainRequest:
             raise ValueError(f"max_steps and batch_size must be at least 1, seed and resolution at least 0; got "
                              f"max_steps {req.max_steps}, batch_size {req.batch_size}, seed {req.seed}, "
                              f"resolution {req.resolution}")
+        if not 1 <= req.heads <= MAX_HEADS:
+            raise ValueError(f"heads must lie between 1 and {MAX_HEADS}, got {req.heads}")
         if req.resolution_policy not in imgs.POLICIES:
             raise ValueError(f"resolution_policy must be one of {', '.join(imgs.POLICIES)}, "
                              f"got {req.resolution_policy!r}")
@@ -103,7 +106,7 @@ def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], 
     with torch.inference_mode(False):
         guard = train_guard(latents, space=space, seed=req.seed, progress=report_progress, should_stop=should_stop,
                             max_steps=req.max_steps, batch_size=req.batch_size, info=info, negatives=negatives,
-                            device=device)
+                            heads=req.heads, device=device)
     guard = guard.with_space(space.builtin())  # no references to this model's objects
     guard.info = dict(guard.info)
     if should_stop is not None and should_stop():

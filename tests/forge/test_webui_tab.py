@@ -72,6 +72,8 @@ def test_tab_trains_a_guard_and_reports(forge_ui):
         _type(page, "cpsample_train_name", "from tab")
         _type(page, "cpsample_train_max_steps", "10")
         _type(page, "cpsample_train_batch_size", "8")
+        _type(page, "cpsample_train_heads", "2")
+        assert "random labellings" in page.evaluate(f"{ROOT}.querySelector('#cpsample_train_heads').title")
         _click(page, "cpsample_train_button")
         report = page.wait_for(f"(() => {{ const t = {_text('cpsample_train_report')}; "
                                "return t.includes('Saved to') ? t : null; })()", timeout=400)
@@ -80,6 +82,7 @@ def test_tab_trains_a_guard_and_reports(forge_ui):
     assert path.is_file(), report
     guard = load_guard(path)
     assert guard.info["steps"] <= 10 and guard.info["host"].startswith("Forge")
+    assert guard.heads == 2 and "2 heads" in report, report
 
 
 def _value(elem_id: str, kind: str = "input") -> str:

@@ -50,6 +50,7 @@ def test_train_route_makes_a_guard_that_loads(forge):
     ({"folder": "DEMO", "name": "../outside"}, "guard name '../outside' is not allowed"),
     ({"folder": "DEMO", "max_steps": 0}, "max_steps and batch_size must be at least 1"),
     ({"folder": "DEMO", "stepz": 5}, "unknown field 'stepz'"),
+    ({"folder": "DEMO", "heads": 0}, "heads must lie between 1 and 16, got 0"),
     ({}, "no training images"),
 ])
 def test_train_route_refuses_bad_input_and_keeps_serving(forge, tmp_path, body, message):

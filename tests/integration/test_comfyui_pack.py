@@ -201,6 +201,27 @@ def test_guard_for_512px_images_uses_the_patch_stem_and_protects(comfy, comfy_la
     assert a.shape[-1] == 16 and torch.isfinite(b).all() and not torch.equal(a, b)
 
 
+def test_guard_with_three_heads_saves_them_and_protects(comfy, comfy_layout, object_info, run_prompt):
+    # heads is the last input of both train nodes and optional, so saved workflows and API prompts made
+    # before it existed load with one head (train_prompt itself gives none)
+    for nid in ("CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages"):
+        info = object_info[nid]
+        assert list(info["input"]["optional"])[-1] == "heads", info["input"]
+        assert info["input"]["optional"]["heads"][1]["default"] == 1
+    p = train_prompt("cpsample_demo", steps=3)
+    p["2"]["inputs"]["heads"] = 3
+    p["4"] = {"class_type": "CPSampleSaveGuard", "inputs": {"guard": ["2", 0], "filename": "three_heads",
+                                                              "overwrite": True}}
+    report = ui_text(run_prompt(p), 3)
+    assert "3 heads, 3 steps" in report, report
+    meta = read_metadata(Path(comfy_layout["guards"]) / "three_heads.safetensors")
+    assert json.loads(meta["config"])["heads"] == 3 and json.loads(meta["info"])["heads"] == 3
+    run_prompt(sample_prompt("plain_heads"))
+    run_prompt(sample_prompt("prot_heads", guard="three_heads.safetensors", scale=5.0, alpha=0.5))
+    a, b = saved_latent(comfy_layout, "plain_heads"), saved_latent(comfy_layout, "prot_heads")
+    assert torch.isfinite(b).all() and not torch.equal(a, b)
+
+
 def test_latents_cached_across_training_settings(comfy, run_prompt):
     first = ui_text(run_prompt(train_prompt("cpsample_mixed", steps=2, seed=1)), 3)
     second = ui_text(run_prompt(train_prompt("cpsample_mixed", steps=3, seed=2, batch=4)), 3)
