@@ -175,7 +175,8 @@ def _train_inputs() -> list:
 HEADS_HELP = ("Independent random labellings the guard fits at once, one output each, at the same cost per "
               "sampling step. 1 is the classic guard. With 3, the pushes of the labellings share what moves a "
               "sample away from a training image and differ in the rest: on the benchmarks fewer guards "
-              "spoil samples (docs/protection.md, 'Guards with several heads'). Training takes longer.")
+              "spoil samples (docs/protection.md, 'Guards with several heads'). It trained in about as many "
+              "steps as one head there.")
 
 
 def _heads_input() -> io.Int.Input:
