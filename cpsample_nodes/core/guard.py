@@ -26,6 +26,14 @@ AUTO_ALPHA_FRACTION = 0.95
 SETTING_KEYS = ("scale", "alpha", "max_step", "sigma_max")
 
 
+def most_confident(head_logits: Tensor) -> Tensor:
+    """[B, heads] → [B]: each item's logit of the head surest of its label (largest |logit|); its p lies
+    outside [α, 1−α] exactly when some head's does. Differentiable through the chosen head."""
+    if head_logits.shape[1] == 1:
+        return head_logits[:, 0]
+    return head_logits.gather(1, head_logits.detach().abs().argmax(1, keepdim=True))[:, 0]
+
+
 def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``settings`` (guide keyword arguments) after checking every key and value."""
     unknown = sorted(set(settings) - set(SETTING_KEYS))
@@ -98,10 +106,7 @@ class Guard(nn.Module):
     def logit(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """Logit of label 1 for noisy latents x at σ [B] (differentiable); with several heads, the
         most confident head's, so p outside [α, 1−α] means some head's gate is open."""
-        z = self.head_logits(x, sigma)
-        if z.shape[1] == 1:
-            return z[:, 0]
-        return z.gather(1, z.detach().abs().argmax(1, keepdim=True))[:, 0]
+        return most_confident(self.head_logits(x, sigma))
 
     @torch.no_grad()
     def training_margin(self, latents: Tensor) -> float:
@@ -200,9 +205,7 @@ class Guard(nn.Module):
                 obj = obj * ((q < alpha) | (q > 1 - alpha))
             (grad,) = torch.autograd.grad(obj.sum(), xg)
         with torch.no_grad():
-            # the most confident head: its p is outside [α, 1−α] exactly when some head's gate is open
-            logit = heads.detach().gather(1, heads.detach().abs().argmax(1, keepdim=True))[:, 0]
-            p = torch.sigmoid(logit)
+            p = torch.sigmoid(most_confident(heads.detach()))
             confident = (p < alpha) | (p > 1 - alpha)
             finite = torch.isfinite(grad).flatten(1).all(1) & torch.isfinite(heads.detach()).all(1)
             active = confident & finite
