@@ -443,7 +443,9 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=0.0,
                     help="train the guards with train_guard(settle=...): a cool-down past memorisation")
     ap.add_argument("--heads", type=int, default=1,
-                    help="train the guards with train_guard(heads=...): independent random labellings at once")
+                    help="train the guards with train_guard(heads=...): independent random labellings at once; "
+                         "1, as the tables of docs/protection.md were measured unless they say --heads "
+                         "(the product trains 3)")
     ranking = ap.add_mutually_exclusive_group()
     ranking.add_argument("--count-moved", action="store_true",
                          help="calibrate(count_moved=True), the default: rank settings by spoiled probes plus "

@@ -109,7 +109,7 @@ def trace(bench: Bench, seed: int, every: int, ema: float = 0.0, lr: float = 2e-
     try:
         # target above 1: the check is measured (and reported to progress) but never passes
         guard = training.train_guard(bench.train, bench.space, seed=seed, progress=progress,
-                                     target_accuracy=1.01, ema_decay=ema, lr=lr, **options)
+                                     target_accuracy=1.01, ema_decay=ema, lr=lr, heads=bench.heads, **options)
     finally:
         training.Guard = original
     return guard, kept, checks

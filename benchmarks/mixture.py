@@ -113,6 +113,9 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="train the guard even if a cached one exists")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="train the guard with train_guard(ema_decay=...) (a more confident guard; 'The gate')")
+    ap.add_argument("--heads", type=int, default=1,
+                    help="train the guard with train_guard(heads=...); 1, as the tables of docs/protection.md that "
+                         "use this script were measured (the product trains 3)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))
@@ -129,13 +132,13 @@ def main() -> None:
     space = NoiseSpace.vp()
 
     t0 = time.time()
-    ema = f"-ema{args.ema:g}" if args.ema else ""
+    ema = (f"-ema{args.ema:g}" if args.ema else "") + (f"-heads{args.heads}" if args.heads != 1 else "")
     # the key holds the training code too: a guard cached by an older core is never read back
     cached = CACHE / f"mixture-guard-{dataset_digest(train)[:16]}-{args.seed}{ema}-{_core_digest()}.safetensors"
     if cached.exists() and not args.retrain:
         guard = load_guard(cached)
     else:
-        guard = train_guard(train, space, seed=args.seed, ema_decay=args.ema)
+        guard = train_guard(train, space, seed=args.seed, ema_decay=args.ema, heads=args.heads)
         save_guard(guard, cached)
     train_s = time.time() - t0
 

@@ -43,7 +43,7 @@ def main() -> None:
     for kind in args.negatives.split(","):
         for gs in (int(s) for s in args.guard_seeds.split(",")):
             t0 = time.time()
-            guard = train_guard(bench.train, bench.space, seed=gs, negatives=kind)
+            guard = train_guard(bench.train, bench.space, seed=gs, negatives=kind, heads=bench.heads)
             seen: list[tuple[float, torch.Tensor]] = []
 
             def watch(denoised, x, sigma):

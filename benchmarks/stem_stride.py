@@ -51,7 +51,7 @@ def main() -> None:
     for stride in (4, 2):
         t0 = time.monotonic()
         guard = train_guard(train, space=space, seed=0, negatives=negatives,
-                            config=GuardConfig(in_channels=4, stem_stride=stride))
+                            config=GuardConfig(in_channels=4, stem_stride=stride, heads=1))  # one head, as measured
         print(f"\n## stride {stride}: {time.monotonic() - t0:.1f} s, {guard.info['steps']} steps, "
               f"memorised {guard.info['memorised']}, train margin {guard.info['train_margin']}")
         print(f"share gated (p outside [{ALPHA}, {1 - ALPHA}]) at sigma:")

@@ -2,7 +2,7 @@
 
 For each case, a fresh subprocess (so ``ru_maxrss`` is that measurement's own peak) builds N
 synthetic latents and runs ``train_guard`` with the core defaults (batch 32, ``--negatives``: gaussian,
-the default when the committed tables were measured, unless told otherwise;
+and ``--heads`` 1, the defaults when the committed tables were measured, unless told otherwise;
 early stop once every memorisable σ band is ≥ 99 % right with p ≥ 0.99, checked every 50 steps)
 until it stops early or hits the step cap (``--max-steps``) or the wall-clock cap
 (``--time-cap``, via ``should_stop``). It reports wall time, steps, steps/s, whether it
@@ -100,12 +100,12 @@ def worker_train(a) -> dict:
     def should_stop():
         return cap > 0 and time.monotonic() - started > cap
 
-    out = dict(n=a.n, channels=a.channels, side=a.side, space=space.kind, max_steps=a.max_steps,
+    out = dict(n=a.n, channels=a.channels, side=a.side, space=space.kind, max_steps=a.max_steps, heads=a.heads,
                time_cap_s=cap, torch=torch.__version__, threads=torch.get_num_threads())
     guard = None
     try:
         guard = train_guard(latents.to(a.device), space=space, seed=a.seed, max_steps=a.max_steps,
-                            progress=progress, should_stop=should_stop, negatives=a.negatives)
+                            progress=progress, should_stop=should_stop, negatives=a.negatives, heads=a.heads)
         out.update(stopped="early stop (memorised)" if guard.info["memorised"] else "step cap, not memorised",
                    memorised=bool(guard.info["memorised"]), steps=int(guard.info["steps"]),
                    accuracy=guard.info["accuracy"], confident=guard.info["confident"])
@@ -168,6 +168,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--negatives", default="gaussian",
                     help="train_guard negatives (the committed tables: gaussian; the core default is gaussian+blends)")
+    ap.add_argument("--heads", type=int, default=1,
+                    help="train_guard heads (the committed tables: 1; the product trains 3)")
     ap.add_argument("--skip-guide", action="store_true")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads in each worker (0: torch default). Use 1 on a machine whose cores are "
@@ -211,7 +213,7 @@ def main() -> None:
         la = load()
         r = run_worker(["--worker", "train", "--n", str(n), "--channels", str(c), "--side", str(s),
                         "--max-steps", str(a.max_steps), "--time-cap", str(cap), "--seed", str(a.seed),
-                        "--negatives", a.negatives,
+                        "--negatives", a.negatives, "--heads", str(a.heads),
                         "--threads", str(a.threads), "--device", a.device],
                        timeout=(cap * 2 + 600) if cap else 6 * 3600)
         r.setdefault("n", n), r.setdefault("channels", c), r.setdefault("side", s)

@@ -13,7 +13,7 @@ from cpsample_nodes.core.guard import Guard  # noqa: E402
 
 def _bench() -> SimpleNamespace:
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    return SimpleNamespace(train=latents, space=NoiseSpace.vp(), training_options=dict)
+    return SimpleNamespace(train=latents, space=NoiseSpace.vp(), training_options=dict, heads=1)
 
 
 def test_trace_trains_the_whole_budget_and_keeps_the_checked_weights():
