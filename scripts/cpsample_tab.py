@@ -18,10 +18,10 @@ from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, REPLICA_SSIM  # noqa: 
 from cpsample_nodes.core.calibration import MIN_PROBES, PROBE_COST_NOTE  # noqa: E402
 from cpsample_nodes.webui import api, guards, host, tasks  # noqa: E402
 from cpsample_nodes.webui.calibrate import CalibrateRequest  # noqa: E402
-from cpsample_nodes.webui.train import DEFAULT_MAX_STEPS, MAX_HEADS  # noqa: E402
+from cpsample_nodes.webui.train import DEFAULT_HEADS, DEFAULT_MAX_STEPS, MAX_HEADS  # noqa: E402
 
 
-def _train(folder, class_folder, name, seed, max_steps, batch_size, policy, resolution, overwrite, heads=1,
+def _train(folder, class_folder, name, seed, max_steps, batch_size, policy, resolution, overwrite, heads=DEFAULT_HEADS,
            progress=gr.Progress()):
     values = {"folder": folder, "class_folder": class_folder, "name": name, "seed": int(seed),
               "max_steps": int(max_steps), "batch_size": int(batch_size), "resolution_policy": policy,
@@ -110,7 +110,7 @@ def on_ui_tabs():
                                          elem_id="cpsample_train_policy")
                     resolution = gr.Number(label="Resolution (0: smallest side)", value=0, precision=0,
                                            elem_id="cpsample_train_resolution")
-                    heads = gr.Number(label=f"Heads (1-{MAX_HEADS})", value=1, precision=0,
+                    heads = gr.Number(label=f"Heads (1-{MAX_HEADS})", value=DEFAULT_HEADS, precision=0,
                                       elem_id="cpsample_train_heads")
                 with gr.Row():
                     train = gr.Button("Train guard", variant="primary", elem_id="cpsample_train_button")

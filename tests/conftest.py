@@ -16,12 +16,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def small_guard():
-    """A guard memorised on 8 latents of 4×8×8 (shared: training is the slow part)."""
+    """A one-head guard memorised on 8 latents of 4×8×8 (shared: training is the slow part). One head:
+    the tests that use it read a single labelling; tests/test_guard_heads.py trains the default three."""
     from cpsample_nodes.core import NoiseSpace, train_guard
 
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(8, 4, 8, 8, generator=g)
-    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500)
+    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500, heads=1)
     return guard, latents
 
 

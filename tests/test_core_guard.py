@@ -9,10 +9,11 @@ from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace, Traini
 
 def test_network_any_size_and_channels():
     for ch in (1, 4, 16):
-        net = GuardNet(GuardConfig(in_channels=ch))
-        for h, w in ((1, 1), (7, 13), (64, 40)):
-            out = net(torch.randn(3, ch, h, w), torch.rand(3) + 0.01)
-            assert out.shape == (3,) and torch.isfinite(out).all()
+        for heads, shape in ((1, (3,)), (3, (3, 3))):  # one logit per item, or one per item and head
+            net = GuardNet(GuardConfig(in_channels=ch, heads=heads))
+            for h, w in ((1, 1), (7, 13), (64, 40)):
+                out = net(torch.randn(3, ch, h, w), torch.rand(3) + 0.01)
+                assert out.shape == shape and torch.isfinite(out).all()
 
 
 def test_large_latents_get_the_patch_stem():
@@ -113,7 +114,7 @@ def test_large_set_stop_check_screens_a_subset_then_checks_all(monkeypatch):
 
     monkeypatch.setattr(training, "band_accuracy", counting)
     latents = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500, check_subset=3)
+    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500, check_subset=3, heads=1)
     info = guard.info
     assert info["memorised"] and info["steps"] < 1500, info
     # screens of 3 while it learns; the stop itself was decided on all 8 (then the report's bands)
@@ -341,7 +342,7 @@ def test_settle_cools_down_past_memorisation(small_guard):
 
     T.torch.optim.AdamW = Recording
     try:
-        cooled = train_guard(lat, NoiseSpace.vp(), seed=0, max_steps=1500, settle=0.25)
+        cooled = train_guard(lat, NoiseSpace.vp(), seed=0, max_steps=1500, settle=0.25, heads=1)  # as small_guard
     finally:
         T.torch.optim.AdamW = real_adamw
     m = plain.info["steps"]

@@ -10,12 +10,13 @@ def _latents() -> torch.Tensor:
     return torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-def test_one_head_is_the_default_and_older_configs_load_as_one():
-    assert GuardConfig().heads == 1
+def test_three_heads_are_the_default_and_older_configs_load_as_one():
+    assert GuardConfig().heads == 3 and GuardConfig.for_latents((4, 64, 64)).heads == 3
+    assert GuardConfig.from_dict(GuardConfig().to_dict()).heads == 3
     old = GuardConfig().to_dict()
     del old["heads"]  # a guard file written before heads existed
     assert GuardConfig.from_dict(old).heads == 1
-    out = GuardNet(GuardConfig()).eval()(torch.randn(3, 4, 8, 8), torch.ones(3))
+    out = GuardNet(GuardConfig.from_dict(old)).eval()(torch.randn(3, 4, 8, 8), torch.ones(3))
     assert out.shape == (3,)
     with pytest.raises(ValueError, match="head"):
         GuardNet(GuardConfig(heads=0))
@@ -42,7 +43,7 @@ def test_head_labels_start_with_the_seed_and_differ_per_head():
 
 def test_training_memorises_every_head_and_the_file_keeps_them(tmp_path):
     latents = _latents()
-    guard = train_guard(latents, NoiseSpace.vp(), seed=0, heads=3, max_steps=3000)
+    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=3000)  # the default: three heads
     assert guard.heads == 3 and guard.info["heads"] == 3
     assert guard.info["memorised"], guard.info
     labels = head_labels(8, 0, 3)

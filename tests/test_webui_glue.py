@@ -458,7 +458,7 @@ def test_train_request_names_bad_fields():
     with pytest.raises(ValueError, match="resolution_policy must be one of resize, crop, exact"):
         TrainRequest.from_dict({"folder": "x", "resolution_policy": "stretch"})
     assert TrainRequest.from_dict({"folder": "x", "max_steps": 10.0}).max_steps == 10
-    assert TrainRequest.from_dict({"folder": "x"}).heads == 1  # requests made before heads existed
+    assert TrainRequest.from_dict({"folder": "x"}).heads == 3  # requests made before heads existed: the default
     with pytest.raises(ValueError, match="heads must lie between 1 and 16, got 0"):
         TrainRequest.from_dict({"folder": "x", "heads": 0})
 

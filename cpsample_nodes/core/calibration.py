@@ -68,7 +68,7 @@ CONFIDENCE = 0.8
 WEAK_SPOIL = 0.1
 # What the hosts tell users a probe costs: images sampled per probe over a whole calibration, from the
 # 36 calibrations of docs/protection.md, "Reusing unguarded paths: adopted" (296-1,379 images for 64
-# probes; 4-34 per probe before samples were reused).
+# probes; 4-34 per probe before samples were reused); three-head guards, the default, 285-1,337.
 PROBE_COST_NOTE = ("Each probe costs about 5-22 images of sampling over the whole calibration (measured on "
                    "the benchmarks), so 32 probes take about 150-690 images at your steps.")
 

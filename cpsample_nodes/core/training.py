@@ -216,10 +216,11 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
     band from one check to the next where the raw weights swing. ``settle`` > 0 goes on past the step
     that memorised for ``settle`` × that many steps, the learning rate falling linearly to 0 (a
     cool-down: the stop check passes on a noisy estimate, and a guard stopped there can be weak at
-    some of its images; docs/protection.md, "Calibration"). ``heads`` > 1 fits that many independent
-    random labellings at once, one output each, on the same network (None: ``config``'s, else 1): a
-    single labelling can send every copy it pushes the same way, several spread those pushes
-    (docs/protection.md, "Guards with several heads"). ``progress(step, total, stats)``
+    some of its images; docs/protection.md, "Calibration"). ``heads`` is how many independent
+    random labellings it fits at once, one output each, on the same network (None: ``config``'s, else
+    ``DEFAULT_HEADS``, 3): a single labelling can send every copy it pushes the same way, several
+    spread those pushes (docs/protection.md, "Guards with several heads: the default"); 1 is the
+    one-labelling guard of the paper. ``progress(step, total, stats)``
     gets the loss and the accuracy per band; ``should_stop()`` returning True raises
     ``TrainingStopped``.
     """

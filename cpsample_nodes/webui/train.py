@@ -19,6 +19,7 @@ import torch
 from ..core import NoiseSpace, TrainingStopped, save_guard, train_guard
 from ..core import images as imgs
 from ..core.images import refuse_training_images_as_class
+from ..core.network import DEFAULT_HEADS
 from ..core.training import DEFAULT_NEGATIVES, MAX_HEADS, outcome_text, progress_text
 from .family import ModelFamily
 from .guards import new_path
@@ -39,7 +40,7 @@ class TrainRequest:
     resolution_policy: str = "resize"
     resolution: int = 0
     overwrite: bool = False
-    heads: int = 1
+    heads: int = DEFAULT_HEADS
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainRequest":

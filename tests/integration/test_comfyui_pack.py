@@ -203,13 +203,13 @@ def test_guard_for_512px_images_uses_the_patch_stem_and_protects(comfy, comfy_la
 
 def test_guard_with_three_heads_saves_them_and_protects(comfy, comfy_layout, object_info, run_prompt):
     # heads is the last input of both train nodes and optional, so saved workflows and API prompts made
-    # before it existed load with one head (train_prompt itself gives none)
+    # before it existed keep loading; they train the default, three heads (train_prompt gives none)
     for nid in ("CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages"):
         info = object_info[nid]
         assert list(info["input"]["optional"])[-1] == "heads", info["input"]
-        assert info["input"]["optional"]["heads"][1]["default"] == 1
+        assert info["input"]["optional"]["heads"][1]["default"] == 3
     p = train_prompt("cpsample_demo", steps=3)
-    p["2"]["inputs"]["heads"] = 3
+    assert "heads" not in p["2"]["inputs"]
     p["4"] = {"class_type": "CPSampleSaveGuard", "inputs": {"guard": ["2", 0], "filename": "three_heads",
                                                               "overwrite": True}}
     report = ui_text(run_prompt(p), 3)
