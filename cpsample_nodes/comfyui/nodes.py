@@ -260,7 +260,7 @@ def _train(node_id, model, vae, folder, seed, max_steps, batch_size, resolution_
         with torch.inference_mode(False):
             guard = train_guard(latents, space=space, seed=seed, progress=progress, should_stop=should_stop,
                                 max_steps=max_steps, batch_size=batch_size, info=info, negatives=negatives,
-                                heads=int(heads or 1), device=mm.get_torch_device())
+                                heads=DEFAULT_HEADS if heads is None else int(heads), device=mm.get_torch_device())
     except TrainingStopped:
         mm.throw_exception_if_processing_interrupted()
         raise
