@@ -2,12 +2,15 @@
 
 The demo guard is trained with the train example's own settings (it memorises the demo folder). A
 protected img2img from one of its training pictures starts where a copying model would end up, so the
-gate must open there, with each push at most the noise still present (σ RMS); txt2img from noise with the
-tiny random UNet never comes near a training image, so the same guard must stay shut once the x0
-prediction is a latent at all: in the first steps the random UNet predicts almost no noise, so its x0
-prediction is the start noise itself (RMS about σ, 10-15 at steps 0-1), ten times outside anything the
-guard was trained on, and whether a guard is sure of such an input differs from guard to guard (on an
-AVX-512 machine the demo guard opened there on 1 of 2 samples).
+gate must open there, with each push at most the noise still present (σ RMS).
+
+Where it must stay shut is where the sample is still mostly noise: at σ 14.6 and 6.7 (the first two of
+eight steps, end_percent 0.15) no sample is near any training image yet, and a guard trained on noisy
+latents at every σ cannot be sure of its labels there (measured: |logit| at most 2.1 with the demo guard,
+the gate at α 0.01 needs 4.6). Later steps are no test of the guard: the tiny random UNet's x0 predictions
+stay at RMS about 17 to the end, far outside anything the guard was trained on, and the demo guard
+(eight synthetic pictures of one family) also reads its random labels into new pictures of that family
+(|logit| up to 9 on some), so no shut gate can be asserted there.
 """
 from __future__ import annotations
 
@@ -41,13 +44,13 @@ def memorised_guard(comfy, object_info):
     return GUARD + ".safetensors"
 
 
-def protected(guard: str, latent: dict, denoise: float, guard_input: str, start_percent: float = 0.0) -> dict:
+def protected(guard: str, latent: dict, denoise: float, guard_input: str, end_percent: float = 1.0) -> dict:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
         "2": {"class_type": "CPSampleLoadGuard", "inputs": {"guard_name": guard}},
         "3": {"class_type": "CPSampleProtectModel",
-              "inputs": {"model": ["1", 0], "guard": ["2", 0], "scale": 1000.0, "alpha": 0.01, "start_percent": start_percent,
-                         "end_percent": 1.0, "objective": "uncertainty", "guard_input": guard_input}},
+              "inputs": {"model": ["1", 0], "guard": ["2", 0], "scale": 1000.0, "alpha": 0.01, "start_percent": 0.0,
+                         "end_percent": end_percent, "objective": "uncertainty", "guard_input": guard_input}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo"}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
         **latent,
@@ -79,12 +82,12 @@ def test_gate_opens_near_a_training_image(comfy, memorised_guard):
     assert 0 < float(m.group(4)) and 0 < float(m.group(5)) <= 1.0 + 1e-6, lines[-1]  # capped at σ RMS
 
 
-def test_gate_stays_shut_on_new_samples(comfy, memorised_guard):
+def test_gate_stays_shut_on_new_noise(comfy, memorised_guard):
     latent = {"7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}}
     before = len(gate_lines(comfy))
-    entry = comfy.run(protected(memorised_guard, latent, denoise=1.0, guard_input="denoised", start_percent=0.3))
+    entry = comfy.run(protected(memorised_guard, latent, denoise=1.0, guard_input="noisy", end_percent=0.15))
     assert entry["status"]["status_str"] == "success", H.history_error(entry)
     lines = gate_lines(comfy)
     assert len(lines) == before + 1, lines
-    m = re.match(r"gate opened on 0 of 2 samples in (\d+) guided steps of 8", lines[-1])
-    assert m and int(m.group(1)) >= 5, lines[-1]  # steps 2 or 3 on: the x0 prediction is a latent
+    # σ ≥ 6.45 (end_percent 0.15): steps 1 and 2 of 8, σ 14.6 and 6.7
+    assert lines[-1].startswith("gate opened on 0 of 2 samples in 2 guided steps of 8"), lines[-1]
