@@ -53,6 +53,9 @@ def test_closed_gate_is_described_as_such():
     log.record(torch.tensor(1.0), x, x.clone())
     assert describe(log.summary()) == ("gate opened on 0 of 4 samples in 2 guided steps of 2: the guard was "
                                        "not confident about any of them")
+    log.reset(torch.tensor([2.0, 1.0, 0.0]))
+    log.record(torch.tensor(2.0), x, x)
+    assert describe(log.summary()).startswith("gate opened on 0 of 4 samples in 1 guided step of 2:")
 
 
 def test_shape_mismatch_is_refused():

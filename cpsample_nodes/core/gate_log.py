@@ -114,7 +114,8 @@ def describe(summary: dict[str, Any]) -> str:
     if not summary["evaluated_steps"]:
         return f"gate never evaluated ({total} samples; no step inside the σ window)"
     if not n:
-        return (f"gate opened on 0 of {total} samples in {summary['evaluated_steps']} guided steps of "
+        guided = summary["evaluated_steps"]
+        return (f"gate opened on 0 of {total} samples in {guided} guided step{'s' if guided > 1 else ''} of "
                 f"{summary['total_steps']}: the guard was not confident about any of them")
     steps = summary["opened_steps"]
     return (f"gate opened on {n} of {total} samples, in step{'s' if len(steps) > 1 else ''} {_ranges(steps)} of "
