@@ -394,12 +394,15 @@ def hindsight(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+CANDIDATES = ["α 0.01, all steps", "α 0.05, all steps", "α 0.2, all steps", "α 0.5, all steps", "α 0.2, σ ≤ 2"]
+
+
 def candidates(paths: list[Path]) -> str:
     """Issue 11 item 4: per benchmark and sampler, for each hand-tuned setting, the guards that cut
     the copies 10x (mixture: the goal, ≤ 1 % at FD ≤ 1.2x) and the mean quality over the guards."""
     rows, quality = _load(paths)
     cells = list(dict.fromkeys((r["bench"], r["sampler"]) for r in rows))
-    labels = ["α 0.01, all steps", "α 0.05, all steps", "α 0.2, all steps", "α 0.5, all steps", "α 0.2, σ ≤ 2"]
+    labels = CANDIDATES
     lines = ["| benchmark | sampler | " + " | ".join(labels) + " |", "| --- | --- |" + " --- |" * len(labels)]
     for bench, kind in cells:
         q = quality[bench]
@@ -415,6 +418,33 @@ def candidates(paths: list[Path]) -> str:
             mean = sum(r[q] for r in group) / len(group)
             out.append(f"{ok}/{len(group)}, {mean:.3f}" if q == "quality_share" else f"{ok}/{len(group)}, {mean:.2f} x")
         lines.append(f"| {bench} | {kind} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def _candidate_goals(paths: list[Path]) -> dict[tuple, dict[str, bool]]:
+    """(benchmark, sampler, guard seed) → {candidate label: meets the copy goal}, as ``candidates`` counts."""
+    rows, quality = _load(paths)
+    base = {(r["bench"], r["sampler"], r["guard_seed"]): r["replicas"] for r in rows if r["setting"] == "none"}
+    out: dict[tuple, dict[str, bool]] = {}
+    for r in rows:
+        key = (r["bench"], r["sampler"], r["guard_seed"])
+        if r["setting"].startswith("hand: ") and r["setting"][6:] in CANDIDATES and key in base:
+            out.setdefault(key, {})[r["setting"][6:]] = goal_met(r, base[key], None, quality[r["bench"]])
+    return out
+
+
+def paired_candidates(before: list[Path], after: list[Path]) -> str:
+    """The same guards (benchmark, sampler, guard seed) in both sets of files, e.g. trained with one head
+    and with three: per candidate setting, how many meet the copy goal in each, and in one set only."""
+    a, b = _candidate_goals(after), _candidate_goals(before)
+    lines = ["| setting | guard pairs | these files | --compare files | these only | --compare only |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for label in CANDIDATES:
+        keys = [k for k in a if label in a[k] and label in b.get(k, {})]
+        met_a, met_b = sum(a[k][label] for k in keys), sum(b[k][label] for k in keys)
+        only_a = sum(a[k][label] and not b[k][label] for k in keys)
+        only_b = sum(b[k][label] and not a[k][label] for k in keys)
+        lines.append(f"| {label} | {len(keys)} | {met_a} | {met_b} | {only_a} | {only_b} |")
     return "\n".join(lines)
 
 
@@ -491,10 +521,13 @@ def main() -> None:
                     help="with --summarize (the newer result files): their calibrated rows against these files' "
                          "(the same guards calibrated by another rule)")
     ap.add_argument("--candidates", action="store_true",
-                    help="with --summarize: the defaults candidates instead (guards that meet the copy goal, mean quality)")
+                    help="with --summarize: the defaults candidates instead (guards that meet the copy goal, mean quality); "
+                         "with --compare as well, the same guards in both sets of files, paired")
     args = ap.parse_args()
     if args.summarize:
-        if args.compare:
+        if args.compare and args.candidates:
+            print(paired_candidates(args.compare, args.summarize))
+        elif args.compare:
             print(compare(args.compare, args.summarize))
         elif args.hindsight:
             print(hindsight(args.summarize))

@@ -202,7 +202,7 @@ def measure(UNetModel, comfy, name: str, rounds: int, guard_burst: int, guard, u
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         rss = torch.cuda.max_memory_allocated() / 2**20  # GPU peak instead
-    del unet
+    unet = None  # free the UNet before the next model is built (unet_step is not called again)
     return dict(name=name, params=None, build_s=t_build, warm_s=warm, unet=unet_t, guide=guard_t, prob=prob_t,
                 guide_changed=changed, rss_mb=rss)
 

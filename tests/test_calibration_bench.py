@@ -96,3 +96,26 @@ def test_compare_puts_each_calibration_against_the_same_guard_under_another_rule
     assert lines[4] == "| mixture-vp, euler, 2 | — | α 0.5, all steps: 0.0%, fd 1.050 | — |"
     # the guard seed with nothing to compare against counts in neither the share nor the calls
     assert lines[-1] == "1 of 2 the same choice, copies and quality; model calls 1,800 → 1,300 (-27.8%)"
+
+
+def test_paired_candidates_count_the_same_guards_in_both_sets_only(tmp_path):
+    import json
+
+    from benchmarks.calibration import paired_candidates
+
+    def rows(seed, replicas_by_setting, bench="digits-full"):
+        out = [{"bench": bench, "sampler": "euler", "guard_seed": seed, "setting": "none", "replicas": 0.5,
+                "quality_share": 0.9}]
+        return out + [{"bench": bench, "sampler": "euler", "guard_seed": seed, "setting": "hand: " + label,
+                       "replicas": r, "quality_share": 0.8} for label, r in replicas_by_setting.items()]
+
+    a02, a05 = "α 0.2, all steps", "α 0.5, all steps"
+    # three heads: seed 0 cuts 10x at α 0.2, seed 1 does not; seed 2 exists only here, so it is not paired
+    three = rows(0, {a02: 0.04, a05: 0.0}) + rows(1, {a02: 0.2, a05: 0.0}) + rows(2, {a02: 0.0, a05: 0.0})
+    one = rows(0, {a02: 0.06, a05: 0.0}) + rows(1, {a02: 0.01, a05: 0.3})
+    (tmp_path / "three.json").write_text(json.dumps({"quality": "quality_share", "rows": three}))
+    (tmp_path / "one.json").write_text(json.dumps({"quality": "quality_share", "rows": one}))
+    lines = paired_candidates([tmp_path / "one.json"], [tmp_path / "three.json"]).splitlines()
+    assert "| α 0.2, all steps | 2 | 1 | 1 | 1 | 1 |" in lines  # each meets it on a guard the other misses
+    assert "| α 0.5, all steps | 2 | 2 | 1 | 1 | 0 |" in lines
+    assert "| α 0.01, all steps | 0 | 0 | 0 | 0 | 0 |" in lines  # a setting nobody measured pairs nothing
