@@ -119,3 +119,12 @@ def test_paired_candidates_count_the_same_guards_in_both_sets_only(tmp_path):
     assert "| α 0.2, all steps | 2 | 1 | 1 | 1 | 1 |" in lines  # each meets it on a guard the other misses
     assert "| α 0.5, all steps | 2 | 2 | 1 | 1 | 0 |" in lines
     assert "| α 0.01, all steps | 0 | 0 | 0 | 0 | 0 |" in lines  # a setting nobody measured pairs nothing
+
+
+def test_quality_within_two_points_counts_two_points_exactly():
+    from benchmarks.calibration import goal_met
+
+    row = {"replicas": 0.01, "quality_share": 0.90}  # 450 of 500 against the best row's 460: 2.0 points
+    assert goal_met(row, 0.5, 0.92, "quality_share")
+    assert not goal_met({**row, "quality_share": 0.898}, 0.5, 0.92, "quality_share")  # 2.2 points
+    assert not goal_met({**row, "replicas": 0.06}, 0.5, 0.92, "quality_share")  # copies not cut 10x

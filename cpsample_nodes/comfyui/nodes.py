@@ -176,7 +176,7 @@ def _train_inputs() -> list:
 HEADS_HELP = ("Independent random labellings the guard fits at once, one output each, at the same cost per "
               "sampling step. 3 (the default): the pushes of the labellings share what moves a sample away "
               "from a training image and differ in the rest; on the benchmarks three-head guards met the "
-              "protection goal in 54 of 60 calibrations (one head: 49) and the copy goal uncalibrated in "
+              "protection goal in 56 of 60 calibrations (one head: 49) and the copy goal uncalibrated in "
               "30 of 48 (one head: 22), with somewhat worse samples where a fine-tune copies every time "
               "(docs/protection.md, 'Guards with several heads'). 1 is the paper's guard, one labelling. It "
               "trained in about as many steps either way.")

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 # it never saw alone (docs/performance.md).
 LARGE_LATENT_SIDE = 64
 # Three labellings by default: on this machine's calibration benchmarks three-head guards met the
-# protection goal in 54 of 60 calibrations against 49 with one head, and the copy goal uncalibrated
+# protection goal in 56 of 60 calibrations against 49 with one head, and the copy goal uncalibrated
 # in 30 of 48 against 22 (docs/protection.md, "Guards with several heads: the default"). Guard files
 # made before heads existed hold one.
 DEFAULT_HEADS = 3
