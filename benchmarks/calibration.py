@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -434,18 +435,29 @@ def _candidate_goals(paths: list[Path]) -> dict[tuple, dict[str, bool]]:
     return out
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: how likely a split at least this uneven is when either side is as
+    likely to win each discordant pair (ties left out)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(max(wins, losses), n + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 def paired_candidates(before: list[Path], after: list[Path]) -> str:
     """The same guards (benchmark, sampler, guard seed) in both sets of files, e.g. trained with one head
     and with three: per candidate setting, how many meet the copy goal in each, and in one set only."""
     a, b = _candidate_goals(after), _candidate_goals(before)
-    lines = ["| setting | guard pairs | these files | --compare files | these only | --compare only |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| setting | guard pairs | these files | --compare files | these only | --compare only | sign test p |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for label in CANDIDATES:
         keys = [k for k in a if label in a[k] and label in b.get(k, {})]
         met_a, met_b = sum(a[k][label] for k in keys), sum(b[k][label] for k in keys)
         only_a = sum(a[k][label] and not b[k][label] for k in keys)
         only_b = sum(b[k][label] and not a[k][label] for k in keys)
-        lines.append(f"| {label} | {len(keys)} | {met_a} | {met_b} | {only_a} | {only_b} |")
+        lines.append(f"| {label} | {len(keys)} | {met_a} | {met_b} | {only_a} | {only_b} | "
+                     f"{sign_test(only_a, only_b):.2f} |")
     return "\n".join(lines)
 
 

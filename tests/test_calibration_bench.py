@@ -116,9 +116,9 @@ def test_paired_candidates_count_the_same_guards_in_both_sets_only(tmp_path):
     (tmp_path / "three.json").write_text(json.dumps({"quality": "quality_share", "rows": three}))
     (tmp_path / "one.json").write_text(json.dumps({"quality": "quality_share", "rows": one}))
     lines = paired_candidates([tmp_path / "one.json"], [tmp_path / "three.json"]).splitlines()
-    assert "| α 0.2, all steps | 2 | 1 | 1 | 1 | 1 |" in lines  # each meets it on a guard the other misses
-    assert "| α 0.5, all steps | 2 | 2 | 1 | 1 | 0 |" in lines
-    assert "| α 0.01, all steps | 0 | 0 | 0 | 0 | 0 |" in lines  # a setting nobody measured pairs nothing
+    assert "| α 0.2, all steps | 2 | 1 | 1 | 1 | 1 | 1.00 |" in lines  # each meets it on a guard the other misses
+    assert "| α 0.5, all steps | 2 | 2 | 1 | 1 | 0 | 1.00 |" in lines
+    assert "| α 0.01, all steps | 0 | 0 | 0 | 0 | 0 | 1.00 |" in lines  # a setting nobody measured pairs nothing
 
 
 def test_quality_within_two_points_counts_two_points_exactly():
@@ -128,3 +128,11 @@ def test_quality_within_two_points_counts_two_points_exactly():
     assert goal_met(row, 0.5, 0.92, "quality_share")
     assert not goal_met({**row, "quality_share": 0.898}, 0.5, 0.92, "quality_share")  # 2.2 points
     assert not goal_met({**row, "replicas": 0.06}, 0.5, 0.92, "quality_share")  # copies not cut 10x
+
+
+def test_sign_test_is_two_sided_and_exact():
+    from benchmarks.calibration import sign_test
+
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == sign_test(0, 5) == 2 / 32  # all five discordant pairs one way
+    assert abs(sign_test(15, 7) - 0.1338) < 1e-4
