@@ -403,29 +403,28 @@ def candidates(paths: list[Path]) -> str:
     """Issue 11 item 4: per benchmark and sampler, for each hand-tuned setting, the guards that cut
     the copies 10x (mixture: the goal, ≤ 1 % at FD ≤ 1.2x) and the mean quality over the guards."""
     rows, quality = _load(paths)
+    goals = _candidate_goals(rows, quality)
     cells = list(dict.fromkeys((r["bench"], r["sampler"]) for r in rows))
-    labels = CANDIDATES
-    lines = ["| benchmark | sampler | " + " | ".join(labels) + " |", "| --- | --- |" + " --- |" * len(labels)]
+    lines = ["| benchmark | sampler | " + " | ".join(CANDIDATES) + " |", "| --- | --- |" + " --- |" * len(CANDIDATES)]
     for bench, kind in cells:
         q = quality[bench]
-        here = [r for r in rows if r["bench"] == bench and r["sampler"] == kind]
-        base = {r["guard_seed"]: r["replicas"] for r in here if r["setting"] == "none"}
         out = []
-        for label in labels:
-            group = [r for r in here if r["setting"] == "hand: " + label and r["guard_seed"] in base]
+        for label in CANDIDATES:
+            group = [r for r in rows if r["bench"] == bench and r["sampler"] == kind and r["setting"] == "hand: " + label
+                     and label in goals.get((bench, kind, r["guard_seed"]), {})]
             if not group:
                 out.append("—")
                 continue
-            ok = sum(goal_met(r, base[r["guard_seed"]], None, q) for r in group)
+            ok = sum(goals[bench, kind, r["guard_seed"]][label] for r in group)
             mean = sum(r[q] for r in group) / len(group)
             out.append(f"{ok}/{len(group)}, {mean:.3f}" if q == "quality_share" else f"{ok}/{len(group)}, {mean:.2f} x")
         lines.append(f"| {bench} | {kind} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 
-def _candidate_goals(paths: list[Path]) -> dict[tuple, dict[str, bool]]:
-    """(benchmark, sampler, guard seed) → {candidate label: meets the copy goal}, as ``candidates`` counts."""
-    rows, quality = _load(paths)
+def _candidate_goals(rows: list[dict], quality: dict[str, str]) -> dict[tuple, dict[str, bool]]:
+    """(benchmark, sampler, guard seed) → {candidate label: meets the copy goal}: one definition for
+    ``candidates`` and ``paired_candidates``. Guards without an unguarded row are left out."""
     base = {(r["bench"], r["sampler"], r["guard_seed"]): r["replicas"] for r in rows if r["setting"] == "none"}
     out: dict[tuple, dict[str, bool]] = {}
     for r in rows:
@@ -448,7 +447,7 @@ def sign_test(wins: int, losses: int) -> float:
 def paired_candidates(before: list[Path], after: list[Path]) -> str:
     """The same guards (benchmark, sampler, guard seed) in both sets of files, e.g. trained with one head
     and with three: per candidate setting, how many meet the copy goal in each, and in one set only."""
-    a, b = _candidate_goals(after), _candidate_goals(before)
+    a, b = _candidate_goals(*_load(after)), _candidate_goals(*_load(before))
     lines = ["| setting | guard pairs | these files | --compare files | these only | --compare only | sign test p |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for label in CANDIDATES:
