@@ -253,7 +253,12 @@ def _load(paths: list[Path]) -> tuple[list[dict], dict[str, str]]:
     """Every row of the result files, and each benchmark's quality key."""
     rows, quality = [], {}
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{path}: cannot read it as a JSON result file ({e})") from None
+        if not isinstance(data, dict) or not {"rows", "quality"} <= data.keys():
+            raise SystemExit(f"{path}: not a result file of benchmarks/calibration.py --json (no rows and quality)")
         rows += data["rows"]
         for r in data["rows"]:
             quality[r["bench"]] = data["quality"]

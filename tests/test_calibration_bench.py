@@ -136,3 +136,16 @@ def test_sign_test_is_two_sided_and_exact():
     assert sign_test(0, 0) == 1.0
     assert sign_test(5, 0) == sign_test(0, 5) == 2 / 32  # all five discordant pairs one way
     assert abs(sign_test(15, 7) - 0.1338) < 1e-4
+
+
+def test_summaries_name_a_file_that_is_not_a_result_file(tmp_path):
+    import pytest
+
+    from benchmarks.calibration import candidates
+
+    for name, text in (("cut.json", '{"rows": ['), ("other.json", '{"steps": 3}'), ("list.json", "[1]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit, match=name):
+            candidates([tmp_path / name])
+    with pytest.raises(SystemExit, match="missing.json"):
+        candidates([tmp_path / "missing.json"])
