@@ -39,7 +39,8 @@ from benchmarks.calibration_samplers import mixture_sampler, seeded_sampler  # n
 from benchmarks.mixture import SHAPE, Mixture, evaluate as mixture_metrics  # noqa: E402
 from cpsample_nodes.core import Guard, NoiseSpace, calibrate, train_guard  # noqa: E402
 from cpsample_nodes.core.calibration import describe, window_sigma  # noqa: E402
-from cpsample_nodes.core.metrics import frechet_distance, pairwise_l2  # noqa: E402
+from benchmarks.stats import frechet_distance  # noqa: E402
+from cpsample_nodes.core.metrics import pairwise_l2  # noqa: E402
 from cpsample_nodes.core.guard import DEFAULT_ALPHA  # noqa: E402
 from cpsample_nodes.core.training import DEFAULT_NEGATIVES  # noqa: E402
 

@@ -5,7 +5,8 @@ from typing import Optional
 
 import torch
 
-from cpsample_nodes.core import metrics as M
+from benchmarks import stats
+from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio
 
 from .classifier import DigitCNN, classify
 from .data import DigitSplit
@@ -24,7 +25,7 @@ def gaussian_blur(x: torch.Tensor, std: float) -> torch.Tensor:
 
 def replica_flags(samples: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
     """Per sample: is it an ℓ2 replica of a fine-tune image (calibrated ratio below the threshold)."""
-    return M.calibrated_l2_ratio(samples, train, k=L2_K) < M.REPLICA_L2_RATIO
+    return calibrated_l2_ratio(samples, train, k=L2_K) < REPLICA_L2_RATIO
 
 
 def blurred_replication(samples: torch.Tensor, train: torch.Tensor, std: float = BLUR_PX) -> float:
@@ -66,7 +67,7 @@ def generate(model: EpsDenoiser, n: int, seed: int, steps: int, guard=None, scal
 def sample_metrics(samples: torch.Tensor, split: DigitSplit, clf: DigitCNN,
                    ref_feats: Optional[torch.Tensor] = None) -> dict:
     """Replication, quality and diversity of samples [M,1,16,16] in [-1,1] against the fine-tune set."""
-    rep = M.replication_report(samples, split.finetune, k=L2_K, data_range=2.0, layout="BCHW")
+    rep = stats.replication_report(samples, split.finetune, k=L2_K, data_range=2.0, layout="BCHW")
     _, conf, feats = classify(clf, samples)
     if ref_feats is None:
         _, _, ref_feats = classify(clf, split.heldout)
@@ -79,9 +80,9 @@ def sample_metrics(samples: torch.Tensor, split: DigitSplit, clf: DigitCNN,
         "median_l2_ratio": float(rep["l2_ratio"].median()),
         "median_max_ssim": float(rep["ssim"].median()),
         "quality_share": float((conf >= 0.9).double().mean()),
-        "frechet_clf": M.frechet_distance(feats, ref_feats),
-        "distinct_nn": M.distinct_nearest(rep["nn_index"], split.finetune.shape[0]),
-        "spread": M.mean_pairwise_distance(samples),
+        "frechet_clf": stats.frechet_distance(feats, ref_feats),
+        "distinct_nn": stats.distinct_nearest(rep["nn_index"], split.finetune.shape[0]),
+        "spread": stats.mean_pairwise_distance(samples),
         "nn_index": rep["nn_index"],
     }
 
@@ -124,7 +125,7 @@ def mia(model, split: DigitSplit, sigmas, draws: int, guard=None, scale=0.0, alp
     nonmembers = split.heldout[: members.shape[0]]
     lm = mia_losses(model, members, sigmas, draws, seed, guard, scale, alpha, **opts)
     ln = mia_losses(model, nonmembers, sigmas, draws, seed, guard, scale, alpha, **opts)
-    return M.loss_mia(lm, ln)
+    return stats.loss_mia(lm, ln)
 
 
 def summarize_real(split: DigitSplit, clf: DigitCNN) -> dict:
@@ -134,8 +135,8 @@ def summarize_real(split: DigitSplit, clf: DigitCNN) -> dict:
     return {
         "classifier_accuracy_heldout": float((lab == split.heldout_labels).double().mean()),
         "quality_share_heldout": float((conf >= 0.9).double().mean()),
-        "frechet_heldout_half_vs_half": M.frechet_distance(feats[:half], feats[half:]),
-        "replication_l2_heldout": M.replication_report(split.heldout, split.finetune, k=L2_K, data_range=2.0,
+        "frechet_heldout_half_vs_half": stats.frechet_distance(feats[:half], feats[half:]),
+        "replication_l2_heldout": stats.replication_report(split.heldout, split.finetune, k=L2_K, data_range=2.0,
                                                        layout="BCHW")["rate_l2"],
-        "spread_heldout": M.mean_pairwise_distance(split.heldout),
+        "spread_heldout": stats.mean_pairwise_distance(split.heldout),
     }
