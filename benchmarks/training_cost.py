@@ -1,9 +1,9 @@
 """Guard training cost, guard file size and guard peak memory (issue 5).
 
 For each case, a fresh subprocess (so ``ru_maxrss`` is that measurement's own peak) builds N
-synthetic latents and runs ``train_guard`` with the core defaults (batch 32, ``--negatives``: gaussian,
-and ``--heads`` 1, the defaults when the committed tables were measured, unless told otherwise;
-early stop once every memorisable σ band is ≥ 99 % right with p ≥ 0.99, checked every 50 steps)
+synthetic latents and trains the product's guard with ``train_guard``'s defaults (three heads, the
+default negatives, batch 32; early stop once every memorisable σ band is ≥ 99 % right with p ≥ 0.99,
+checked every 50 steps; ``--heads`` sets another count)
 until it stops early or hits the step cap (``--max-steps``) or the wall-clock cap
 (``--time-cap``, via ``should_stop``). It reports wall time, steps, steps/s, whether it
 memorised, the worst band at each check, the saved guard's file size and peak memory. A capped
@@ -80,6 +80,7 @@ def worker_train(a) -> dict:
     import torch
     sys.path.insert(0, str(ROOT))
     from cpsample_nodes.core import NoiseSpace, TrainingStopped, save_guard, train_guard
+    from cpsample_nodes.core.network import DEFAULT_HEADS
     from cpsample_nodes.core.training import required_bands
     space = NoiseSpace.vp() if a.channels == 4 else NoiseSpace.flow()
     required = required_bands(space)
@@ -100,12 +101,13 @@ def worker_train(a) -> dict:
     def should_stop():
         return cap > 0 and time.monotonic() - started > cap
 
-    out = dict(n=a.n, channels=a.channels, side=a.side, space=space.kind, max_steps=a.max_steps, heads=a.heads,
+    out = dict(n=a.n, channels=a.channels, side=a.side, space=space.kind, max_steps=a.max_steps,
+               heads=a.heads or DEFAULT_HEADS,
                time_cap_s=cap, torch=torch.__version__, threads=torch.get_num_threads())
     guard = None
     try:
         guard = train_guard(latents.to(a.device), space=space, seed=a.seed, max_steps=a.max_steps,
-                            progress=progress, should_stop=should_stop, negatives=a.negatives, heads=a.heads)
+                            progress=progress, should_stop=should_stop, heads=a.heads)
         out.update(stopped="early stop (memorised)" if guard.info["memorised"] else "step cap, not memorised",
                    memorised=bool(guard.info["memorised"]), steps=int(guard.info["steps"]),
                    accuracy=guard.info["accuracy"], confident=guard.info["confident"])
@@ -166,10 +168,8 @@ def main() -> None:
                     help="wall-clock cap per case in s (0: none); one value, or one per case, comma-separated")
     ap.add_argument("--cases", default="", help="comma list NxCxS, e.g. 16x4x64,64x16x64 (overrides the set)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--negatives", default="gaussian",
-                    help="train_guard negatives (the committed tables: gaussian; the core default is gaussian+blends)")
-    ap.add_argument("--heads", type=int, default=1,
-                    help="train_guard heads (the committed tables: 1; the product trains 3)")
+    ap.add_argument("--heads", type=int, default=None,
+                    help="random labellings the guard fits (train_guard(heads=...)); default: the product's, 3")
     ap.add_argument("--skip-guide", action="store_true")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads in each worker (0: torch default). Use 1 on a machine whose cores are "
@@ -199,7 +199,8 @@ def main() -> None:
           f"cuda {torch.cuda.is_available()} (all on {a.device})")
     print(f"# uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print("# latents: smooth random fields (coarse N(0,1) grid at side/8, bicubic up, +0.1 white noise, "
-          "standardised per latent); vp space for 4 channels, flow space for 16; core defaults otherwise")
+          "standardised per latent); vp space for 4 channels, flow space for 16; "
+          f"train_guard's defaults{f' but {a.heads} heads' if a.heads is not None else ''}")
     print("# 'worst band' = min over the required (memorisable) sigma bands of min(accuracy, share right with p>=0.99); "
           "early stop at >= 0.99")
     print("# peak memory: ru_maxrss of a fresh process per case; 'delta' = peak minus RSS just before "
@@ -213,7 +214,7 @@ def main() -> None:
         la = load()
         r = run_worker(["--worker", "train", "--n", str(n), "--channels", str(c), "--side", str(s),
                         "--max-steps", str(a.max_steps), "--time-cap", str(cap), "--seed", str(a.seed),
-                        "--negatives", a.negatives, "--heads", str(a.heads),
+                        *(["--heads", str(a.heads)] if a.heads is not None else []),
                         "--threads", str(a.threads), "--device", a.device],
                        timeout=(cap * 2 + 600) if cap else 6 * 3600)
         r.setdefault("n", n), r.setdefault("channels", c), r.setdefault("side", s)

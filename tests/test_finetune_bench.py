@@ -115,17 +115,6 @@ def test_prior_preservation_puts_the_share_of_prior_images_in_every_batch():
         train_denoiser(_BatchRecorder(), data, 1, batch=8, prior=prior, prior_share=1.0)
 
 
-def test_pretrain_budget_reads_batch_steps_lr_and_names_a_bad_one():
-    import pytest
-
-    from benchmarks.finetune.pretrain_budget import parse
-
-    assert parse("64:5600:1.5e-3") == (64, 5600, 1.5e-3)
-    for bad in ("128:x:2e-3", "128:3200", "a:b:c:d"):
-        with pytest.raises(SystemExit, match=bad):
-            parse(bad)
-
-
 def test_demo_runs_on_two_threads_where_the_machine_has_them(monkeypatch):
     # the demo's guard runs to its step cap, which differs with the thread count: two, not the machine's
     import os

@@ -91,21 +91,3 @@ def test_each_head_pushes_only_where_its_own_gate_is_open():
     # the gate of the whole guard opens where any head's does
     _, p = _heads([0.5, 50.0]).guide_traced(x, x, sigma, **kw)
     assert float(p.min(1 - p)) < alpha
-
-
-def test_push_spread_measures_how_alike_the_pushes_are():
-    from benchmarks.push_spread import push_alignment, top_eigenvalue
-
-    base = torch.zeros(6, 4, 2, 2)
-    v = torch.randn(1, 4, 2, 2)
-    same = base.clone()
-    same[:4] = v  # four samples moved the same way, two left alone
-    assert push_alignment(same, base) == (pytest.approx(1.0), 4)
-    both = base.clone()
-    both[:2], both[2:4] = v, -v  # moved as far, in opposite directions
-    assert push_alignment(both, base) == (pytest.approx(0.0, abs=1e-9), 4)
-    assert push_alignment(base, base) == (0.0, 0)
-    spike = torch.randn(400, 8, generator=torch.Generator().manual_seed(0))
-    spread = top_eigenvalue(spike)
-    spike[:, 0] += torch.where(torch.arange(400) % 2 == 0, 3.0, -3.0)  # half pushed one way, half the other
-    assert top_eigenvalue(spike) > spread + 5

@@ -40,21 +40,19 @@ W2 = {"sigma_range": (0.0, 2.0)}  # guard only on the steps with sigma <= 2 (Com
 EARLIER = (0.01, 1000.0)
 SWEEPS = {
     ("demo", "class"): [(0.2, 1000.0, W2), EARLIER],
-    ("demo", "gaussian"): [EARLIER, (0.5, 30.0, N)],
-    ("full", "gaussian"): [EARLIER, (0.001, 1.0, N), (0.5, 10.0, N), (0.5, 30.0, N), (0.5, 100.0, N),
+    ("full", "default"): [EARLIER, (0.001, 1.0, N), (0.5, 10.0, N), (0.5, 30.0, N), (0.5, 100.0, N),
                            (0.01, 100.0, D), (0.001, 1000.0, D), (0.5, 100.0, D), (0.2, 1000.0, W2)],
     ("full", "class"): [(0.2, 1000.0, W2), EARLIER, (0.05, 1000.0), (0.2, 1000.0), (0.01, 1000.0, W2),
                         (0.1, 1000.0, W2), (0.3, 1000.0, W2), (0.5, 30.0, N), (0.5, 100.0, N)],
     ("prior", "class"): [(0.3, 1000.0, W2), (0.1, 1000.0, W2), (0.2, 1000.0, W2), EARLIER],
 }
-# Training negatives of the benchmark: "class" = the pretraining digits (neither fine-tune nor held-out
-# images), the role DreamBooth class images play for a real fine-tune; other values go to train_guard.
-DEFAULT_NEGATIVES = {"demo": "class", "full": "gaussian", "prior": "class", "smoke": "class"}
-# The demo shows the product's guard (three heads); the full and prior tables of docs/finetune.md were
-# measured with one head, so their commands give their numbers again.
-DEFAULT_HEADS_FOR = {"demo": DEFAULT_HEADS, "full": 1, "prior": 1, "smoke": 1}
+# The guard's training negatives, as a user trains it: "default" = train_guard's own (Train Guard),
+# "class" = the pretraining digits (neither fine-tune nor held-out images), the role DreamBooth class
+# images play for a real fine-tune (Train Guard (with class images)).
+NEGATIVES = ("default", "class")
+DEFAULT_NEGATIVES = {"demo": "class", "full": "default", "prior": "class", "smoke": "class"}
 COMMAND = ["python -m benchmarks.finetune.run " + " ".join(sys.argv[1:])]  # main() records its own arguments
-RESULT_STEMS = {"full": "benchmarks/results/finetune", "prior": "benchmarks/results/finetune_prior"}
+RESULT_STEMS = {"full": "benchmarks/results/finetune/finetune", "prior": "benchmarks/results/finetune/finetune_prior"}
 
 
 def threads() -> int:
@@ -85,7 +83,7 @@ def get_guard(cfg: P.Config, split, guard_opts: dict):
 
     t0 = time.time()
     opts = dict(guard_opts)
-    if opts.get("negatives") == "class":
+    if opts.pop("negatives") == "class":
         opts["negatives"] = split.pretrain
     guard = train_guard(split.finetune, space=space, seed=0, max_steps=cfg.guard_steps, progress=progress,
                         info={"benchmark": "finetune digits", **guard_opts}, **opts)
@@ -289,12 +287,12 @@ def main(argv=None):
     ap.add_argument("--objective", default=None, help="guide() objective (core default if omitted)")
     ap.add_argument("--max-step", default=None, help="guide() max_step (float or 'none'; core default if omitted)")
     ap.add_argument("--guard-input", default=None, help="guide() guard_input ('noisy' = paper form, 'denoised')")
-    ap.add_argument("--negatives", default=None,
-                    help="guard training negatives: 'class' (pretraining digits, like DreamBooth class images), "
-                         "or a train_guard value (gaussian, mix, none); default: class for demo, gaussian for full")
-    ap.add_argument("--heads", type=int, default=None,
-                    help="random labellings the guard fits at once (train_guard(heads=...)); default: "
-                         f"{DEFAULT_HEADS} for demo, as the product trains, 1 for full and prior, as their tables were measured")
+    ap.add_argument("--negatives", choices=NEGATIVES, default=None,
+                    help="guard training negatives: 'class' (pretraining digits, like DreamBooth class images) or "
+                         "'default' (train_guard's own); default: default for full, class for the others")
+    ap.add_argument("--heads", type=int, default=DEFAULT_HEADS,
+                    help=f"random labellings the guard fits at once (train_guard(heads=...)); default: the "
+                         f"product's, {DEFAULT_HEADS}")
     ap.add_argument("--ancestral", action="store_true", help="Euler ancestral instead of Euler")
     ap.add_argument("--n-samples", type=int, default=None)
     ap.add_argument("--guard-steps", type=int, default=None, help="the guard's training step cap")
@@ -303,7 +301,8 @@ def main(argv=None):
                     help="guard only on the steps with sigma <= this (applies to every --sweep entry)")
     ap.add_argument("--sample-seed", type=int, default=None, help="seed of the sampling noise (another set of "
                     "samples from the same models and guard)")
-    ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/finetune or demo/out/demo)")
+    ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/finetune/finetune[_prior], "
+                                                 "demo/out/demo for the demo)")
     ap.add_argument("--png", default=None)
     a = ap.parse_args(argv)
     if argv is not None:
@@ -327,7 +326,7 @@ def main(argv=None):
         guide_opts["guard_input"] = a.guard_input
     if a.sigma_max is not None:
         guide_opts["sigma_range"] = (0.0, a.sigma_max)
-    guard_opts = {"negatives": negatives, "heads": a.heads if a.heads is not None else DEFAULT_HEADS_FOR[a.preset]}
+    guard_opts = {"negatives": negatives, "heads": a.heads}
     stem = Path(a.out) if a.out else ROOT / RESULT_STEMS.get(a.preset, "demo/out/demo")
     png = Path(a.png) if a.png else (ROOT / "demo/out/compare.png" if a.preset == "demo" else stem.with_suffix(".png"))
     run(cfg, sweep, stem.with_suffix(".json"), stem.with_suffix(".txt"), png, guide_opts, guard_opts, a.ancestral)
