@@ -9,7 +9,7 @@ from benchmarks.calibration_samplers import mixture_sampler
 from benchmarks.mixture import Mixture
 from cpsample_nodes.core import (Calibration, CalibrationStopped, NoiseSpace, calibrate, load_guard, read_metadata,
                                  save_guard)
-from cpsample_nodes.core.calibration import COPIES_LEFT
+from cpsample_nodes.core.calibration import RANKING
 from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio
 
 STEPS = 20
@@ -68,8 +68,8 @@ def test_calibration_is_stored_and_survives_save_load(copying, tmp_path):
     for key in ("settings", "unguarded_rate", "calibrated_rate", "probes", "sampler", "model_calls", "target"):
         assert key in stored, key
     assert stored["probes"] == 32 and stored["sampler"] == "euler_a 20 steps"
-    # the default ranking, recorded with the choice
-    assert stored["ranking"] == "spoiled+moved; windows widened on spoiled; copies not counted as spoiled"
+    # the ranking, recorded with the choice in the words guard files have always held
+    assert stored["ranking"] == RANKING == "spoiled+moved; windows widened on spoiled; copies not counted as spoiled"
     assert guard.calibrated_settings() == cal.settings
     path = save_guard(guard, tmp_path / "g.safetensors")
     back = load_guard(path)
@@ -197,15 +197,6 @@ def test_a_setting_must_pass_again_on_new_seeds(small_guard):
     assert stored["confirm_seeds"] == 16 and stored["confirm_copies"] is None
 
 
-def test_confirming_once_per_window_chooses_as_confirming_each_improvement(copying):
-    guard, train, sample, cal, _ = copying
-    each = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), confirm_each=True)
-    assert each.settings == cal.settings and torch.equal(each.calibrated_copied, cal.calibrated_copied)
-    assert each.confirm_copies == cal.confirm_copies and each.spoiled_rate == cal.spoiled_rate
-    confirmations = [sum(r["confirm"] is not None for r in c.rows) for c in (cal, each)]
-    assert confirmations[0] <= confirmations[1] and cal.model_calls <= each.model_calls, (confirmations, each.report())
-
-
 def test_confirmation_of_a_good_setting(copying):
     guard, train, sample, cal, _ = copying
     # the mixture's chosen setting passed on probes and on the 32 seeds after them, pooled
@@ -288,24 +279,22 @@ def _wide_window_moves_new_samples(train, spoiled_seeds: set[int], moved_at: flo
     return sample
 
 
-@pytest.mark.parametrize("count_moved, window", [(False, 4.0), (True, 1.0)])
-def test_count_moved_ranks_a_setting_that_moves_the_non_copies_lower(small_guard, count_moved, window):
+def test_the_cost_counts_the_non_copies_a_setting_moves(small_guard):
     guard, train = small_guard
     sample = _wide_window_moves_new_samples(train, {500, 502})
-    cal = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), confirm_seeds=[],
-                    count_moved=count_moved)
+    cal = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), confirm_seeds=[])
     assert cal.reached and cal.calibrated_rate == 0.0, cal.report()
-    # by spoil alone σ ≤ 4 wins (it spoils none); counting the 16 moved non-copies, σ ≤ 1 does,
+    # by spoil alone σ ≤ 4 would win (it spoils none); counting the 16 moved non-copies, σ ≤ 1 does,
     # though it spoils the blown-up copies (and, by chance, a near copy)
-    assert cal.settings["sigma_max"] == window, cal.report()
-    assert (cal.spoiled_rate > 0) == count_moved, cal.report()
-    assert cal.ranking == ("spoiled+moved; windows widened on spoiled" if count_moved else "spoiled") + COPIES_LEFT
+    assert cal.settings["sigma_max"] == 1.0 and cal.spoiled_rate > 0, cal.report()
     wide = [r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 4.0
             and r["change_noncopy"] is not None]
     assert wide and min(r["change_noncopy"] for r in wide) > 0.3, cal.report()
-    # a σ ≤ 4 row's cost: its spoiled probes, plus (count_moved) the many non-copies it moved
-    extra = [r["cost"] - r["spoiled"] for r in wide]
-    assert all((e > 1.0) if count_moved else e == 0.0 for e in extra), cal.report()
+    # a σ ≤ 4 row's cost: its spoiled probes, plus the many non-copies it moved
+    assert all(r["cost"] - r["spoiled"] > 1.0 for r in wide), cal.report()
+    # costs only grow as probes are added: every σ ≤ 4 gate was left once it cost more than the choice
+    chosen = next(r for r in cal.rows if r["outcome"] == "chosen")
+    assert all(chosen["cost"] < r["cost"] for r in wide), cal.report()
 
 
 class _Damped(torch.nn.Module):
@@ -346,6 +335,10 @@ def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying)
 
     cal = calibrate(weak, sample, train, seeds=range(500, 532), confirm_seeds=[])
     assert cal.reached and cal.settings["scale"] == 3000.0, cal.report()
+    # each window's strongest gate is measured first; where even it cannot pass, the window is skipped
+    standard = [r for r in cal.rows[1:] if r["settings"]["scale"] == 1000.0]
+    assert [r["label"] for r in standard] == ["α 0.5, σ ≤ 1", "α 0.5, σ ≤ 2", "α 0.5, σ ≤ 4", "α 0.5, all steps"]
+    assert all(r["outcome"] == "abandoned: too many copies" and r["evaluated"] == 8 for r in standard)
     assert cal.weak_guard and "this guard is weak on this model: it needed 3x the standard push" in cal.report()
     assert "another seed" in calibration_summary(cal)
     # the trained guard on the copying mixture protects at the default scale: no push is named as a reason
@@ -383,19 +376,18 @@ def test_a_guard_whose_best_setting_still_spoils_over_a_tenth_is_called_weak(sma
     assert (line in cal.report()) is weak and ("another seed" in calibration_summary(cal)) is weak
 
 
-@pytest.mark.parametrize("widen_on_spoil, windows", [(False, {1.0, 2.0, 4.0, None}), (True, {1.0})])
-def test_widen_on_spoil_stops_at_a_window_that_spoils_nothing(small_guard, widen_on_spoil, windows):
+def test_moved_non_copies_alone_do_not_widen_the_window(small_guard):
     guard, train = small_guard
     # no setting spoils anything, but every passing one moves the 16 non-copies
     cal = calibrate(guard.with_space(guard.space), _wide_window_moves_new_samples(train, set(), 0.5), train,
-                    seeds=range(500, 532), confirm_seeds=[], widen_on_spoil=widen_on_spoil)
+                    seeds=range(500, 532), confirm_seeds=[])
     assert cal.reached and cal.calibrated_rate == 0.0 and cal.spoiled_rate == 0.0, cal.report()
-    # the moved non-copies keep the best's cost above one probe, so widening on the cost tries every
-    # window; widening on spoil alone (the default) stops after σ ≤ 1, whose best spoils none. Both keep
-    # σ ≤ 1 (a tie).
-    assert {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]} == windows, cal.report()
+    # the moved non-copies keep the best's cost above one probe, yet the search stops after σ ≤ 1,
+    # whose best spoils none (widening on the cost would try every window, and keep σ ≤ 1 all the same)
+    best = next(r for r in cal.rows if r["outcome"] == "chosen")
+    assert best["cost"] > 1.0, cal.report()
+    assert {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]} == {1.0}, cal.report()
     assert cal.settings["sigma_max"] == 1.0, cal.report()
-    assert cal.ranking == "spoiled+moved" + ("; windows widened on spoiled" if widen_on_spoil else "") + COPIES_LEFT
 
 
 class _ScriptedGuard:
@@ -455,12 +447,6 @@ def test_a_window_is_confirmed_once_least_costly_first(small_guard, fails, chose
     assert cal.reached and cal.settings["alpha"] == chosen and cal.settings["sigma_max"] == 1.0, cal.report()
     narrow = [r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 1.0]
     assert sum(r["confirm"] is not None for r in narrow) == confirmations, cal.report()
-    # confirming each improvement at once (the earlier rule) chooses the same, with more confirmation runs
-    each = calibrate(_ScriptedGuard(train.shape[1]), sample, train, seeds=range(500, 532), confirm_each=True)
-    assert each.settings == cal.settings and each.calibrated_rate == cal.calibrated_rate, each.report()
-    each_narrow = [r for r in each.rows if r["settings"] and r["settings"]["sigma_max"] == 1.0]
-    assert sum(r["confirm"] is not None for r in each_narrow) == (9 if not fails else 3), each.report()
-    assert each.model_calls > cal.model_calls
     rows = {r["settings"]["alpha"]: r for r in narrow}
     assert rows[chosen]["spoiled"] == spoils[chosen] and rows[chosen]["outcome"] == "chosen", cal.report()
     # the choice is the least costly setting that passes on the probes and is confirmed: every complete
@@ -501,24 +487,19 @@ def _one_copy_left_or_moved(train):
     return sample
 
 
-@pytest.mark.parametrize("count_copies, chosen", [(True, 0.003), (False, 0.001)])
-def test_count_copies_false_leaves_the_copies_to_the_target(small_guard, count_copies, chosen):
+def test_a_copy_the_target_allows_is_not_counted_as_spoiled(small_guard):
     # α 0.001 leaves one copy (within the target) and moves nothing; α 0.003 leaves none but moves the
-    # 16 new samples by 5 % each (0.8 of a probe). Counted as spoiled, the copy costs α 0.001 a whole
-    # probe; left to the target (the default), α 0.001 is the gentler and cheaper setting.
+    # 16 new samples by 5 % each (0.8 of a probe). Counted as spoiled, the copy (under the near-copy
+    # line) would cost α 0.001 a whole probe; left to the target, α 0.001 is the gentler and cheaper.
     _, train = small_guard
-    cal = calibrate(_ScriptedGuard(train.shape[1]), _one_copy_left_or_moved(train), train,
-                    seeds=range(500, 564), count_copies=count_copies)
+    cal = calibrate(_ScriptedGuard(train.shape[1]), _one_copy_left_or_moved(train), train, seeds=range(500, 564))
     assert cal.allowed >= 1 and cal.reached, cal.report()
-    assert cal.settings["alpha"] == chosen and cal.settings["sigma_max"] == 1.0, cal.report()
+    assert cal.settings["alpha"] == 0.001 and cal.settings["sigma_max"] == 1.0, cal.report()
     rows = {r["settings"]["alpha"]: r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 1.0}
     gentle, next_ = rows[0.001], rows[0.003]
     assert gentle["copies"] == 1 and next_["copies"] == 0, cal.report()
-    # the one copy is spoiled (under the near-copy line) only when copies count
-    assert gentle["spoiled"] - next_["spoiled"] == (1 if count_copies else 0), cal.report()
-    assert cal.ranking.endswith(COPIES_LEFT) != count_copies
-    # the report says how copies were counted when they count as spoiled (not the default)
-    assert ("a copy counted as spoiled" in cal.report()) == count_copies
+    assert gentle["spoiled"] == next_["spoiled"], cal.report()  # the copy left is not spoiled as well
+    assert next_["outcome"] == "abandoned: spoils or moves more than α 0.001, σ ≤ 1", cal.report()
 
 
 def _in_batches_of(sample, size: int):
@@ -535,11 +516,26 @@ def _decisions(cal):
     return [{k: r.get(k) for k in keep} for r in cal.rows]
 
 
+class _NoGateLooksShut:
+    """The guard as calibration uses it, but reporting p = 0 along every path it traces: no gate ever
+    looks shut, so every seed of every setting is sampled (calibration without reuse)."""
+
+    def __init__(self, guard):
+        self.guard, self.space, self.latent_channels, self.info = guard, guard.space, guard.latent_channels, {}
+
+    def probability(self, x, sigma):
+        return torch.zeros(x.shape[0])
+
+    def guide_traced(self, denoised, x, sigma, **settings):
+        out, p = self.guard.guide_traced(denoised, x, sigma, **settings)
+        return out, None if p is None else torch.zeros_like(p)
+
+
 def test_reusing_unguarded_paths_decides_as_sampling_every_seed(copying):
     # A gate that stays shut along a seed's unguarded path leaves the seed unguarded: reusing that
     # sample changes nothing calibration decides, only the model calls it makes.
     guard, train, sample, cal, _ = copying
-    every = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532), reuse_unguarded=False)
+    every = calibrate(_NoGateLooksShut(guard), sample, train, seeds=range(500, 532))
     assert every.calls_saved == 0 and every.reused == 0
     assert cal.settings == every.settings and _decisions(cal) == _decisions(every), (cal.report(), every.report())
     assert torch.equal(cal.calibrated_copied, every.calibrated_copied) and cal.confirm_copies == every.confirm_copies
@@ -556,19 +552,19 @@ def test_reusing_unguarded_paths_decides_as_sampling_every_seed(copying):
 
 
 def test_a_path_is_reused_only_where_the_gate_stays_shut_by_a_margin():
-    from cpsample_nodes.core.calibration import REUSE_MARGIN, _Path, _Trace
+    from cpsample_nodes.core.calibration_reuse import REUSE_MARGIN, Trace, UnguardedPath
 
-    path = _Path([14.0, 3.0, 0.5], [0.002, 0.2, 0.3], torch.zeros(1))
+    path = UnguardedPath([14.0, 3.0, 0.5], [0.002, 0.2, 0.3], torch.zeros(1))
     gate = {"alpha": 0.1, "sigma_max": None}
     assert not path.shut(gate)                          # at σ 14 p came within 0.002 of 0 or 1
     assert path.shut({**gate, "sigma_max": 4.0})        # that call lies outside the window
     assert not path.shut({**gate, "alpha": 0.2, "sigma_max": 4.0})  # p at 0.2 exactly: too close
     assert path.shut({**gate, "alpha": 0.2 - 2 * REUSE_MARGIN, "sigma_max": 4.0})
     assert not path.shut({**gate, "sigma_max": 4.0, "guard_input": "noisy"})  # p was read on x0 predictions
-    unknown = _Path([14.0, 3.0], [0.4, None], torch.zeros(1))  # the guard did not run at σ 3
+    unknown = UnguardedPath([14.0, 3.0], [0.4, None], torch.zeros(1))  # the guard did not run at σ 3
     assert not unknown.shut({"alpha": 0.01, "sigma_max": None})
     # two batches of 2 seeds, 2 calls each: the second seed of the first batch was guided at its 2nd call
-    trace = _Trace()
+    trace = Trace()
     x = torch.zeros(2, 1, 1, 1)
     for changed in (False, True):
         out = x.clone()
@@ -581,3 +577,67 @@ def test_a_path_is_reused_only_where_the_gate_stays_shut_by_a_margin():
     # batches that do not each run the same number of calls (a host interleaving them): no path at all
     trace.add(x[:1], x[:1], x[:1], torch.tensor(1.0), None)
     assert trace.paths([7, 8, 9, 10, 11], torch.zeros(5, 1, 1, 1)) == {}
+
+
+def test_a_decoder_counts_copies_on_pixels_too(small_guard):
+    """With a decoder a sample copies when its latents or its pixels sit on a training image. Here the
+    samples copy channel 0 of a training latent and draw the rest anew: the latents do not copy, the
+    'pixels' (channel 0) do."""
+    guard, train = small_guard
+
+    def sample(guide, seeds):
+        out = torch.randn((len(seeds), *train.shape[1:]), generator=torch.Generator().manual_seed(seeds[0]))
+        out[:, 0] = torch.stack([train[s % train.shape[0], 0] for s in seeds])
+        return out
+
+    latents_only = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 516))
+    assert latents_only.no_copies, latents_only.report()
+    decoded = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 516), confirm_seeds=[],
+                        decode=lambda x: x[:, :1])
+    assert decoded.unguarded_rate == 1.0 and not decoded.reached, decoded.report()  # the guide cannot help here
+    with pytest.raises(ValueError, match=r"decode must return one image per latent \(8\)"):
+        calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 516), decode=lambda x: x[:1])
+
+
+def test_spoiled_means_outside_the_natural_range_or_a_near_copy():
+    from cpsample_nodes.core.calibration_stats import Reference
+
+    natural = torch.randn(32, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = Reference.of(natural, torch.tensor([0.6, 0.5, 0.8]))  # the non-copies' calibrated ℓ2 ratios
+    fine = natural[:4]
+    assert not ref.spoiled(fine, torch.full((4,), 0.7)).any()
+    assert ref.spoiled(fine, torch.full((4,), 0.45)).all()           # a copy pushed just past the line
+    assert ref.spoiled(10 * fine, torch.full((4,), 0.7)).all()       # blown up
+    assert ref.spoiled(0.05 * fine, torch.full((4,), 0.7)).all()     # washed out
+    assert ref.spoiled(fine + 5.0, torch.full((4,), 0.7)).all()      # shifted
+    i = torch.arange(8)
+    board = ((i.view(8, 1) + i.view(1, 8)) % 2 * 2 - 1).float()
+    speckled = fine.abs() * board  # the same spread and extremes, signs in a checkerboard: speckle
+    assert ref.spoiled(speckled, torch.full((4,), 0.7)).all()
+    assert ((Reference.stats(speckled)[:, :3] > ref.lo[:3]) & (Reference.stats(speckled)[:, :3] < ref.hi[:3])).all()
+
+
+def test_a_tie_goes_to_the_gate_considered_first(small_guard):
+    # every gate spoils the same 3 probes and moves nothing: each costs 3, and the gentlest, considered
+    # first, is chosen (the window's strongest gate is measured first but considered last)
+    _, train = small_guard
+    spoils = dict.fromkeys((0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5), 3)
+    cal = calibrate(_ScriptedGuard(train.shape[1]), _gates_spoil(train, spoils, set(), first_new=532), train,
+                    seeds=range(500, 532))
+    assert cal.reached and cal.settings["alpha"] == 0.001 and cal.settings["sigma_max"] == 1.0, cal.report()
+    assert cal.rows[1]["label"] == "α 0.5, σ ≤ 1" and cal.rows[1]["complete"], cal.report()
+
+
+def test_a_guard_file_calibrated_by_an_older_rule_still_applies(small_guard, tmp_path):
+    # guard files from before 2026-12-03 hold the rule of their day in "ranking"; their settings apply
+    guard, _ = small_guard
+    g = guard.with_space(guard.space)
+    old = {"version": 1, "settings": {"scale": 1000.0, "alpha": 0.4, "max_step": 1.0, "sigma_max": 1.0},
+           "unguarded_rate": 0.8, "calibrated_rate": 0.03125, "reached": True, "spoiled_rate": 0.046875,
+           "no_copies": False, "probes": 64, "target": 0.1, "allowed_copies": 2, "confidence": 0.8,
+           "confirm_seeds": 64, "confirm_copies": 1, "ranking": "spoiled", "sampler": "euler 20 steps",
+           "model_calls": 9000, "seconds": 12.5, "tried": []}
+    g.info = {**g.info, "calibration": old}
+    back = load_guard(save_guard(g, tmp_path / "old.safetensors"))
+    assert back.info["calibration"] == old
+    assert back.calibrated_settings() == old["settings"]

@@ -1,0 +1,36 @@
+"""The settings calibration tries, in order, and their names for people."""
+from __future__ import annotations
+
+from typing import Any
+
+from .guard import DEFAULT_SCALE, Guard
+
+# Windows are noise-to-signal ratios (σ itself for vp, σ/(1−σ) for flow), narrow to all steps: a
+# narrow window only touches the late steps, where each push is at most max_step·σ.
+WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
+ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+# Strengths, tried in turn only while no setting of the gentler one passes: some guards' gradients are
+# too small at a copy for the step cap to bind (docs/protection.md, "Calibration").
+SCALES: tuple[float, ...] = (DEFAULT_SCALE, 3 * DEFAULT_SCALE, 10 * DEFAULT_SCALE, 30 * DEFAULT_SCALE,
+                             100 * DEFAULT_SCALE)
+MAX_STEP = 1.0
+
+
+def window_sigma(guard: Guard, ratio: float | None) -> float | None:
+    """σ_max in the guard's space for a noise-to-signal ratio (None: every step)."""
+    if ratio is None:
+        return None
+    return float(ratio) if guard.space.kind == "vp" else float(ratio / (1.0 + ratio))
+
+
+def ladder(guard: Guard, scale: float = DEFAULT_SCALE) -> list[list[dict[str, Any]]]:
+    """Candidate settings at one scale, one list per σ window (narrow first), α ascending within a window."""
+    return [[{"scale": float(scale), "alpha": a, "max_step": MAX_STEP, "sigma_max": window_sigma(guard, w)}
+             for a in ALPHAS] for w in WINDOWS]
+
+
+def describe(settings: dict[str, Any]) -> str:
+    window = "all steps" if settings.get("sigma_max") is None else f"σ ≤ {settings['sigma_max']:.3g}"
+    scale = settings.get("scale", DEFAULT_SCALE)
+    strength = "" if scale == DEFAULT_SCALE else f", scale {scale:g}"
+    return f"α {settings['alpha']:g}, {window}{strength}"

@@ -1,0 +1,119 @@
+"""Sampling the probes for calibration: the caller's sampler run under one setting on a chunk of seeds,
+its model calls counted, its progress reported, unguarded paths recorded and reused, and copies measured
+as Replication Check measures them."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .guard import Guard
+from .calibration_reuse import Trace, UnguardedPaths
+from .metrics import calibrated_l2_ratio
+from .training import TrainingStopped
+
+Tensor = torch.Tensor
+GuideFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+SampleFn = Callable[[GuideFn | None, list[int]], Tensor]
+DecodeFn = Callable[[Tensor], Tensor]
+ProgressFn = Callable[[int, int, dict], None]
+
+L2_K = 5  # calibrated ℓ2: nearest vs mean of the next 5 (clipped to N − 1), as Replication Check
+
+
+class CalibrationStopped(TrainingStopped):
+    """``should_stop()`` asked calibration to end (a cancel, not a failure)."""
+
+
+class ProbeSampler:
+    """The caller's ``sample(guide, seeds)`` as calibration runs it. ``calls``: model calls so far (one
+    per image and step); ``calls_saved``: the calls reused samples would have cost; ``total``: the
+    images the progress bar expects (the search raises it when it needs more)."""
+
+    def __init__(self, guard: Guard, sample: SampleFn, latents: Tensor, decode: DecodeFn | None,
+                 progress: ProgressFn | None, should_stop: Callable[[], bool] | None, total: int) -> None:
+        self.guard, self.sample_fn, self.decode = guard, sample, decode
+        self.progress, self.should_stop = progress, should_stop
+        self.train = latents.detach().float().cpu()
+        self.train_px = decoded(decode, self.train) if decode is not None else None
+        self.k = max(1, min(L2_K, self.train.shape[0] - 1))
+        self.paths = UnguardedPaths()
+        self.calls = self.calls_saved = self.done = 0
+        self.total = total
+
+    def _guide(self, settings: dict[str, Any] | None, trace: Trace) -> GuideFn:
+        """The guide handed to the sampler: counts the model calls and traces the guard's p. The
+        unguarded run gets one that returns denoised unchanged, so its calls count the same way."""
+        guard = self.guard
+
+        def guide(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+            self.calls += int(denoised.shape[0])
+            if settings is None:
+                out, p = denoised, guard.probability(denoised.detach().float(), guard.space.sigma_min)
+            else:
+                out, p = guard.guide_traced(denoised, x, sigma, **settings)
+            trace.add(denoised, out, x, sigma, p)
+            return out
+        return guide
+
+    def advance(self, count: int, what: str) -> None:
+        self.done += count
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total, {"setting": what, "model_calls": self.calls})
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total, {"setting": "done", "model_calls": self.calls})
+
+    def run(self, settings: dict[str, Any] | None, chunk: list[int], what: str) -> Tensor:
+        """Sample ``chunk`` under ``settings`` (None: unguarded), recording the paths the guide left alone."""
+        if self.should_stop is not None and self.should_stop():
+            raise CalibrationStopped(f"calibration stopped while sampling {what}")
+        trace = Trace()
+        out = checked_samples(self.sample_fn(self._guide(settings, trace), list(chunk)), chunk, self.train)
+        self.paths.add(trace.paths(chunk, out))
+        self.advance(len(chunk), what)
+        return out
+
+    def sample(self, settings: dict[str, Any], chunk: list[int], what: str) -> tuple[Tensor, int]:
+        """The samples of ``chunk`` under ``settings``: sampled, or the unguarded sample of a seed whose
+        gate stays shut all along its path. Also returns how many were reused."""
+        shut = {s: p for s in chunk if (p := self.paths.shut(s, settings)) is not None}
+        todo = [s for s in chunk if s not in shut]
+        got = dict(zip(todo, self.run(settings, todo, what))) if todo else {}
+        for s, path in shut.items():
+            got[s] = path.sample
+            self.calls_saved += len(path.sigmas)
+        if shut:
+            self.advance(len(shut), what)
+        return torch.stack([got[s] for s in chunk]), len(shut)
+
+    def ratios(self, x: Tensor) -> Tensor:
+        """Calibrated ℓ2 ratio per sample (with a decoder: the smaller of latents and pixels)."""
+        r = calibrated_l2_ratio(x, self.train, self.k)
+        if self.train_px is not None:
+            r = torch.minimum(r, calibrated_l2_ratio(decoded(self.decode, x), self.train_px, self.k))
+        return r
+
+
+def decoded(decode: DecodeFn, x: Tensor) -> Tensor:
+    out = decode(x)
+    if not isinstance(out, torch.Tensor) or out.shape[0] != x.shape[0]:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"decode must return one image per latent ({x.shape[0]}), got {got}")
+    if not torch.isfinite(out).all():
+        raise ValueError("decode returned NaN or infinite values")
+    return out.detach().float().cpu()
+
+
+def checked_samples(out: Any, chunk: Sequence[int], train: Tensor) -> Tensor:
+    want = (len(chunk), *train.shape[1:])
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"sample must return a tensor of latents shaped {list(want)}, got {type(out).__name__}")
+    if tuple(out.shape) != want:
+        raise ValueError(f"sample returned latents shaped {list(out.shape)} for {len(chunk)} seeds; expected "
+                         f"{list(want)} (one per seed, the training latents' channels and size)")
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
+        raise ValueError(f"sample returned NaN or infinite values in {bad} of {len(chunk)} latents")
+    return out.detach().float().cpu()
