@@ -1,17 +1,13 @@
 """Does ``calibrate`` find settings that protect? Calibrate on probe seeds, evaluate on fresh seeds.
 
-For each benchmark, guard seed (an independently trained guard, retrained every run) and sampler:
-calibrate on ``--probes`` probe seeds with the public ``calibrate``, then sample ``--samples`` fresh
-seeds unguarded, with the calibrated settings and with hand-tuned settings (gentler gates on every
-step, one of them the uncalibrated defaults of ``Guard.guide``, and α 0.5 in every σ window at scales
-1000, 3000 and 10⁴), and measure each with the benchmark's own metrics. ``--summarize`` prints the
-docs table of result files; with ``--hindsight``, each calibrated guard against the best hand row
-chosen afterwards on the evaluation seeds.
-
-    python benchmarks/calibration.py --bench mixture-vp --json benchmarks/results/calibration_mixture_vp.json
-    python benchmarks/calibration.py --bench mixture-flow
-    python benchmarks/calibration.py --bench digits-full --samples 500
-    python benchmarks/calibration.py --bench digits-prior --samples 500
+For each benchmark, guard seed (an independently trained guard, retrained every run, with the
+product's defaults: three heads) and sampler: calibrate on ``--probes`` probe seeds with the public
+``calibrate``, then sample ``--samples`` fresh seeds unguarded, with the calibrated settings and with
+hand-tuned settings (gentler gates on every step, one of them the uncalibrated defaults of
+``Guard.guide``, and α 0.5 in every σ window at scales 1000, 3000 and 10⁴), and measure each with the
+benchmark's own metrics. ``--summarize`` prints the docs table of result files (``--candidates``: the
+uncalibrated settings per guard; with ``--compare``, the same guards in two sets of files, paired).
+The commands of the tables docs/protection.md cites: benchmarks/results/calibration/README.md.
 
 Benchmarks: the closed-form mixture of benchmarks/mixture.py in vp space and in flow space
 (x = (1−σ)x0 + σε; replicas: nearest training latent within 0.1 × the median nearest-neighbour
@@ -22,7 +18,6 @@ class guard; replicas: calibrated ℓ2 ratio < 1/3; quality: the digit CNN's con
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -39,6 +34,7 @@ from benchmarks.calibration_samplers import mixture_sampler, seeded_sampler  # n
 from benchmarks.mixture import SHAPE, Mixture, evaluate as mixture_metrics  # noqa: E402
 from cpsample_nodes.core import Guard, NoiseSpace, calibrate, train_guard  # noqa: E402
 from cpsample_nodes.core.calibration import describe, window_sigma  # noqa: E402
+from cpsample_nodes.core.network import DEFAULT_HEADS  # noqa: E402
 from benchmarks.stats import frechet_distance  # noqa: E402
 from cpsample_nodes.core.metrics import pairwise_l2  # noqa: E402
 from cpsample_nodes.core.guard import DEFAULT_ALPHA  # noqa: E402
@@ -70,8 +66,7 @@ class Bench:
     train: torch.Tensor
     quality_key: str       # the metric that says how good the samples are
     higher_is_better: bool
-    settle: float = 0.0    # train_guard(settle=...): the cool-down past memorisation
-    heads: int = 1         # train_guard(heads=...): independent random labellings fitted at once
+    heads: int = DEFAULT_HEADS  # train_guard(heads=...): independent random labellings fitted at once
 
     space: NoiseSpace
 
@@ -83,8 +78,7 @@ class Bench:
         return {}
 
     def guard(self, seed: int) -> Guard:
-        return train_guard(self.train, self.space, seed=seed, settle=self.settle, heads=self.heads,
-                           **self.training_options())
+        return train_guard(self.train, self.space, seed=seed, heads=self.heads, **self.training_options())
 
 
 class MixtureBench(Bench):
@@ -165,50 +159,26 @@ def guide_of(guard: Guard, settings: dict | None):
     return lambda d, x, s: guard.guide(d, x, s, **settings)
 
 
-def calibrate_rules(args: argparse.Namespace) -> dict:
-    """``calibrate``'s rule keywords from the flags that bring back an older rule; a flag the script
-    does not offer keeps the default."""
-    flag = vars(args).get
-    return {"count_moved": not flag("spoil_only", False), "widen_on_spoil": not flag("widen_on_cost", False),
-            "confirm_each": flag("confirm_each", False), "count_copies": flag("copies_spoiled", False),
-            "reuse_unguarded": not flag("no_reuse", False)}
-
-
 def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, samples: int,
-        save: Callable[[list[dict]], None] = lambda rows: None, rules: dict | None = None,
-        hand: bool | list = True, also_spoil_only: bool = False) -> list[dict]:
-    """``rules``: keyword arguments of ``calibrate`` (None: its defaults). ``hand``: True for the hand
-    rows of HAND, False for none, or a list of rows like HAND's. ``also_spoil_only``: calibrate each
-    guard a second time ranking by spoiled probes alone and evaluate that choice too, as a row
-    labelled "spoil only: ..." (the summaries leave it out)."""
-    rules = rules or {}
+        save: Callable[[list[dict]], None] = lambda rows: None, hand: bool = True) -> list[dict]:
+    """Per guard seed and sampler: the unguarded, calibrated and (``hand``) HAND rows on fresh seeds."""
     rows: list[dict] = []
     for gs in guard_seeds:
         t0 = time.time()
         guard = bench.guard(gs)
         train_s = time.time() - t0
-        cooled = f", cool-down from step {guard.info['settle_from']}" if "settle_from" in guard.info else ""
-        cooled += f", {guard.heads} heads" if guard.heads > 1 else ""
+        cooled = f", {guard.heads} heads" if guard.heads > 1 else ""
         print(f"[{bench.name}] guard seed {gs}: trained in {train_s:.0f} s ({guard.info['steps']} steps{cooled}, "
               f"memorised {guard.info['memorised']})", flush=True)
         for kind in samplers:
             sample = bench.sampler(kind)
 
-            def calibrated(**override):
-                g = guard.with_space(guard.space)  # a fresh info dict per calibration
-                c = calibrate(g, sample, bench.train, seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes),
-                              sampler_description=f"{bench.name} {kind}", **{**rules, **override})
-                print(c.report(), flush=True)
-                return c
-
-            cal = calibrated()
+            cal = calibrate(guard.with_space(guard.space), sample, bench.train,  # a fresh info dict
+                            seeds=range(PROBE_SEEDS, PROBE_SEEDS + probes), sampler_description=f"{bench.name} {kind}")
+            print(cal.report(), flush=True)
             settings: list[tuple[str, dict | None]] = [("none", None),
                                                         ("calibrated: " + describe(cal.settings), cal.settings)]
-            cals = {"calibrated": cal}
-            if also_spoil_only:
-                cals["spoil only"] = other = calibrated(count_moved=False, widen_on_spoil=False)
-                settings.append(("spoil only: " + describe(other.settings), other.settings))
-            for label, kw, ratio in (HAND if hand is True else hand or []):
+            for label, kw, ratio in (HAND if hand else []):
                 settings.append(("hand: " + label, {**kw, "sigma_max": window_sigma(guard, ratio)}))
             measured: list[tuple[dict | None, dict]] = []
             for label, kw in settings:
@@ -220,14 +190,13 @@ def run(bench: Bench, guard_seeds: list[int], samplers: list[str], probes: int, 
                     measured.append((kw, m))
                 row = {"bench": bench.name, "guard_seed": gs, "sampler": kind, "setting": label,
                        "settings": kw, **m, "sample_s": round(time.time() - t1, 1)}
-                c = cals.get(label.split(":")[0])
-                if c is not None:
-                    row.update({"calibration_model_calls": c.model_calls,
-                                "calibration_calls_saved": c.calls_saved,
-                                "calibration_s": round(c.seconds, 1),
-                                "probe_unguarded_rate": c.unguarded_rate,
-                                "probe_calibrated_rate": c.calibrated_rate, "reached": c.reached,
-                                "no_copies": c.no_copies})
+                if label.startswith("calibrated"):
+                    row.update({"calibration_model_calls": cal.model_calls,
+                                "calibration_calls_saved": cal.calls_saved,
+                                "calibration_s": round(cal.seconds, 1),
+                                "probe_unguarded_rate": cal.unguarded_rate,
+                                "probe_calibrated_rate": cal.calibrated_rate, "reached": cal.reached,
+                                "no_copies": cal.no_copies})
                 rows.append(row)
                 save(rows)  # after every row: a long run that is cut short still leaves its rows
                 print(f"  {bench.name} g{gs} {kind:8} {label:34} replicas {m['replicas']:6.1%}  "
@@ -269,42 +238,7 @@ def _load(paths: list[Path]) -> tuple[list[dict], dict[str, str]]:
 DEFAULT_SETTINGS = {"alpha": DEFAULT_ALPHA, "sigma_max": None}  # how the defaults' hand row is stored
 
 
-def compare(before: list[Path], after: list[Path]) -> str:
-    """One markdown table: each calibrated row of ``after`` against the same benchmark, sampler and guard
-    seed in ``before`` (the same guards calibrated by another rule): the choice, what it left on fresh
-    seeds, and the model calls (with the calls reuse saved, where it was on)."""
-    old, quality = _load(before)
-    new, quality_new = _load(after)
-    quality.update(quality_new)
-    key = lambda r: (r["bench"], r["sampler"], r["guard_seed"])  # noqa: E731
-    was = {key(r): r for r in old if r["setting"].startswith("calibrated")}
-    lines = ["| benchmark, sampler, guard seed | before | after | model calls: before → after (saved) |",
-             "| --- | --- | --- | --- |"]
-    same = compared = total_before = total_after = 0
-    for r in sorted((r for r in new if r["setting"].startswith("calibrated")), key=key):
-        q = quality[r["bench"]]
-        shown = lambda row: (f"{row['setting'].split(': ', 1)[-1]}: {row['replicas']:.1%}, "  # noqa: E731
-                             f"{q.split('_')[0]} {row[q]:.3f}")
-        b = was.get(key(r))
-        if b is None:
-            lines.append(f"| {r['bench']}, {r['sampler']}, {r['guard_seed']} | — | {shown(r)} | — |")
-            continue
-        alike = b["setting"] == r["setting"] and b["replicas"] == r["replicas"] and b[q] == r[q]
-        same, compared = same + alike, compared + 1
-        total_before += b["calibration_model_calls"]
-        total_after += r["calibration_model_calls"]
-        calls = f"{b['calibration_model_calls']:,} → {r['calibration_model_calls']:,}"
-        if r.get("calibration_calls_saved"):
-            calls += f" ({r['calibration_calls_saved']:,})"
-        lines.append(f"| {r['bench']}, {r['sampler']}, {r['guard_seed']} | {shown(b)} | "
-                     f"{'the same' if alike else shown(r)} | {calls} |")
-    change = f"{total_after / total_before - 1:+.1%}" if total_before else "—"
-    lines.append(f"\n{same} of {compared} the same choice, copies and quality; model calls {total_before:,} → "
-                 f"{total_after:,} ({change})")
-    return "\n".join(lines)
-
-
-def summarize(paths: list[Path], every_hand_row: bool = False) -> str:
+def summarize(paths: list[Path]) -> str:
     """One markdown table over result files: per benchmark and sampler, unguarded, uncalibrated
     defaults, calibrated and the best hand-tuned setting; values per guard seed (g0 | g1 | g2 ...)."""
     rows, quality = _load(paths)
@@ -343,8 +277,6 @@ def summarize(paths: list[Path], every_hand_row: bool = False) -> str:
         best_q = {r["guard_seed"]: r[q] for r in pick(best)} if best else {}
         defaults = next((h for h in hands if pick(h)[0]["settings"] == DEFAULT_SETTINGS), None)
         labels = ["none", defaults, "calibrated", best] if best != defaults else ["none", "calibrated", best]
-        if every_hand_row:
-            labels += [h for h in hands if h not in labels]
         for label in labels:
             if label is None:
                 continue
@@ -364,41 +296,6 @@ def summarize(paths: list[Path], every_hand_row: bool = False) -> str:
                 name = ("best hand-tuned: " if label == best else "") + name
             lines.append(f"| {bench} | {kind} | {name} | {_per_guard(group, 'replicas', '.1%', seeds)} | "
                          f"{_per_guard(group, q, qfmt, seeds)} | {'' if label == 'none' else f'{met}/{len(group)}'} | {cost} |")
-    return "\n".join(lines)
-
-
-def hindsight(paths: list[Path]) -> str:
-    """Per guard: the calibrated row against the best hand-tuned row chosen afterwards on the evaluation
-    seeds, out of every hand row measured: of the rows that meet this guard's copy goal (10x fewer;
-    mixture: <= 1 %), the best quality. Calibration decides from 64 probes with a confidence margin;
-    this comparator sees the answer, so the gap is an upper bound on what calibration leaves."""
-    rows, quality = _load(paths)
-    lines = ["| benchmark | sampler | guard seed | calibrated: replicas, quality | best in hindsight | quality gap |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for bench, kind in dict.fromkeys((r["bench"], r["sampler"]) for r in rows):
-        q = quality[bench]
-        higher = q == "quality_share"
-        here = [r for r in rows if r["bench"] == bench and r["sampler"] == kind]
-        base = {r["guard_seed"]: r["replicas"] for r in here if r["setting"] == "none"}
-
-        def show(r: dict) -> str:
-            value = f"{100 * r[q]:.1f} %" if higher else f"FD {r[q]:.2f} x"
-            return f"{r['replicas']:.1%}, {value}"
-
-        for gs in sorted(base):
-            mine = [r for r in here if r["guard_seed"] == gs]
-            cal = next((r for r in mine if r["setting"].startswith("calibrated")), None)
-            if cal is None:
-                continue
-            limit = 0.01 if q == "fd_ratio" else base[gs] / 10
-            ok = [r for r in mine if r["setting"].startswith("hand") and r["replicas"] <= limit]
-            if not ok:
-                lines.append(f"| {bench} | {kind} | {gs} | {show(cal)} | no hand row cuts the copies enough | |")
-                continue
-            best = (max if higher else min)(ok, key=lambda r: r[q])
-            gap = (f"{100 * (best[q] - cal[q]):+.1f} points" if higher else f"{cal[q] - best[q]:+.2f} x")
-            lines.append(f"| {bench} | {kind} | {gs} | {show(cal)} | {best['setting'][len('hand: '):]}: "
-                         f"{show(best)} | {gap} |")
     return "\n".join(lines)
 
 
@@ -466,20 +363,7 @@ def paired_candidates(before: list[Path], after: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def custom_row(settings: dict) -> tuple[str, dict, float | None]:
-    """A hand row from ``--rows``: its label, its ``Guard.guide`` settings and its σ window."""
-    kw = dict(settings)
-    ratio = kw.pop("window", None)
-    unknown = sorted(set(kw) - set(inspect.signature(Guard.guide).parameters))
-    if unknown or "sigma_max" in kw:
-        raise SystemExit(f"--rows: {unknown or ['sigma_max']} not a setting of Guard.guide here "
-                         "(the σ window is \"window\", a noise-to-signal ratio)")
-    rest = "".join(f", {k} {v}" for k, v in kw.items() if k not in ("alpha", "scale"))
-    label = describe({**kw, "alpha": kw.get("alpha", DEFAULT_ALPHA), "sigma_max": ratio}) + rest
-    return label, kw, ratio
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", choices=["mixture-vp", "mixture-flow", "digits-full", "digits-prior"],
                     default="mixture-vp")
@@ -488,69 +372,27 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=64)
     ap.add_argument("--samples", type=int, default=1000, help="fresh evaluation seeds per row")
     ap.add_argument("--steps", type=int, default=50, help="mixture sampling steps (digits: the preset's)")
-    ap.add_argument("--settle", type=float, default=0.0,
-                    help="train the guards with train_guard(settle=...): a cool-down past memorisation")
-    ap.add_argument("--heads", type=int, default=1,
-                    help="train the guards with train_guard(heads=...): independent random labellings at once; "
-                         "1, as the tables of docs/protection.md were measured unless they say --heads "
-                         "(the product trains 3)")
-    ranking = ap.add_mutually_exclusive_group()
-    ranking.add_argument("--count-moved", action="store_true",
-                         help="calibrate(count_moved=True), the default: rank settings by spoiled probes plus "
-                              "how far the non-copies moved")
-    ranking.add_argument("--spoil-only", action="store_true",
-                         help="calibrate(count_moved=False): rank by spoiled probes alone, as the tables made "
-                              "before 2026-12 did")
-    widening = ap.add_mutually_exclusive_group()
-    widening.add_argument("--widen-on-spoil", action="store_true",
-                          help="calibrate(widen_on_spoil=True), the default: try a wider σ window only while the "
-                               "best setting spoils more than one probe")
-    widening.add_argument("--widen-on-cost", action="store_true",
-                          help="calibrate(widen_on_spoil=False): widen while the best costs more than one probe, "
-                               "as the count_moved tables of 2026-12-01 did")
-    ap.add_argument("--confirm-each", action="store_true",
-                    help="calibrate(confirm_each=True): confirm each setting that beats the best so far at once, "
-                         "as the tables made before 2026-12-02 did (the same choices, more model calls)")
-    copies = ap.add_mutually_exclusive_group()
-    copies.add_argument("--copies-not-spoiled", action="store_true",
-                        help="calibrate(count_copies=False), the default: a probe that still copies is left to "
-                             "the target, not counted as spoiled")
-    copies.add_argument("--copies-spoiled", action="store_true",
-                        help="calibrate(count_copies=True): a probe that still copies counts as spoiled too, "
-                             "as the tables made before 2026-12-02 did")
-    ap.add_argument("--no-reuse", action="store_true",
-                    help="calibrate(reuse_unguarded=False): sample every seed of every setting, as the tables made "
-                         "before 2026-12-03 did (the same choices, more model calls)")
-    ap.add_argument("--also-spoil-only", action="store_true",
-                    help="calibrate each guard again with --spoil-only and evaluate that choice as well "
-                         "(rows labelled 'spoil only: ...'; the summaries leave them out)")
+    ap.add_argument("--heads", type=int, default=DEFAULT_HEADS,
+                    help=f"train the guards with train_guard(heads=...); {DEFAULT_HEADS}, as the product does")
     ap.add_argument("--only-calibrated", action="store_true",
-                    help="evaluate the unguarded and calibrated rows only (a trial of a calibration option)")
-    ap.add_argument("--rows", type=json.loads,
-                    help="evaluate these settings instead of the hand rows: a JSON list of Guard.guide keyword "
-                         "dicts, the σ window as \"window\" (noise-to-signal), e.g. "
-                         "'[{\"alpha\": 0.5, \"scale\": 300}, {\"alpha\": 0.2, \"window\": 2}]'")
+                    help="evaluate the unguarded and calibrated rows only, not the hand-tuned ones")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--summarize", nargs="+", type=Path, help="print one markdown table of these result files")
-    ap.add_argument("--every-hand-row", action="store_true", help="with --summarize: list every hand-tuned row")
-    ap.add_argument("--hindsight", action="store_true",
-                    help="with --summarize: per guard, calibrated against the best hand row chosen on the evaluation seeds")
-    ap.add_argument("--compare", nargs="+", type=Path,
-                    help="with --summarize (the newer result files): their calibrated rows against these files' "
-                         "(the same guards calibrated by another rule)")
     ap.add_argument("--candidates", action="store_true",
-                    help="with --summarize: the defaults candidates instead (guards that meet the copy goal, mean quality); "
-                         "with --compare as well, the same guards in both sets of files, paired")
-    args = ap.parse_args()
+                    help="with --summarize: the uncalibrated candidates instead (guards that meet the copy goal, "
+                         "mean quality); with --compare as well, the same guards in both sets of files, paired")
+    ap.add_argument("--compare", nargs="+", type=Path,
+                    help="with --summarize --candidates: the files to pair these with (e.g. one head against three)")
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.summarize:
-        if args.compare and args.candidates:
-            print(paired_candidates(args.compare, args.summarize))
-        elif args.compare:
-            print(compare(args.compare, args.summarize))
-        elif args.hindsight:
-            print(hindsight(args.summarize))
-        else:
-            print(candidates(args.summarize) if args.candidates else summarize(args.summarize, args.every_hand_row))
+        if args.compare and not args.candidates:
+            raise SystemExit("--compare pairs candidates: give --candidates as well")
+        print(paired_candidates(args.compare, args.summarize) if args.compare else
+              candidates(args.summarize) if args.candidates else summarize(args.summarize))
         return
     torch.set_num_threads(int(os.environ.get("CPSAMPLE_THREADS", "2")))
     t0 = time.time()
@@ -558,7 +400,7 @@ def main() -> None:
         bench: Bench = MixtureBench(args.bench.split("-")[1], args.samples, args.steps)
     else:
         bench = DigitsBench(args.bench.split("-")[1], args.samples)
-    bench.settle, bench.heads = args.settle, args.heads
+    bench.heads = args.heads
     print(f"machine: {machine.describe()}", flush=True)
 
     def save(rows: list[dict], finished: bool = False) -> None:
@@ -571,9 +413,8 @@ def main() -> None:
                                        "rows": rows, "quality": bench.quality_key}, indent=1, default=str))
             tmp.replace(args.json)
 
-    hand = (False if args.only_calibrated else [custom_row(r) for r in args.rows] if args.rows else True)
     rows = run(bench, [int(s) for s in args.guard_seeds.split(",")], args.samplers.split(","), args.probes,
-               args.samples, save, calibrate_rules(args), hand, args.also_spoil_only)
+               args.samples, save, hand=not args.only_calibrated)
     save(rows, finished=True)
     print(f"total {time.time() - t0:.0f} s")
 
