@@ -23,6 +23,10 @@ MEMORISABLE_MAX = {"vp": 1.0, "flow": 0.5}
 # Edges of the σ bands in which training accuracy is reported.
 BAND_EDGES = {"vp": (0.1, 0.3, 1.0, 3.0), "flow": (0.1, 0.25, 0.5, 0.75)}
 KINDS = ("vp", "flow")
+# Where the guide's push stops growing with the noise-to-signal ratio r: the widest σ window that
+# calibration tries (r ≤ 4), so every push it ranks is as before; a ceiling of 1 instead left 0.4 %
+# copies at 1.22x the ideal's FD on the vp mixture, against 0.0 % at 0.99x (docs/design-log.md).
+PUSH_RATIO_MAX = 4.0
 
 
 def as_sigma(sigma: Tensor | float, batch: int, like: Tensor) -> Tensor:
@@ -108,12 +112,19 @@ class NoiseSpace:
             return sigma**2
         return sigma**2 / (1 - sigma).clamp_min(1e-4)
 
-    def x0_noise(self, sigma: Tensor) -> Tensor:
-        """The noise still in an x0 prediction at σ, per element: σ in vp, σ/(1−σ) in flow
-        (x/(1−σ) = x0 + σ/(1−σ)·ε). ``Guard.guide`` caps its step at max_step times this."""
+    def noise_to_signal(self, sigma: Tensor) -> Tensor:
+        """r(σ): the noise in x per unit of signal, σ in vp, σ/(1−σ) in flow (x/(1−σ) = x0 + r·ε);
+        infinite at flow's σ = 1, where ComfyUI's flow schedules start."""
         if self.kind == "vp":
             return sigma
-        return sigma / (1 - sigma).clamp_min(1e-4)
+        return sigma / (1 - sigma).clamp_min(0)
+
+    def push_bound(self, sigma: Tensor) -> Tensor:
+        """The most ``Guard.guide`` may move an x0 prediction at σ, per element (RMS) and per unit of
+        max_step: min(r(σ), PUSH_RATIO_MAX). Up to r = 4 that is the noise still in the x0 prediction;
+        beyond it the push stops growing, so no σ a host schedules (flow's σ = 1, a zero-terminal-SNR
+        schedule's σ_max of about 4,500) can carry every sample to one far-off point."""
+        return self.noise_to_signal(sigma).clamp(max=PUSH_RATIO_MAX)
 
     def percent_to_sigma(self, p: Tensor) -> Tensor:
         """σ for sampling progress p in [0, 1] (0 = most noise), vectorised."""
