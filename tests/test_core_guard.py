@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace, TrainingStopped, random_labels, train_guard
+from cpsample_nodes.core.training import gaussian_negatives
 
 
 def test_network_any_size_and_channels():
@@ -22,7 +23,7 @@ def test_large_latents_get_the_patch_stem():
     assert GuardConfig.for_latents((2, 4, 63, 128)).stem_stride == 2  # the short side decides
     assert GuardConfig.for_latents((2, 1, 16, 16)) == GuardConfig(in_channels=1)
     lat = torch.randn(2, 4, 67, 64)
-    guard = train_guard(lat, space=NoiseSpace.vp(), max_steps=1, eval_every=1000)
+    guard = train_guard(lat, space=NoiseSpace.vp(), max_steps=1)
     assert guard.net.config.stem_stride == 4
     for h, w in ((64, 64), (67, 93), (128, 96)):  # odd sizes and other resolutions at sampling time
         assert guard.probability(torch.randn(2, 4, h, w), 1.0).shape == (2,)
@@ -113,8 +114,9 @@ def test_large_set_stop_check_screens_a_subset_then_checks_all(monkeypatch):
         return real(guard, latents, *args, **kwargs)
 
     monkeypatch.setattr(training, "band_accuracy", counting)
+    monkeypatch.setattr(training, "CHECK_SUBSET", 3)  # 8 latents stand for a set larger than the screen
     latents = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500, check_subset=3, heads=1)
+    guard = train_guard(latents, NoiseSpace.vp(), seed=0, max_steps=1500, heads=1)
     info = guard.info
     assert info["memorised"] and info["steps"] < 1500, info
     # screens of 3 while it learns; the stop itself was decided on all 8 (then the report's bands)
@@ -124,16 +126,13 @@ def test_large_set_stop_check_screens_a_subset_then_checks_all(monkeypatch):
     p = guard.probability(latents + 0.05 * torch.randn_like(latents), 0.05)
     labels = random_labels(8, 0)
     assert torch.equal((p > 0.5).float(), labels)
-    with pytest.raises(ValueError, match="check_subset"):
-        train_guard(latents, NoiseSpace.vp(), check_subset=0)
 
 
 def test_training_deterministic_and_progress():
     lat = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     seen = []
-    a = train_guard(lat, NoiseSpace.vp(), seed=5, max_steps=20, eval_every=10,
-                    progress=lambda s, t, st: seen.append((s, t, st)))
-    b = train_guard(lat, NoiseSpace.vp(), seed=5, max_steps=20, eval_every=10)
+    a = train_guard(lat, NoiseSpace.vp(), seed=5, max_steps=20, progress=lambda s, t, st: seen.append((s, t, st)))
+    b = train_guard(lat, NoiseSpace.vp(), seed=5, max_steps=20)
     for pa, pb in zip(a.net.parameters(), b.net.parameters()):
         assert torch.equal(pa, pb)
     assert [s for s, _, _ in seen] == list(range(1, 21))
@@ -143,7 +142,7 @@ def test_training_deterministic_and_progress():
     assert math.isfinite(seen[-1][2]["loss"])
     assert set(seen[-1][2]["accuracy"]) == set(seen[-1][2]["confident"]) == set(required_bands(NoiseSpace.vp()))
     assert set(a.info["accuracy"]) == {NoiseSpace.band_label(bd) for bd in NoiseSpace.vp().bands()}
-    c = train_guard(lat, NoiseSpace.vp(), seed=6, max_steps=20, eval_every=10)
+    c = train_guard(lat, NoiseSpace.vp(), seed=6, max_steps=20)
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.net.parameters(), c.net.parameters()))
 
 
@@ -308,52 +307,11 @@ def test_caller_negatives():
     assert guard.info["negatives"] == "6 latents"
     with pytest.raises(ValueError, match=r"shaped \[M, 4, 4, 4\]"):
         train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives=torch.randn(6, 4, 8, 8))
-    with pytest.raises(ValueError, match="negatives must be one of"):
-        train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives="images")
-
-
-def test_training_returns_the_moving_average():
-    lat = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
-    raw = train_guard(lat, NoiseSpace.vp(), max_steps=20, ema_decay=0.0)
-    avg = train_guard(lat, NoiseSpace.vp(), max_steps=20, ema_decay=0.9)
-    torch.manual_seed(0)
-    init = GuardNet(GuardConfig(in_channels=4))
-    w_raw, w_avg, w_init = (torch.cat([p.flatten() for p in m.parameters()]) for m in (raw.net, avg.net, init))
-    # same optimisation (same seed), so the average lags behind the raw weights, between them and the start
-    assert not torch.equal(w_raw, w_avg)
-    assert (w_avg - w_init).norm() < (w_raw - w_init).norm()
-    with pytest.raises(ValueError, match="ema_decay"):
-        train_guard(lat, NoiseSpace.vp(), max_steps=2, ema_decay=1.0)
-
-
-def test_settle_cools_down_past_memorisation(small_guard):
-    """settle: the same run up to the step that memorised, then settle x that many steps more with the
-    learning rate falling to 0; the info says where the cool-down began and measures the weights returned."""
-    plain, lat = small_guard  # seed 0, max_steps 1500: stopped when memorised
-    lrs = []
-    import cpsample_nodes.core.training as T
-
-    real_adamw = torch.optim.AdamW
-
-    class Recording(real_adamw):
-        def step(self, *a, **k):
-            lrs.append(self.param_groups[0]["lr"])
-            return super().step(*a, **k)
-
-    T.torch.optim.AdamW = Recording
-    try:
-        cooled = train_guard(lat, NoiseSpace.vp(), seed=0, max_steps=1500, settle=0.25, heads=1)  # as small_guard
-    finally:
-        T.torch.optim.AdamW = real_adamw
-    m = plain.info["steps"]
-    assert cooled.info["settle_from"] == m and cooled.info["steps"] == m + math.ceil(0.25 * m)
-    assert "settle_from" not in plain.info
-    assert lrs[:m] == [2e-3] * m and lrs[m] < 2e-3 and lrs[-1] < 0.05 * 2e-3
-    assert all(a >= b for a, b in zip(lrs[m:], lrs[m + 1:]))  # falling all the way
-    assert cooled.info["memorised"] in (True, False) and set(cooled.info["confident"]) == set(plain.info["confident"])
-    assert any(not torch.equal(a, b) for a, b in zip(plain.net.parameters(), cooled.net.parameters()))
-    with pytest.raises(ValueError, match="settle must lie in"):
-        train_guard(lat, NoiseSpace.vp(), max_steps=2, settle=-1)
+    for bad in ("images", "gaussian"):  # one built-in kind: the default
+        with pytest.raises(ValueError, match="negatives must be 'gaussian\\+blends' or a latent tensor"):
+            train_guard(lat, NoiseSpace.vp(), max_steps=3, negatives=bad)
+    with pytest.raises(ValueError, match="max_steps and batch_size must be positive"):
+        train_guard(lat, NoiseSpace.vp(), batch_size=0)
 
 
 def test_auto_alpha_follows_the_guards_own_margin(small_guard, tmp_path):
@@ -390,7 +348,8 @@ def test_default_negatives_keep_the_guard_unsure_on_blends():
         return float(((p < 0.01) | (p > 0.99)).float().mean())
 
     default = train_guard(lat, NoiseSpace.vp(), seed=0)
-    gaussian = train_guard(lat, NoiseSpace.vp(), seed=0, negatives="gaussian")
+    # the rule it replaced: Gaussian negatives alone (a pool of them, through the caller's-latents path)
+    gaussian = train_guard(lat, NoiseSpace.vp(), seed=0, negatives=gaussian_negatives(lat, 512, g))
     assert default.info["negatives"] == "gaussian+blends" and default.info["memorised"]
     assert confident_share(default, lat) == 1.0
     assert confident_share(default, blends) <= 0.05 < confident_share(gaussian, blends)

@@ -2,17 +2,18 @@
 import torch
 
 from benchmarks.mixture import Mixture, evaluate, sample
-from cpsample_nodes.core import NoiseSpace, train_guard
+from cpsample_nodes.core import NoiseSpace, train_guard, training
 from cpsample_nodes.core.metrics import pairwise_l2
 
 
-def test_guard_cuts_replicas(small_guard):
+def test_guard_cuts_replicas(small_guard, monkeypatch):
     _, train = small_guard  # 8 latents of 4×8×8 from N(0, I)
     # A guard trained a fixed 800 steps (a target the stop check never reaches): the same guard on every CPU.
     # The fixture's guard stops where the stop check first passes, which depends on the CPU's float kernels;
     # on an AVX2 machine it stopped at step 350-400, a weak guard whose pushed samples came out inflated
     # (std 1.11, FD 201.5 against 198.4 unguarded); trained 800 steps, FD 103.7.
-    guard = train_guard(train, NoiseSpace.vp(), seed=0, max_steps=800, target_accuracy=1.01)
+    monkeypatch.setattr(training, "TARGET_ACCURACY", 1.01)
+    guard = train_guard(train, NoiseSpace.vp(), seed=0, max_steps=800)
     n = train.shape[0]
     d = pairwise_l2(train, train) + torch.eye(n, dtype=torch.float64) * 1e9
     threshold = 0.1 * float(d.min(1).values.median())

@@ -1,7 +1,6 @@
 """Training a guard: fit random binary labels on noisy latents until it has memorised them."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
@@ -18,6 +17,15 @@ from .noise import NoiseSpace
 
 Tensor = torch.Tensor
 ProgressFn = Callable[[int, int, dict], None]
+
+# The training recipe and its stop rule (docs/protection.md, "The defaults"; docs/design-log.md).
+LEARNING_RATE = 2e-3   # AdamW, no weight decay
+NEGATIVE_SHARE = 0.5   # negatives per batch, as a share of the batch of training latents
+CHECK_EVERY = 50       # steps between stop checks (and at the last step)
+TARGET_ACCURACY = 0.99  # memorised: in every required band this share right, and right with p >= CONFIDENCE
+CONFIDENCE = 0.99      # guidance acts only where the guard is confident, so a guard merely right is not done
+CHECK_SUBSET = 64      # sets larger than this are screened on this many random latents before a full check
+SCREEN_ACCURACY = 0.95  # the screen's pass mark: a few misses in 64 may be under 1 % of the whole set
 
 
 class TrainingStopped(Exception):
@@ -64,7 +72,6 @@ def sample_sigmas(space: NoiseSpace, n: int, g: torch.Generator) -> Tensor:
     return torch.where(pick, schedule, low).float()
 
 
-NEGATIVES = ("none", "gaussian", "mix", "blends", "gaussian+blends")
 # Gaussian latents alone leave the guard free to be confident on what it reads early in sampling:
 # the model's x0 prediction while the noise is high is a blend of many images pulled toward their
 # mean, and a guard confident there pushes samples that were never going to copy (on the mixture,
@@ -73,40 +80,30 @@ DEFAULT_NEGATIVES = "gaussian+blends"
 
 
 def make_negatives(kind: str | Tensor, x_all: Tensor, n: int, g: torch.Generator) -> Tensor | None:
-    """Latents that are not training images, on which the guard is taught to say ½.
+    """``n`` latents that are not training images, on which the guard is taught to say ½.
 
-    "gaussian": noise with the training latents' per-channel mean and std; "mix": blends of two
-    training latents; "blends": blends of 2-4 training latents pulled toward their mean, the form of
-    an x0 prediction made before the model has settled on one image; "gaussian+blends" (the
-    default): half each; a tensor [M, C, H, W]: the caller's own latents of images outside the set
-    (e.g. DreamBooth class images), drawn at random. Without negatives a guard that memorised
-    random labels is as confident on a novel latent as on its training images, so its gradient
-    would push every sample.
+    ``DEFAULT_NEGATIVES``: half noise with the training latents' per-channel mean and std, half
+    blends of 2-4 training latents pulled toward their mean (``blend_negatives``); a tensor [M, C, H,
+    W]: the caller's own latents of images outside the set (class images), drawn at random. Without
+    negatives a guard that memorised random labels is as confident on a novel latent as on its
+    training images, so its gradient would push every sample.
     """
     if isinstance(kind, torch.Tensor):
         return kind[torch.randint(0, kind.shape[0], (n,), generator=g).to(kind.device)]
-    if kind == "none" or n == 0:
+    if n == 0:
         return None
-    if kind == "gaussian":
-        mean = x_all.mean(dim=(0, 2, 3), keepdim=True)
-        std = x_all.std(dim=(0, 2, 3), keepdim=True)
-        shape = (n, *x_all.shape[1:])
-        return mean + std * torch.randn(shape, generator=g).to(x_all)
-    if kind == "mix":
-        i = torch.randint(0, x_all.shape[0], (n,), generator=g)
-        j = torch.randint(0, x_all.shape[0], (n,), generator=g)
-        w = (0.25 + 0.5 * torch.rand(n, generator=g)).to(x_all).view(-1, 1, 1, 1)
-        blend = w * x_all[i] + (1 - w) * x_all[j]
-        # keep the norm of a single latent so the guard cannot use contrast to spot blends
-        scale = x_all[i].flatten(1).norm(dim=1) / blend.flatten(1).norm(dim=1).clamp_min(1e-6)
-        return blend * scale.view(-1, 1, 1, 1)
-    if kind == "blends":
-        return blend_negatives(x_all, n, g)
-    if kind == "gaussian+blends":
-        half = n // 2
-        parts = [make_negatives("gaussian", x_all, n - half, g), blend_negatives(x_all, half, g)]
-        return torch.cat([p for p in parts if p is not None])
-    raise ValueError(f"negatives must be one of {NEGATIVES}, got {kind!r}")
+    half = n // 2
+    parts = [gaussian_negatives(x_all, n - half, g), blend_negatives(x_all, half, g)]
+    return torch.cat([p for p in parts if p is not None])
+
+
+def gaussian_negatives(x_all: Tensor, n: int, g: torch.Generator) -> Tensor | None:
+    """``n`` draws of Gaussian noise with the training latents' per-channel mean and std; None for 0."""
+    if n == 0:
+        return None
+    mean = x_all.mean(dim=(0, 2, 3), keepdim=True)
+    std = x_all.std(dim=(0, 2, 3), keepdim=True)
+    return mean + std * torch.randn((n, *x_all.shape[1:]), generator=g).to(x_all)
 
 
 def blend_negatives(x_all: Tensor, n: int, g: torch.Generator) -> Tensor | None:
@@ -135,7 +132,7 @@ def _band_sigmas(band: tuple[float, float], k: int) -> Tensor:
 
 @torch.no_grad()
 def band_accuracy(guard: Guard, latents: Tensor, labels: Tensor, space: NoiseSpace,
-                  g: torch.Generator, per_band: int = 2, batch_size: int = 64, confidence: float = 0.99,
+                  g: torch.Generator, per_band: int = 2, batch_size: int = 64, confidence: float = CONFIDENCE,
                   bands: list[tuple[float, float]] | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Per σ band, the share of training latents classified right, and right with p(true label)
     ≥ ``confidence``, at ``per_band`` noise levels inside each band (one pass for both)."""
@@ -189,47 +186,61 @@ def progress_text(step: int, total: int, stats: dict) -> str:
     return f"step {step}/{total}: accuracy {worst:.0%} (worst band), loss {stats.get('loss', float('nan')):.3f}"
 
 
-SCREEN_ACCURACY = 0.95  # the subset screen of a large set's stop check
-
-
 def required_bands(space: NoiseSpace) -> list[str]:
+    """The σ bands the stop check needs: those where memorising is possible (σ ≤ memorisable_max)."""
     return [NoiseSpace.band_label(b) for b in space.bands() if b[1] <= space.memorisable_max + 1e-9]
 
 
-def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: ProgressFn | None = None,
-                should_stop: Callable[[], bool] | None = None, max_steps: int = 3000,
-                batch_size: int = 32, lr: float = 2e-3, target_accuracy: float = 0.99,
-                confidence: float = 0.99, eval_every: int = 50, negatives: str | Tensor = DEFAULT_NEGATIVES,
-                negative_fraction: float = 0.5, ema_decay: float = 0.0, check_subset: int = 64,
-                settle: float = 0.0, config: GuardConfig | None = None, heads: int | None = None,
-                info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
-    """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
+class StopCheck:
+    """The stop rule, run every ``CHECK_EVERY`` steps: in every required band at least
+    ``TARGET_ACCURACY`` of the training latents right, and right with p ≥ ``CONFIDENCE``.
 
-    Stops early once, in every σ band where memorising is possible (σ ≤ 1 for vp, σ ≤ 0.5 for
-    flow), at least ``target_accuracy`` of the training latents are classified right, and right
-    with p ≥ ``confidence``: guidance only acts where the guard is confident, so a guard that is
-    merely right is not done. Sets larger than ``check_subset`` are screened on that many random
-    latents (passing at 95 %) and checked in full only when the screen passes. ``negatives`` adds
-    latents that are not training images with the target ½ (see ``make_negatives``), so the guard
-    is confident only near its training images.
-    ``ema_decay`` > 0 checks and returns a moving average of the weights, which holds a memorised
-    band from one check to the next where the raw weights swing. ``settle`` > 0 goes on past the step
-    that memorised for ``settle`` × that many steps, the learning rate falling linearly to 0 (a
-    cool-down: the stop check passes on a noisy estimate, and a guard stopped there can be weak at
-    some of its images; docs/protection.md, "Calibration"). ``heads`` is how many independent
-    random labellings it fits at once, one output each, on the same network (None: ``config``'s, else
-    ``DEFAULT_HEADS``, 3): a single labelling can send every copy it pushes the same way, several
-    spread those pushes (docs/protection.md, "Guards with several heads: the default"); 1 is the
-    one-labelling guard of the paper. ``progress(step, total, stats)``
-    gets the loss and the accuracy per band; ``should_stop()`` returning True raises
-    ``TrainingStopped``.
-    """
+    Only the required bands are measured while training; the others once at the end, for the report.
+    Sets larger than ``CHECK_SUBSET`` are screened on that many random latents first (passing at
+    ``SCREEN_ACCURACY``), so a check costs the same at any N until it could pass."""
+
+    def __init__(self, space: NoiseSpace, latents: Tensor, labels: Tensor, seed: int):
+        self.space, self.latents, self.labels = space, latents, labels
+        self.required = required_bands(space)
+        self.checked_bands = [b for b in space.bands() if NoiseSpace.band_label(b) in self.required]
+        self.report_bands = [b for b in space.bands() if NoiseSpace.band_label(b) not in self.required]
+        self.g = torch.Generator().manual_seed(seed + 2)
+        self.accuracy: dict[str, float] = {}
+        self.confident: dict[str, float] = {}
+
+    def _measure(self, guard: Guard, pick: Tensor | None, bands: list[tuple[float, float]]) -> None:
+        latents = self.latents if pick is None else self.latents[pick]
+        labels = self.labels if pick is None else self.labels[pick]
+        self.accuracy, self.confident = band_accuracy(guard, latents, labels, self.space, self.g,
+                                                      confidence=CONFIDENCE, bands=bands)
+
+    def passes(self, guard: Guard) -> bool:
+        n = self.latents.shape[0]
+        done = False
+        if n > CHECK_SUBSET:
+            pick = torch.randperm(n, generator=self.g)[:CHECK_SUBSET].to(self.latents.device)
+            self._measure(guard, pick, self.checked_bands)
+            done = memorised(self.accuracy, self.confident, self.required, SCREEN_ACCURACY)
+        if n <= CHECK_SUBSET or done:
+            self._measure(guard, None, self.checked_bands)
+            done = memorised(self.accuracy, self.confident, self.required, TARGET_ACCURACY)
+        return done
+
+    def report(self, guard: Guard) -> tuple[dict[str, float], dict[str, float]]:
+        """Accuracy and confident share in every band: the last check's plus the other bands now."""
+        more_acc, more_conf = band_accuracy(guard, self.latents, self.labels, self.space, self.g,
+                                            confidence=CONFIDENCE, bands=self.report_bands)
+        return {**self.accuracy, **more_acc}, {**self.confident, **more_conf}
+
+
+def check_training_inputs(latents: Tensor, negatives: str | Tensor, heads: int | None, max_steps: int,
+                          batch_size: int) -> None:
+    """ValueError naming the bad value, before any work is done."""
     if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
         raise ValueError(f"latents must be a tensor shaped [N, C, H, W], got "
                          f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
-    n = latents.shape[0]
-    if n < 2:
-        raise ValueError(f"a guard needs at least 2 training images, got {n}")
+    if latents.shape[0] < 2:
+        raise ValueError(f"a guard needs at least 2 training images, got {latents.shape[0]}")
     if not torch.isfinite(latents).all():
         raise ValueError("latents contain NaN or infinite values")
     if isinstance(negatives, torch.Tensor):
@@ -238,132 +249,116 @@ def train_guard(latents: Tensor, space: NoiseSpace, seed: int = 0, progress: Pro
                              f"like the training latents, got {tuple(negatives.shape)}")
         if not torch.isfinite(negatives).all():
             raise ValueError("negative latents contain NaN or infinite values")
-    elif negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {NEGATIVES} or a latent tensor, got {negatives!r}")
-    if not 0 <= ema_decay < 1:
-        raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
-    if not 0 <= settle <= 10:
-        raise ValueError(f"settle must lie in [0, 10] (a multiple of the steps that memorised), got {settle}")
+    elif negatives != DEFAULT_NEGATIVES:
+        raise ValueError(f"negatives must be {DEFAULT_NEGATIVES!r} or a latent tensor [M, C, H, W] "
+                         f"(class images), got {negatives!r}")
     if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int) or not 1 <= heads <= MAX_HEADS):
         raise ValueError(f"heads must be a whole number from 1 to {MAX_HEADS}, got {heads!r}")
-    if max_steps < 1 or batch_size < 1 or check_subset < 1:
-        raise ValueError(f"max_steps, batch_size and check_subset must be positive, got {max_steps}, "
-                         f"{batch_size}, {check_subset}")
+    if max_steps < 1 or batch_size < 1:
+        raise ValueError(f"max_steps and batch_size must be positive, got {max_steps}, {batch_size}")
+
+
+def training_batch(space: NoiseSpace, x_all: Tensor, labels: Tensor, negatives: str | Tensor, batch_size: int,
+                   g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch: ``batch_size`` training latents with their labels and half as many negatives with
+    the target ½, each at its own σ, noised. Returns (noisy latents, σ, targets)."""
+    device = x_all.device
+    idx = torch.randint(0, x_all.shape[0], (batch_size,), generator=g)
+    x0 = x_all[idx]
+    sig = sample_sigmas(space, len(idx), g).to(device)
+    target = labels[idx]
+    neg = make_negatives(negatives, x_all, int(round(batch_size * NEGATIVE_SHARE)), g)
+    if neg is not None:
+        x0 = torch.cat([x0, neg])
+        sig = torch.cat([sig, sample_sigmas(space, len(neg), g).to(device)])
+        target = torch.cat([target, torch.full((len(neg), *target.shape[1:]), 0.5, device=device)])
+    eps = torch.randn(x0.shape, generator=g).to(device)
+    return space.noise(x0, sig, eps), sig, target
+
+
+def training_step(guard: Guard, opt: torch.optim.Optimizer, x: Tensor, sig: Tensor, target: Tensor) -> float:
+    """One optimiser step of binary cross-entropy on every head; the loss."""
+    logit = guard.head_logits(x, sig)
+    logit = logit[:, 0] if target.dim() == 1 else logit
+    loss = F.binary_cross_entropy_with_logits(logit, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def train_guard(latents: Tensor, space: NoiseSpace, *, seed: int = 0, progress: ProgressFn | None = None,
+                should_stop: Callable[[], bool] | None = None, max_steps: int = 3000, batch_size: int = 32,
+                negatives: str | Tensor = DEFAULT_NEGATIVES, heads: int | None = None,
+                info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
+    """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
+
+    Stops at the first check (every ``CHECK_EVERY`` steps, see ``StopCheck``) that finds it memorised,
+    or after ``max_steps``. ``negatives``: the default Gaussian latents and blends, or the caller's
+    latents of images outside the set (class images), taught with the target ½ so the guard is
+    confident only near its training images (``make_negatives``). ``heads``: how many independent
+    random labellings it fits at once, one output each, on one network (None: ``DEFAULT_HEADS``, 3; 1
+    is the paper's guard): several spread the pushes that one labelling sends every copy along
+    (docs/protection.md, "Guards with several heads"). ``progress(step, total, stats)`` gets the loss
+    and the accuracy per required band; ``should_stop()`` returning True raises ``TrainingStopped``.
+    ``info`` is added to the guard's info (what the file stores).
+    """
+    check_training_inputs(latents, negatives, heads, max_steps, batch_size)
     device = torch.device(device) if device is not None else latents.device
     # Hosts run nodes under inference mode; parameters made there cannot be trained.
     with torch.inference_mode(False), torch.enable_grad():
         x_all = latents.detach().to(device, torch.float32).clone()
         if isinstance(negatives, torch.Tensor):
             negatives = negatives.detach().to(device, torch.float32).clone()
-        cfg = config or GuardConfig.for_latents(x_all.shape)
+        config = GuardConfig.for_latents(x_all.shape)
         if heads is not None:
-            cfg = replace(cfg, heads=heads)
-        labels = head_labels(n, seed, cfg.heads).to(device)
+            config = replace(config, heads=heads)
+        labels = head_labels(x_all.shape[0], seed, config.heads).to(device)
         torch.manual_seed(seed)  # weight init
-        if cfg.in_channels != x_all.shape[1]:
-            raise ValueError(f"config expects {cfg.in_channels} channels, latents have {x_all.shape[1]}")
-        guard = Guard(GuardNet(cfg).to(device), space)
-        opt = torch.optim.AdamW(guard.net.parameters(), lr=lr, weight_decay=0.0)
-        # Optionally the stop check and the returned guard use a moving average of the weights: the
-        # raw weights swing between checks, the average settles (but is more confident off the
-        # training set too, which widens the gate: docs/performance.md).
-        averaged = guard
-        if ema_decay > 0:
-            averaged = Guard(copy.deepcopy(guard.net), space)
-            averaged.net.requires_grad_(False)
+        guard = Guard(GuardNet(config).to(device), space)
+        opt = torch.optim.AdamW(guard.net.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
         g = torch.Generator().manual_seed(seed + 1)
-        g_eval = torch.Generator().manual_seed(seed + 2)
-        required = required_bands(space)
-        required_b = [b for b in space.bands() if NoiseSpace.band_label(b) in required]
-        other_b = [b for b in space.bands() if NoiseSpace.band_label(b) not in required]
-        accuracy: dict[str, float] = {}
-        confident: dict[str, float] = {}
+        check = StopCheck(space, x_all, labels, seed)
         loss_avg = float("nan")
         started = time.monotonic()
         step = 0
-        settle_end = memorised_at = 0  # settle_end > 0: memorised at memorised_at; the cool-down runs to settle_end
         for step in range(1, max_steps + 1):
-            if settle_end:
-                for group in opt.param_groups:
-                    group["lr"] = lr * (settle_end - step + 1) / (settle_end - memorised_at + 1)
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"guard training stopped at step {step - 1} of {max_steps}")
-            idx = torch.randint(0, n, (batch_size,), generator=g)
-            x0 = x_all[idx]
-            sig = sample_sigmas(space, len(idx), g).to(device)
-            target = labels[idx]
-            neg = make_negatives(negatives, x_all, int(round(batch_size * negative_fraction)), g)
-            if neg is not None:
-                x0 = torch.cat([x0, neg])
-                sig = torch.cat([sig, sample_sigmas(space, len(neg), g).to(device)])
-                target = torch.cat([target, torch.full((len(neg), *target.shape[1:]), 0.5, device=device)])
-            eps = torch.randn(x0.shape, generator=g).to(device)
-            logit = guard.head_logits(space.noise(x0, sig, eps), sig)
-            logit = logit[:, 0] if target.dim() == 1 else logit
-            loss = F.binary_cross_entropy_with_logits(logit, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if averaged is not guard:
-                d = min(ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for pa, p in zip(averaged.net.parameters(), guard.net.parameters()):
-                        pa.lerp_(p, 1 - d)
-            lv = float(loss.detach())
-            loss_avg = lv if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * lv
-            done = False
-            if settle_end:
-                done = step >= settle_end
-            elif step % eval_every == 0 or step == max_steps:
-                # The stop check needs only the bands where memorising is possible; the others
-                # are measured once at the end, for the report. Large sets are screened on a
-                # random subset first, so a check costs the same at any N until it could pass;
-                # the screen is lenient (a few misses in 64 may be under 1 % of the whole set).
-                if n > check_subset:
-                    pick = torch.randperm(n, generator=g_eval)[:check_subset].to(device)
-                    accuracy, confident = band_accuracy(averaged, x_all[pick], labels[pick], space, g_eval,
-                                                        confidence=confidence, bands=required_b)
-                    done = memorised(accuracy, confident, required, SCREEN_ACCURACY)
-                if n <= check_subset or done:
-                    accuracy, confident = band_accuracy(averaged, x_all, labels, space, g_eval,
-                                                        confidence=confidence, bands=required_b)
-                    done = memorised(accuracy, confident, required, target_accuracy)
+            loss = training_step(guard, opt, *training_batch(space, x_all, labels, negatives, batch_size, g))
+            loss_avg = loss if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * loss
+            done = (step % CHECK_EVERY == 0 or step == max_steps) and check.passes(guard)
             if progress is not None:
-                progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(accuracy),
-                                           "confident": dict(confident)})
-            if done and settle > 0 and not settle_end:
-                memorised_at, settle_end = step, step + max(1, math.ceil(settle * step))
-                done = False
+                progress(step, max_steps, {"loss": loss_avg, "accuracy": dict(check.accuracy),
+                                           "confident": dict(check.confident)})
             if done:
                 break
-        guard = averaged
         guard.net.eval()
-        if settle_end:  # the checks stopped at the cool-down's start: measure the weights returned
-            accuracy, confident = band_accuracy(guard, x_all, labels, space, g_eval, confidence=confidence,
-                                                bands=required_b)
-        more_acc, more_conf = band_accuracy(guard, x_all, labels, space, g_eval, confidence=confidence,
-                                            bands=other_b)
-        accuracy, confident = {**accuracy, **more_acc}, {**confident, **more_conf}
-        margin = guard.training_margin(x_all)
-        guard.info = {
-            "label_seed": int(seed),
-            "heads": int(cfg.heads),
-            "negatives": negatives if isinstance(negatives, str) else f"{negatives.shape[0]} latents",
-            "n_images": int(n),
-            "dataset_digest": dataset_digest(latents),
-            "accuracy": accuracy,
-            "confident": confident,
-            "confidence": confidence,
-            "required_bands": required,
-            "memorised": memorised(accuracy, confident, required, target_accuracy),
-            "steps": step,
-            **({"settle_from": memorised_at} if settle_end else {}),
-            "train_margin": round(margin, 4),
-            "train_seconds": round(time.monotonic() - started, 2),
-            "latent_shape": list(latents.shape[1:]),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **(info or {}),
-        }
-        for p in guard.net.parameters():
-            p.requires_grad_(False)
+        guard.info = training_info(guard, check, latents, seed, negatives, step, started, info)
+        guard.net.requires_grad_(False)
         return guard
+
+
+def training_info(guard: Guard, check: StopCheck, latents: Tensor, seed: int, negatives: str | Tensor,
+                  steps: int, started: float, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """What the guard file records of its training (``extra``, the host's, last)."""
+    accuracy, confident = check.report(guard)
+    margin = guard.training_margin(check.latents)
+    return {
+        "label_seed": int(seed),
+        "heads": int(guard.heads),
+        "negatives": negatives if isinstance(negatives, str) else f"{negatives.shape[0]} latents",
+        "n_images": int(latents.shape[0]),
+        "dataset_digest": dataset_digest(latents),
+        "accuracy": accuracy,
+        "confident": confident,
+        "confidence": CONFIDENCE,
+        "required_bands": check.required,
+        "memorised": memorised(accuracy, confident, check.required, TARGET_ACCURACY),
+        "steps": steps,
+        "train_margin": round(margin, 4),
+        "train_seconds": round(time.monotonic() - started, 2),
+        "latent_shape": list(latents.shape[1:]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
