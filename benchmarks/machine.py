@@ -2,7 +2,7 @@
 
 A guard trained with the same seed is not the same guard on every CPU: the float kernels torch picks
 (AVX2 or AVX-512, oneDNN's and the BLAS's code paths) round differently, and the stop check that ends
-training passes or fails on such a difference (docs/protection.md, "Another machine, other guards").
+training passes or fails on such a difference (docs/design-log.md, "Another machine, other guards").
 A CPU's name ("AMD EPYC") does not say which code paths ran: oneDNN picks its kernels and block sizes,
 and so its summation order, by the CPU's model and caches. So the record names the family, model,
 stepping and cache as well, and every result that depends on a trained guard records them and the

@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--sdxl-rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch default). On a machine whose cores are already busy, use 1: "
-                         "oversubscribed OpenMP threads made the guard ~50x slower here (see docs/performance.md)")
+                         "oversubscribed OpenMP threads made the guard 10-50x slower on a loaded 2-core machine")
     ap.add_argument("--unet-warmup", type=int, default=1, help="untimed UNet forwards before timing (0 or 1)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the UNet and the guard run")
     ap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",

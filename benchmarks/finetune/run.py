@@ -36,7 +36,7 @@ N, D = {"guard_input": "noisy"}, {"guard_input": "denoised"}
 W2 = {"sigma_range": (0.0, 2.0)}  # guard only on the steps with sigma <= 2 (ComfyUI: start_percent)
 # (alpha, scale[, guide() options]) per (preset, training negatives); (None, None) = the core's guide()
 # defaults. The first entry is the one shown in compare.png. EARLIER = the guide() defaults when the
-# committed tables were measured (docs/finetune.md quotes them as "α 0.01 (earlier defaults)").
+# committed tables were measured (docs/finetune.md's "α 0.01" rows).
 EARLIER = (0.01, 1000.0)
 SWEEPS = {
     ("demo", "class"): [(0.2, 1000.0, W2), EARLIER],

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 # From this latent side up the stem strides by 4: a 64×64 latent then reaches the first block at
 # 16×16, which memorised 64 SD1.5-sized latents 4–5× sooner than 32×32 did and still left latents
-# it never saw alone (docs/performance.md).
+# it never saw alone (docs/design-log.md, "Stride-4 stem").
 LARGE_LATENT_SIDE = 64
 # Three labellings by default: on this machine's calibration benchmarks three-head guards met the
 # protection goal in 56 of 60 calibrations against 49 with one head, and the copy goal uncalibrated
