@@ -18,12 +18,13 @@ if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
 from cpsample_nodes.core.guard import DEFAULT_ALPHA, DEFAULT_SCALE, OBJECTIVES  # noqa: E402
-from cpsample_nodes.webui import a1111, generation, guards, host, protect  # noqa: E402
-from cpsample_nodes.webui.settings import GUARD_INPUTS, INFOTEXT  # noqa: E402
+from cpsample_nodes.usecases.guard_files import list_guards  # noqa: E402
+from cpsample_nodes.webui import a1111, generation, host  # noqa: E402
+from cpsample_nodes.webui.settings import GUARD_INPUTS, INFOTEXT, restore_values  # noqa: E402
 
 
 def _guard_choices() -> list[str]:
-    return guards.list_guards(host.guards_dir())
+    return list_guards(host.guards_dir())
 
 
 class CPSampleScript(scripts.Script):
@@ -62,7 +63,7 @@ class CPSampleScript(scripts.Script):
                                           elem_id=self.elem_id("guard_input"))
 
         def restore(key):
-            return lambda d: protect.restore_values(d).get(key, gr.update())
+            return lambda d: restore_values(d).get(key, gr.update())
 
         # Paste / "send to": the settings come back; an infotext without CPSample keys turns it off.
         self.infotext_fields = [

@@ -1,7 +1,7 @@
 """X/Y/Z plot axes for CPSample's strength settings (scale, alpha and the sampling window).
 
 An axis sets an attribute on the processing object that the CPSample script reads in ``process``
-(cpsample_nodes.webui.protect.AXES); choosing one turns protection on for the plot.
+(cpsample_nodes.webui.settings.AXES); choosing one turns protection on for the plot.
 """
 import sys
 from pathlib import Path
@@ -12,7 +12,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from cpsample_nodes.webui.protect import AXES  # noqa: E402
+from cpsample_nodes.webui.settings import AXES  # noqa: E402
 
 LABELS = {"scale": "[CPSample] Scale", "alpha": "[CPSample] Alpha", "start_percent": "[CPSample] Start at",
           "end_percent": "[CPSample] End at"}

@@ -15,11 +15,13 @@ import torch
 
 from cpsample_nodes.core import Guard, GuardFileError, GuardNet, NoiseSpace, TrainingStopped, load_guard, save_guard
 from cpsample_nodes.core.network import GuardConfig
-from cpsample_nodes.webui import a1111, guards, protect
-from cpsample_nodes.webui.family import (FamilyMismatch, ModelFamily, check_guard, forge_family,
-                                         forge_noise_space)
-from cpsample_nodes.webui.guidance import ForgePostCFG, Guidance, guide_kwargs
-from cpsample_nodes.webui.settings import ARGS, INFOTEXT, Settings, SettingsError
+from cpsample_nodes.usecases import guard_files as guards
+from cpsample_nodes.usecases.guided_step import GuidedStep, PostCFG
+from cpsample_nodes.usecases.model import GuardMismatch, ModelFamily, check_guard
+from cpsample_nodes.usecases.settings import AppliedSettings, resolve_settings
+from cpsample_nodes.webui import a1111, generation
+from cpsample_nodes.webui.family import forge_family, forge_noise_space
+from cpsample_nodes.webui.settings import ARGS, INFOTEXT, Settings, SettingsError, restore_values
 from cpsample_nodes.webui.train import TrainRequest, train
 
 SD15 = ModelFamily("SD15", 4, "ModelSamplingDiscrete+EPS", "vp")
@@ -42,8 +44,12 @@ class Proc:
     """A processing object (A1111's StableDiffusionProcessing is a plain class, weakly referenceable)."""
 
 
+def manual(scale: float, alpha: float) -> AppliedSettings:
+    return AppliedSettings({"scale": scale, "alpha": alpha}, False, "manual")
+
+
 class RecordingGuidance:
-    """Stands in for Guidance where a test needs to see what it was given: adds a fixed shift to x0."""
+    """Stands in for GuidedStep where a test needs to see what it was given: adds a fixed shift to x0."""
 
     def __init__(self, shift: float = 0.0):
         self.shift = shift
@@ -92,16 +98,17 @@ def test_infotext_round_trip_through_strings():
     # the webui hands pasted values back as strings
     assert Settings.from_infotext({k: str(v) for k, v in written.items()}) == s
     assert Settings.from_infotext({"Steps": "20"}) == Settings()  # no CPSample keys: off
-    assert protect.restore_values({"Steps": "20"}) == {"enabled": False}
+    assert restore_values({"Steps": "20"}) == {"enabled": False}
 
 
-def test_xyz_axes_pin_settings_and_turn_protection_on():
-    p = SimpleNamespace(cpsample_scale=50.0, cpsample_alpha=None)
-    settings, pinned = protect.settings_for((False, "g", 1000.0, 0.01), p)
+def test_xyz_axes_override_settings_and_turn_protection_on():
+    settings = Settings.from_args((False, "g", 1000.0, 0.01), overrides={"scale": 50.0})
     assert settings.enabled and settings.scale == 50.0 and settings.alpha == 0.01
-    assert pinned == {"scale"}
-    settings, pinned = protect.settings_for((False, "g"), SimpleNamespace())
-    assert not settings.enabled and not pinned
+    assert not Settings.from_args((False, "g")).enabled
+    # settings are checked once protection is on, not while it is off
+    assert not Settings.from_args((False, "g", 1.0, 0.9)).enabled
+    with pytest.raises(SettingsError, match="alpha must lie"):
+        Settings.from_args((False, "g", 1.0, 0.9), overrides={"scale": 5.0})
 
 
 # --- calibration ---------------------------------------------------------------------------------
@@ -114,19 +121,18 @@ class CalibratedGuard(Guard):
 def test_calibration_applies_unless_off_or_pinned():
     base = tiny_guard()
     guard = CalibratedGuard(base.net, base.space, base.info)
-    s = Settings(enabled=True, guard="g", scale=1000.0, alpha=0.01)
-    kw, used = guide_kwargs(guard, s)
-    accepted = set(__import__("inspect").signature(guard.guide).parameters)
-    assert used and kw["scale"] == 321.0 and kw["alpha"] == 0.2
-    assert ("sigma_max" in kw) == ("sigma_max" in accepted)  # only what this core's guide takes
-    kw, _ = guide_kwargs(guard, s, pinned=frozenset({"scale"}))
-    assert kw["scale"] == 1000.0 and kw["alpha"] == 0.2
-    kw, used = guide_kwargs(guard, Settings(enabled=True, guard="g", use_calibration=False))
-    assert not used and kw["scale"] == 1000.0
-    kw, used = guide_kwargs(guard, Settings(enabled=True, guard="g", scale=0.0))  # scale 0 is off, always
-    assert not used and kw["scale"] == 0.0
-    kw, used = guide_kwargs(base, s)  # a guard without a calibration
-    assert not used and kw["scale"] == 1000.0
+    used = resolve_settings(guard, 1000.0, 0.01)
+    assert used.calibrated and used.guide == {"scale": 321.0, "alpha": 0.2, "max_step": None, "sigma_max": 2.0}
+    assert used.description == "calibrated settings scale 321, α 0.2, max step none, σ ≤ 2"
+    pinned = resolve_settings(guard, 1000.0, 0.01, pinned=frozenset({"scale"}))  # an X/Y/Z axis wins
+    assert pinned.scale == 1000.0 and pinned.alpha == 0.2
+    off = resolve_settings(guard, 1000.0, 0.01, use_calibration=False)
+    assert not off.calibrated and off.guide == {"scale": 1000.0, "alpha": 0.01}
+    zero = resolve_settings(guard, 0.0, 0.01)  # scale 0 is off, always
+    assert not zero.calibrated and zero.scale == 0.0 and "protection off" in zero.description
+    plain = resolve_settings(base, 1000.0, 0.01)  # a guard without a calibration
+    assert not plain.calibrated and plain.scale == 1000.0
+    assert plain.description.startswith("manual settings scale 1000, α 0.01 (this guard has no calibration")
 
 
 # --- A1111: the cond+uncond batch ----------------------------------------------------------------
@@ -290,7 +296,7 @@ def test_real_guard_steers_through_the_a1111_callbacks_and_scale_zero_does_not()
     x_in, s_in = _cfg_batch(x, sigma, [1, 1])
     outs = {}
     for scale in (0.0, 5000.0):
-        g = Guidance(guard, {"scale": scale, "alpha": 0.5}, 0.0, 1.0)
+        g = GuidedStep(guard, manual(scale, 0.5), 0.0, 1.0)
         session = _session(p, g)
         session.on_denoiser(SimpleNamespace(x=x_in, sigma=s_in, denoiser=SimpleNamespace(p=p)))
         params = SimpleNamespace(x=x0.clone())
@@ -301,7 +307,7 @@ def test_real_guard_steers_through_the_a1111_callbacks_and_scale_zero_does_not()
 
 
 def test_window_outside_leaves_steps_alone():
-    g = Guidance(tiny_guard(), {"scale": 5000.0, "alpha": 0.5}, 0.0, 0.2)  # only the first fifth (high σ)
+    g = GuidedStep(tiny_guard(), manual(5000.0, 0.5), 0.0, 0.2)  # only the first fifth (high σ)
     sch = a1111.DiscreteSchedule(sd_alphas())
     x0 = torch.randn(1, 4, 8, 8)
     out = g(x0, x0, torch.tensor([0.1]), "k", lambda: sch.space("s"), sch.percent_to_sigma)
@@ -358,7 +364,7 @@ def test_forge_noise_space_noises_like_the_builtin_vp():
 
 def test_forge_post_cfg_passes_the_step_through():
     rec = RecordingGuidance(shift=1.0)
-    fn = ForgePostCFG(rec)
+    fn = PostCFG(rec, generation.forge_sampling)
     d, x, s = torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8), torch.tensor([2.0])
     out = fn({"denoised": d, "input": x, "sigma": s, "model": SimpleNamespace(predictor=FakeForgePrediction())})
     assert torch.equal(out, d + 1.0) and torch.equal(rec.calls[0][1], x)
@@ -374,7 +380,7 @@ def test_forge_post_cfg_passes_the_step_through():
     (dict(kind="flow"), "trained for a flow model but this model's sampling \\(ModelSamplingDiscrete\\+EPS\\) is vp"),
 ])
 def test_family_mismatch_says_why(guard_kw, message):
-    with pytest.raises(FamilyMismatch, match=message):
+    with pytest.raises(GuardMismatch, match=message):
         check_guard(tiny_guard(**guard_kw), SD15)
     check_guard(tiny_guard(), SD15)  # the right family passes
 
@@ -383,19 +389,19 @@ def test_prepare_refuses_with_the_guard_name_and_refusal_reaches_sampling(tmp_pa
     save_guard(tiny_guard(latent_format="SDXL"), tmp_path / "xl.safetensors")
     (tmp_path / "broken.safetensors").write_bytes(b"not a guard")
     s = Settings(enabled=True, guard="xl.safetensors")
-    with pytest.raises(protect.Refused, match="guard 'xl.safetensors' does not fit this model: this guard was "
+    with pytest.raises(generation.Refused, match="guard 'xl.safetensors' does not fit this model: this guard was "
                                               "trained on SDXL latents"):
-        protect.prepare(s, SD15, tmp_path)
-    with pytest.raises(protect.Refused, match="cannot load guard 'broken.safetensors': .*broken.safetensors: "
+        generation.prepare(s, SD15, tmp_path)
+    with pytest.raises(generation.Refused, match="cannot load guard 'broken.safetensors': .*broken.safetensors: "
                                               "not a safetensors file"):
-        protect.prepare(Settings(enabled=True, guard="broken.safetensors"), SD15, tmp_path)
-    with pytest.raises(protect.Refused, match="guard 'missing' not found in .* \\(it has: broken.safetensors, "
+        generation.prepare(Settings(enabled=True, guard="broken.safetensors"), SD15, tmp_path)
+    with pytest.raises(generation.Refused, match="guard 'missing' not found in .* \\(it has: broken.safetensors, "
                                               "xl.safetensors\\)"):
-        protect.prepare(Settings(enabled=True, guard="missing"), SD15, tmp_path)
+        generation.prepare(Settings(enabled=True, guard="missing"), SD15, tmp_path)
     p = Proc()
-    err = protect.Refused("why")
-    protect.refuse(p, err)
-    with pytest.raises(protect.Refused, match="why") as info:
+    err = generation.Refused("why")
+    generation.refuse(p, err)
+    with pytest.raises(generation.Refused, match="why") as info:
         p.sample(conditioning=None)
     # the webui's API answers with the exception's own status_code and detail (vars(e), not the class)
     assert vars(info.value).get("status_code") == 400 and vars(info.value).get("detail") == "why"
@@ -403,8 +409,8 @@ def test_prepare_refuses_with_the_guard_name_and_refusal_reaches_sampling(tmp_pa
 
 def test_prepare_writes_what_was_used_into_the_infotext(tmp_path):
     save_guard(tiny_guard(), tmp_path / "ok.safetensors")
-    prepared = protect.prepare(Settings(enabled=True, guard="ok.safetensors", scale=0.0), SD15, tmp_path)
-    assert prepared.guidance.scale == 0.0
+    prepared = generation.prepare(Settings(enabled=True, guard="ok.safetensors", scale=0.0), SD15, tmp_path)
+    assert prepared.step.scale == 0.0
     assert prepared.infotext[INFOTEXT["guard"]] == "ok.safetensors"
     assert prepared.infotext[INFOTEXT["scale"]] == 0.0
 
@@ -519,17 +525,17 @@ def test_a_guard_file_with_a_calibration_steers_with_it(tmp_path):
         pytest.skip("this core has no guard calibration")
     guard.info["calibration"] = {"settings": {"scale": 200.0, "alpha": 0.1, "sigma_max": 1.5}}
     save_guard(guard, tmp_path / "cal.safetensors")
-    prepared = protect.prepare(Settings(enabled=True, guard="cal.safetensors"), SD15, tmp_path)
-    assert prepared.calibrated
-    assert prepared.guidance.kwargs["sigma_max"] == 1.5
+    prepared = generation.prepare(Settings(enabled=True, guard="cal.safetensors"), SD15, tmp_path)
+    assert prepared.step.settings.calibrated
+    assert prepared.step.kwargs["sigma_max"] == 1.5
     assert prepared.infotext[INFOTEXT["scale"]] == 200.0 and prepared.infotext[INFOTEXT["alpha"]] == 0.1
     guard.info["calibration"] = {"settings": {"scale": 200.0, "alpha": 3.0}}  # a hand-edited file
     save_guard(guard, tmp_path / "edited.safetensors")
-    with pytest.raises(protect.Refused, match="guard 'edited.safetensors' has an unusable calibration: .*alpha"):
-        protect.prepare(Settings(enabled=True, guard="edited.safetensors"), SD15, tmp_path)
+    with pytest.raises(generation.Refused, match="guard 'edited.safetensors' has an unusable calibration: .*alpha"):
+        generation.prepare(Settings(enabled=True, guard="edited.safetensors"), SD15, tmp_path)
     # the calibration checkbox off: the sliders steer
-    manual = protect.prepare(Settings(enabled=True, guard="cal.safetensors", use_calibration=False), SD15, tmp_path)
-    assert not manual.calibrated and manual.infotext[INFOTEXT["scale"]] == Settings().scale
+    manual = generation.prepare(Settings(enabled=True, guard="cal.safetensors", use_calibration=False), SD15, tmp_path)
+    assert not manual.step.settings.calibrated and manual.infotext[INFOTEXT["scale"]] == Settings().scale
 
 
 # --- one generation through the script's calls (what scripts/cpsample.py forwards) -----------------
@@ -572,7 +578,6 @@ def _proc(sd_model):
 
 
 def test_a1111_generation_from_process_to_postprocess(tmp_path):
-    from cpsample_nodes.webui import generation
 
     save_guard(tiny_guard(), tmp_path / "g.safetensors")
     p = _proc(FakeA1111Model())
@@ -588,8 +593,7 @@ def test_a1111_generation_from_process_to_postprocess(tmp_path):
     assert not torch.equal(params.x, x0)  # steered
     generation.before_sampling(p)  # nothing to do on A1111
     generation.after_batch(p)
-    if prepared.guidance.log is not None:
-        assert p.extra_generation_params["CPSample gate"].startswith("gate opened on 1 of 1 samples")
+    assert p.extra_generation_params["CPSample gate"].startswith("gate opened on 1 of 1 samples")
     generation.finish(p)
     assert a1111.active() is None
     # the next generation with CPSample off leaves everything alone and writes nothing
@@ -599,22 +603,20 @@ def test_a1111_generation_from_process_to_postprocess(tmp_path):
 
 
 def test_a1111_generation_refused_fails_at_sampling_and_hooks_nothing(tmp_path):
-    from cpsample_nodes.webui import generation
 
     save_guard(tiny_guard(latent_format="SDXL"), tmp_path / "xl.safetensors")
     p = _proc(FakeA1111Model())
     assert generation.start(p, (True, "xl.safetensors"), tmp_path) is None
     assert a1111.active() is None and not p.extra_generation_params
-    with pytest.raises(protect.Refused, match="trained on SDXL latents but the model uses SD15 latents"):
+    with pytest.raises(generation.Refused, match="trained on SDXL latents but the model uses SD15 latents"):
         p.sample(conditioning=None, unconditional_conditioning=None)
     sd3 = _proc(SimpleNamespace(is_sd3=True))
     generation.start(sd3, (True, "xl.safetensors"), tmp_path)
-    with pytest.raises(protect.Refused, match="for SD3 use Forge or ComfyUI"):
+    with pytest.raises(generation.Refused, match="for SD3 use Forge or ComfyUI"):
         sd3.sample()
 
 
 def test_forge_generation_hooks_a_clone_of_the_unet_only(tmp_path):
-    from cpsample_nodes.webui import generation
 
     save_guard(tiny_guard(), tmp_path / "g.safetensors")
     model = _forge_model()
@@ -625,7 +627,7 @@ def test_forge_generation_hooks_a_clone_of_the_unet_only(tmp_path):
     generation.before_sampling(p)
     hooked = model.forge_objects.unet
     assert hooked is not original and not original.post_cfg
-    assert len(hooked.post_cfg) == 1 and isinstance(hooked.post_cfg[0], ForgePostCFG)
+    assert len(hooked.post_cfg) == 1 and isinstance(hooked.post_cfg[0], PostCFG)
     d = torch.randn(1, 4, 8, 8)
     out = hooked.post_cfg[0]({"denoised": d, "input": d + torch.randn_like(d), "sigma": torch.tensor([1.0]),
                               "model": original.model})
@@ -757,7 +759,7 @@ def test_calibrate_refuses_bad_input_clearly(calibration_setup, tmp_path):
     fn, kw = _calibrate_kw(out, make_sampler)
     with pytest.raises(GuardFileError, match="guard 'nope' not found"):
         fn(CalibrateRequest(guard="nope", folder=str(folder)), **kw)
-    with pytest.raises(FamilyMismatch):
+    with pytest.raises(GuardMismatch):
         fn(CalibrateRequest(guard="mine", folder=str(folder)),
            **{**kw, "family": ModelFamily("SDXL", 4, "ModelSamplingDiscrete+EPS", "vp")})
     empty = tmp_path / "empty"

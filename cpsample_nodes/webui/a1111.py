@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from ..core import NoiseSpace
-from .family import ModelFamily
-from .guidance import Guidance
+from ..usecases.guided_step import GuidedStep
+from ..usecases.model import ModelFamily
 
 Tensor = torch.Tensor
 
@@ -117,9 +117,9 @@ def timestep_alphas(denoiser) -> Tensor | None:
 class Session:
     """One protected generation on A1111: whose steps to steer, and what on_cfg_denoiser saw."""
 
-    def __init__(self, p: Any, guidance: Guidance, schedule: DiscreteSchedule, sampling_name: str):
+    def __init__(self, p: Any, step: GuidedStep, schedule: DiscreteSchedule, sampling_name: str):
         self._p = weakref.ref(p)
-        self.guidance = guidance
+        self.step = step
         self.schedule = schedule
         self.sampling_name = sampling_name
         self._seen: tuple[Tensor, Tensor, Any] | None = None
@@ -151,7 +151,7 @@ class Session:
         return k_to_eps(x, sigma, guided, alphas).to(out.dtype)
 
     def _guide_k(self, denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        return self.guidance(denoised, x, sigma, key="a1111", make_space=self._make_space,
+        return self.step(denoised, x, sigma, key="a1111", make_space=self._make_space,
                              percent_to_sigma=self.schedule.percent_to_sigma)
 
     def _make_space(self) -> NoiseSpace:
@@ -163,10 +163,10 @@ class Session:
 _SESSION: Session | None = None
 
 
-def begin(p: Any, guidance: Guidance, sd_model, fam: ModelFamily) -> Session:
+def begin(p: Any, step: GuidedStep, sd_model, fam: ModelFamily) -> Session:
     """Serve ``p``'s generation from now on (replacing any session left over from a failed run)."""
     global _SESSION
-    _SESSION = Session(p, guidance, DiscreteSchedule(sd_model.alphas_cumprod), fam.model_sampling)
+    _SESSION = Session(p, step, DiscreteSchedule(sd_model.alphas_cumprod), fam.model_sampling)
     return _SESSION
 
 

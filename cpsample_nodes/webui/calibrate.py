@@ -1,10 +1,7 @@
-"""Calibrating a guard on the webui's current model, as ComfyUI's Calibrate Guard does.
-
-The host hands in a probe sampler (``probes.ProbeSampler``: the webui's own txt2img with the user's
-prompt, sampler and size), the model's VAE encoder and decoder and its noise space; everything else is
-here and in the core: the training folder loaded as the guard was trained, the core's ``calibrate``, the
-report and the evidence picture. The calibration is written into the guard file (atomically), where the
-accordion's "Use the guard's calibration" finds it, in ComfyUI as well.
+"""Calibrating a guard on the webui's current model, as ComfyUI's Calibrate Guard does: the tab's and the
+API's request, then ``usecases.calibrating`` with the webui's probe sampler (``probes.ProbeSampler``: its
+own txt2img with the user's prompt, sampler and size). The calibration is written into the guard file
+(atomically), where the accordion's "Use the guard's calibration" finds it, in ComfyUI as well.
 """
 from __future__ import annotations
 
@@ -14,12 +11,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..core import CalibrationStopped, calibrate, dataset_digest, save_guard
-from ..core import evidence
+from ..core import NoiseSpace, save_guard
 from ..core import images as imgs
 from ..core.calibration import MIN_PROBES, SampleFn
-from . import guards
-from .family import ModelFamily, check_guard
+from ..usecases import guard_files
+from ..usecases.calibrating import calibrate_from_folder
+from ..usecases.model import ModelFamily, check_guard
 from .request import typed_fields
 from .train import folder_path
 
@@ -68,7 +65,7 @@ class CalibrateRequest:
 def calibrate_guard(req: CalibrateRequest, *, guards_dir: str | Path,
                     make_sampler: Callable[[int, int], SampleFn],
                     encode: Callable[[torch.Tensor, int], torch.Tensor],
-                    decode: Callable[[torch.Tensor], torch.Tensor], family: ModelFamily, space,
+                    decode: Callable[[torch.Tensor], torch.Tensor], family: ModelFamily, space: NoiseSpace,
                     multiple: int = 8, progress: Progress | None = None,
                     should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Calibrate guard ``req.guard`` and save it. ``make_sampler(width, height)`` gives the core's
@@ -77,42 +74,19 @@ def calibrate_guard(req: CalibrateRequest, *, guards_dir: str | Path,
     "name", "report", "summary", "picture" (PIL), "calibration"}; ValueError / GuardFileError for bad
     input; CalibrationStopped when ``should_stop`` ended it (nothing is written then)."""
     guards_dir = Path(guards_dir)
-    source = guards.resolve(guards_dir, req.guard)
-    target = source if not req.save_as else guards.new_path(guards_dir, req.save_as)  # bad names fail first
-    guard = guards.load_file(source)
+    source = guard_files.resolve(guards_dir, req.guard)
+    target = source if not req.save_as else guard_files.new_path(guards_dir, req.save_as)  # bad names fail first
+    guard = guard_files.load_file(source)
     check_guard(guard, family)
-    batch, names, at_guard_size = imgs.calibration_images(guard.info, folder_path(req.folder), multiple,
-                                                          req.width, req.height)
     # the guard's own seed draws the VAE posterior, as training did: the same images give the same latents
-    latents = encode(batch, int(guard.info.get("label_seed", 0) or 0)).to("cpu", torch.float32)
-    if latents.shape[1] != guard.latent_channels:
-        raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the guard takes "
-                         f"{guard.latent_channels}: use the model the guard was trained for")
-    same_set = at_guard_size and guard.info.get("dataset_digest") == dataset_digest(latents)
-    h, w = batch.shape[1], batch.shape[2]
-    sample = make_sampler(w, h)
-    description = getattr(sample, "description", None)
-
-    def report_progress(done: int, total: int, stats: dict) -> None:
-        if progress is not None:
-            progress(done, total, f"calibrating ({stats.get('setting')}): {done} probe images, "
-                                  f"{stats.get('model_calls')} model calls")
-
-    g = guard.with_space(space)  # a new Guard with its own info: the cached one stays as it was
-    with torch.inference_mode(False):
-        cal = calibrate(g, sample, latents, seeds=range(req.seed, req.seed + req.probes), decode=decode,
-                        progress=report_progress, should_stop=should_stop, sampler_description=description)
-    if should_stop is not None and should_stop():
-        raise CalibrationStopped("calibration stopped before the guard was saved")
-    out = g.with_space(guard.space)
-    save_guard(out, target)
-
-    text, copies = evidence.report(
-        cal, latents, names, same_set=same_set,
-        header=f"CPSample calibration of {source.name}: {batch.shape[0]} training images from {req.folder} at "
-               f"{w}x{h} px",
-        footer=f"Saved to {target.name}: pick it in the CPSample accordion with \"Use the guard's calibration\".")
-    picture = evidence.evidence_picture(cal, copies, decode, batch, names, description or "")
-    return {"path": str(target), "name": target.relative_to(guards_dir).as_posix(), "report": text,
-            "summary": evidence.calibration_summary(cal), "picture": imgs.tensor_to_pil(picture)[0],
-            "calibration": out.info["calibration"]}
+    label_seed = int(guard.info.get("label_seed", 0) or 0)
+    result = calibrate_from_folder(
+        guard, folder_path(req.folder), make_sampler=make_sampler, encode=lambda images: encode(images, label_seed),
+        decode=decode, space=space, seed=req.seed, probes=req.probes, width=req.width, height=req.height,
+        multiple=multiple, header=f"CPSample calibration of {source.name}", source=req.folder,
+        footer=f"Saved to {target.name}: pick it in the CPSample accordion with \"Use the guard's calibration\".",
+        progress=progress, should_stop=should_stop)
+    save_guard(result.guard, target)
+    return {"path": str(target), "name": target.relative_to(guards_dir).as_posix(), "report": result.report,
+            "summary": result.summary, "picture": imgs.tensor_to_pil(result.picture)[0],
+            "calibration": result.guard.info["calibration"]}

@@ -1,42 +1,12 @@
-"""Which model family a webui model is, and whether a guard fits it.
+"""Which model family a webui model is, in ComfyUI's names (``usecases.model.ModelFamily``).
 
-A guard file records the latent format and noise kind it was trained for, under the names ComfyUI
-uses (latent format "SD15", "SDXL", ...; sampling "ModelSamplingDiscrete+EPS"). Forge's backend
-comes from ComfyUI's and its model configs carry the same latent format classes, so a guard
-trained in one host is checked the same way in the other. The checks and their messages are the
-ones Protect Model gives in ComfyUI.
+Forge's backend comes from ComfyUI's and its model configs carry the same latent format classes; its
+predictor is named as ComfyUI names model_sampling. A1111's models are read in ``a1111.py``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..core import NoiseSpace
-from ..core.compat import latent_mismatch, noise_mismatch
-
-
-class FamilyMismatch(ValueError):
-    """A guard that does not fit the model (channels, latent format or noise kind)."""
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    latent_format: str  # ComfyUI's latent format class name: "SD15", "SDXL", "SD3", "Flux", ...
-    latent_channels: int
-    model_sampling: str  # e.g. "ModelSamplingDiscrete+EPS"
-    noise_kind: str  # "vp" or "flow"
-
-    def info(self) -> dict:
-        """What a guard trained on this model records about it."""
-        return {"latent_format": self.latent_format, "model_sampling": self.model_sampling}
-
-
-def check_guard(guard, family: ModelFamily) -> None:
-    """Raise FamilyMismatch with the reason unless ``guard`` was trained for this family's latents."""
-    why = (latent_mismatch(guard, family.latent_format, family.latent_channels)
-           or noise_mismatch(guard, family.noise_kind, family.model_sampling))
-    if why:
-        raise FamilyMismatch(why)
-
+from ..usecases.model import ModelFamily
 
 # --- Forge: the backend's predictor and the model config's latent format ------------------------
 

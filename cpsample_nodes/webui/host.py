@@ -14,7 +14,8 @@ import torch
 
 from ..core import NoiseSpace
 from . import a1111
-from .family import ModelFamily, forge_family, forge_noise_space, forge_predictor
+from ..usecases.model import ModelFamily
+from .family import forge_family, forge_noise_space, forge_predictor
 
 GUARD_FOLDER = "cpsample"
 

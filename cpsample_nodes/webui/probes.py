@@ -15,12 +15,11 @@ import torch
 from ..core import CalibrationStopped
 from ..core.probing import Guide, PostCFGGuide, probe_batch
 from . import a1111, host
-from .family import ModelFamily
-
+from ..usecases.model import ModelFamily
 
 
 class _CoreGuide:
-    """The core's ``guide(denoised, x, sigma)`` where the webui glue expects a Guidance (A1111's session)."""
+    """The core's ``guide(denoised, x, sigma)`` where A1111's session expects a GuidedStep."""
 
     def __init__(self, guide: Guide):
         self.guide = guide

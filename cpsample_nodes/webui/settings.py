@@ -5,13 +5,11 @@ The names and limits follow the ComfyUI node Protect Model, so a setting means t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
-from ..core.guard import DEFAULT_ALPHA, DEFAULT_SCALE, INPUTS, OBJECTIVES
-
-# What the guard reads, the core's default first (as in Protect Model).
-GUARD_INPUTS = ("denoised",) + tuple(i for i in INPUTS if i != "denoised")
+from ..core.guard import DEFAULT_ALPHA, DEFAULT_SCALE, OBJECTIVES
+from ..usecases.guided_step import GUARD_INPUTS
 MAX_SCALE = 100000.0
 
 
@@ -33,15 +31,21 @@ class Settings:
 
     # --- from the host ----------------------------------------------------------------------
     @classmethod
-    def from_args(cls, args: Sequence[Any]) -> "Settings":
-        """The script's args in ``ARGS`` order (the UI, or an API list, which may stop early:
-        the rest keep their defaults), or a dict by name first (handier in API calls; the webui
-        fills the places after it with the UI's defaults, which are then ignored)."""
+    def from_args(cls, args: Sequence[Any], overrides: Mapping[str, Any] | None = None) -> "Settings":
+        """The script's args in ``ARGS`` order (the UI, or an API list, which may stop early: the rest
+        keep their defaults), or a dict by name first (handier in API calls; the webui fills the places
+        after it with the UI's defaults, which are then ignored). ``overrides`` (X/Y/Z plot axes) win and
+        turn protection on. Checked when enabled: SettingsError names the first bad setting."""
         if args and isinstance(args[0], Mapping):
-            return cls.from_dict(args[0])
-        if len(args) > len(ARGS):
+            values = dict(args[0])
+        elif len(args) > len(ARGS):
             raise SettingsError(f"CPSample takes at most {len(ARGS)} args ({', '.join(ARGS)}), got {len(args)}")
-        return cls.from_dict(dict(zip(ARGS, args)))
+        else:
+            values = dict(zip(ARGS, args))
+        if overrides:
+            values.update(enabled=True, **overrides)
+        settings = cls.from_dict(values)
+        return settings.validate() if settings.enabled else settings
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Settings":
@@ -53,11 +57,6 @@ class Settings:
             if f.name in values and values[f.name] is not None:
                 kw[f.name] = _convert(f.name, values[f.name], type(getattr(cls, f.name)))
         return cls(**kw)
-
-    def with_overrides(self, **values: Any) -> "Settings":
-        """These settings with some replaced (X/Y/Z plot axes); None leaves a setting as it is."""
-        kw = {k: _convert(k, v, type(getattr(self, k))) for k, v in values.items() if v is not None}
-        return replace(self, **kw)
 
     # --- checks -----------------------------------------------------------------------------
     def validate(self) -> "Settings":
@@ -89,9 +88,11 @@ class Settings:
         return self.enabled and self.scale > 0
 
     # --- infotext ---------------------------------------------------------------------------
-    def infotext(self) -> dict[str, Any]:
-        """Keys for ``p.extra_generation_params`` (written into the PNG and shown under the image)."""
-        return {INFOTEXT[name]: _format(getattr(self, name)) for name in ARGS if name != "enabled"}
+    def infotext(self, **used: Any) -> dict[str, Any]:
+        """Keys for ``p.extra_generation_params`` (written into the PNG and shown under the image);
+        ``used``: values that steered in place of these settings (a calibration's scale and alpha)."""
+        values = {**self.as_dict(), **used}
+        return {INFOTEXT[name]: _format(values[name]) for name in ARGS if name != "enabled"}
 
     @classmethod
     def from_infotext(cls, params: Mapping[str, Any]) -> "Settings":
@@ -111,6 +112,10 @@ class Settings:
 
 
 ARGS = tuple(f.name for f in fields(Settings))
+# X/Y/Z plot axes set these attributes on the processing object (scripts/cpsample_xyz.py); they win
+# over the accordion.
+AXES = {"scale": "cpsample_scale", "alpha": "cpsample_alpha", "start_percent": "cpsample_start_percent",
+        "end_percent": "cpsample_end_percent"}
 # Infotext key per setting ("enabled" is implied by the presence of the guard key).
 INFOTEXT = {
     "guard": "CPSample guard",
@@ -124,6 +129,11 @@ INFOTEXT = {
 }
 _TRUE = {"true", "on", "yes", "1"}
 _FALSE = {"false", "off", "no", "0", ""}
+
+
+def restore_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The accordion's values from a pasted infotext (protection off without CPSample keys)."""
+    return Settings.from_infotext(params).as_dict() if INFOTEXT["guard"] in params else {"enabled": False}
 
 
 def _format(v: Any) -> Any:

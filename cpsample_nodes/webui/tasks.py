@@ -7,7 +7,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..core import TrainingStopped
 from . import check as check_mod
-from . import guards, host
+from ..usecases import guard_files
+from . import host
 from .calibrate import CalibrateRequest, calibrate_guard as calibrate
 from .train import TrainRequest, train
 
@@ -78,7 +79,7 @@ def calibrate_guard(values: Mapping[str, Any],
 
 def list_guards() -> dict[str, Any]:
     folder = host.guards_dir()
-    return {"folder": str(folder), "guards": guards.list_guards(folder)}
+    return {"folder": str(folder), "guards": guard_files.list_guards(folder)}
 
 
 def replication_check(images: Sequence, values: Mapping[str, Any]) -> dict[str, Any]:

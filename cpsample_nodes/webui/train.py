@@ -1,11 +1,5 @@
-"""Training a guard from a folder of images on the webui's current model, saved under models/cpsample/.
-
-It feeds ``train_guard`` exactly what ComfyUI's Train Guard node feeds it (images brought to one size
-by the same policy, encoded by the model's own VAE into the latents the sampler works in, the model's
-own noise schedule, the same metadata), so a guard trained here and one trained in ComfyUI on the
-same model and images are the same kind of file. The host hands in the encoder and the model's
-noise space; everything else is here.
-"""
+"""Training a guard from a folder of images on the webui's current model, saved under models/cpsample/:
+the tab's and the API's request, then ``usecases.training`` (as ComfyUI's Train Guard node)."""
 from __future__ import annotations
 
 import inspect
@@ -16,13 +10,13 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..core import NoiseSpace, TrainingStopped, save_guard, train_guard
+from ..core import NoiseSpace, save_guard, train_guard
 from ..core import images as imgs
-from ..core.images import refuse_training_images_as_class
 from ..core.network import DEFAULT_HEADS
-from ..core.training import DEFAULT_NEGATIVES, MAX_HEADS, outcome_text, progress_text
-from .family import ModelFamily
-from .guards import new_path
+from ..core.training import MAX_HEADS, progress_text
+from ..usecases import guard_files
+from ..usecases.model import ModelFamily
+from ..usecases.training import class_images, train_from_images, training_images
 from .request import typed_fields
 
 DEFAULT_MAX_STEPS = int(inspect.signature(train_guard).parameters["max_steps"].default)
@@ -77,46 +71,17 @@ def train(req: TrainRequest, *, encode: Callable[[torch.Tensor], torch.Tensor], 
     sampling latents. Returns {"path", "name", "report", "info"}; raises ValueError for bad input and
     TrainingStopped when ``should_stop`` ended it (nothing is written then)."""
     out_folder = Path(out_folder)
-    target = new_path(out_folder, req.name, req.overwrite)  # a bad name fails before any work
-    batch, names, hw = imgs.load_image_folder(folder_path(req.folder), policy=req.resolution_policy,
-                                              size=req.resolution, multiple=multiple)
-    if batch.shape[0] < 2:
-        raise ValueError(f"a guard needs at least 2 training images, got {batch.shape[0]} in {req.folder}")
-    class_batch = None
-    if req.class_folder:
-        class_batch = imgs.load_image_folder(folder_path(req.class_folder), hw=hw)[0]
-        refuse_training_images_as_class(batch, names, class_batch)
-
-    latents = encode(batch).to("cpu", torch.float32)
-    if latents.shape[1] != family.latent_channels:
-        raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the model's latent format "
-                         f"{family.latent_format} has {family.latent_channels}: use this model's VAE")
-    negatives: str | torch.Tensor = DEFAULT_NEGATIVES
-    if class_batch is not None:
-        negatives = encode(class_batch).to("cpu", torch.float32)
+    target = guard_files.new_path(out_folder, req.name, req.overwrite)  # a bad name fails before any work
+    images = training_images(folder_path(req.folder), req.resolution_policy, req.resolution, multiple)
+    classes = class_images(images, folder_path(req.class_folder)) if req.class_folder else None
 
     def report_progress(step: int, total: int, stats: dict) -> None:
-        if progress is None:
-            return
-        progress(step, total, progress_text(step, total, stats))
+        if progress is not None:
+            progress(step, total, progress_text(step, total, stats))
 
-    info = {**family.info(), "host": host, "image_size": f"{hw[1]}x{hw[0]}",
-            "resolution_policy": req.resolution_policy}
-    if class_batch is not None:
-        info["class_images"] = int(class_batch.shape[0])
-    with torch.inference_mode(False):
-        guard = train_guard(latents, space=space, seed=req.seed, progress=report_progress, should_stop=should_stop,
-                            max_steps=req.max_steps, batch_size=req.batch_size, info=info, negatives=negatives,
-                            heads=req.heads, device=device)
-    guard = guard.with_space(space.builtin())  # no references to this model's objects
-    guard.info = dict(guard.info)
-    if should_stop is not None and should_stop():
-        raise TrainingStopped("guard training stopped before the guard was saved")
-    save_guard(guard, target)
-    report = (f"CPSample guard {target.name}: {batch.shape[0]} images at {hw[1]}x{hw[0]} px "
-              f"(policy {req.resolution_policy}, multiple of {multiple}), latents {tuple(latents.shape[1:])}; "
-              f"{f'{class_batch.shape[0]} class images as negatives; ' if class_batch is not None else ''}"
-              f"{family.latent_format}, {family.model_sampling} ({space.kind}); "
-              f"{outcome_text(guard.info)}")
-    return {"path": str(target), "name": target.relative_to(out_folder).as_posix(), "report": report,
-            "info": guard.info}
+    trained = train_from_images(images, encode=encode, family=family, space=space, host=host, seed=req.seed,
+                                max_steps=req.max_steps, batch_size=req.batch_size, heads=req.heads, classes=classes,
+                                progress=report_progress, should_stop=should_stop, device=device)
+    save_guard(trained.guard, target)
+    return {"path": str(target), "name": target.relative_to(out_folder).as_posix(),
+            "report": f"CPSample guard {target.name}: {trained.report}", "info": trained.guard.info}
