@@ -16,7 +16,7 @@ import torch
 
 from ..core.probing import Guide, PostCFGGuide, probe_batch
 from . import host
-from .patch import MARKER
+from ..usecases.guided_step import MARKER
 
 # Samplers whose default noise is a Brownian tree (value: the tree lives on the CPU), as comfy's
 # k_diffusion/sampling.py builds it; the other noise-adding samplers use default_noise_sampler.

@@ -1,83 +1,74 @@
 """CPSample Calibrate Guard (node id CPSampleCalibrateGuard): the guard's settings measured on the user's model.
 
-The node loads the training folder as Train Guard did, samples probe seeds with the user's MODEL, prompt and
-sampler (calibrate.ProbeSampler), lets the core's ``calibrate`` choose the setting, and returns a new guard
-carrying the calibration, a report and the evidence picture.
+The node samples probe seeds with the user's MODEL, prompt and sampler (calibrate.ProbeSampler) and hands them
+to ``usecases.calibrating`` (the training folder loaded as Train Guard did, the core's ``calibrate``); it
+returns a new guard carrying the calibration, a report and the evidence picture.
 """
 from __future__ import annotations
 
-import torch
+import logging
+
 from comfy_api.latest import io, ui
 
-from ..core import CalibrationStopped, calibrate, dataset_digest, evidence
-from ..core import images as imgs
+from ..core import CalibrationStopped
 from ..core.calibration import MIN_PROBES, PROBE_COST_NOTE
-from . import host
+from ..usecases.calibrating import calibrate_from_folder
+from . import host, latent_cache
 from .calibrate import ProbeSampler, check_unprotected, vae_decoder
-from .nodes import (CATEGORY, NO_FOLDER, Guard, _downscale, _encode_cached, _folder_fingerprint, _folder_options,
-                    _folder_path, _node_id, _send_text, log)
+from .inputs import CATEGORY, GUARD, chosen_folder, folder_fingerprint, folder_options, node_id, send_text
+
+log = logging.getLogger("CPSample")
 
 
-def _calibration_images(guard, folder: str, vae, width: int, height: int) -> tuple[torch.Tensor, list[str], bool]:
-    """The training folder as Train Guard loaded it, or at width x height (see images.calibration_images)."""
-    if not folder or folder == NO_FOLDER:
-        raise ValueError("no training images: choose the folder the guard was trained on (Train Guard's folder)")
-    return imgs.calibration_images(guard.info, _folder_path(folder), _downscale(vae), width, height)
-
-
-def _calibrate(cls, model, guard, positive, negative, vae, folder, seed, probes, steps, cfg, sampler_name,
-               scheduler, width, height) -> io.NodeOutput:
+def run(cls, model, guard, positive, negative, vae, folder, seed, probes, steps, cfg, sampler_name, scheduler,
+        width, height) -> io.NodeOutput:
+    """The node's execute: checks, the host's sampler and VAE, ``usecases.calibrating``, the result."""
     import comfy.model_management as mm
     import comfy.utils
 
-    node_id = _node_id(cls)
+    node = node_id(cls)
     try:
         host.check_guard(guard, model)
         check_unprotected(model)
     except ValueError as e:  # HostMismatch or an already protected model
         raise ValueError(f"CPSample Calibrate Guard: {e}") from None
-    batch, names, at_guard_size = _calibration_images(guard, folder, vae, width, height)
-    raw, cached = _encode_cached(vae, batch)
+    path = chosen_folder(folder)
+    if path is None:
+        raise ValueError("no training images: choose the folder the guard was trained on (Train Guard's folder)")
     lf = host.latent_format(model)
-    latents = lf.process_in(raw.clone())  # the space Train Guard trained the guard in
-    if latents.shape[1] != guard.latent_channels:
-        raise ValueError(f"the VAE makes {latents.shape[1]}-channel latents but the guard takes "
-                         f"{guard.latent_channels}: use the VAE the guard was trained with")
-    same_set = at_guard_size and guard.info.get("dataset_digest") == dataset_digest(latents)
-    h, w = batch.shape[1], batch.shape[2]
+    encode_cached, _ = latent_cache.model_encoder(vae, lf)
+    shapes: list[tuple] = []
+    pbar = comfy.utils.ProgressBar(probes, node_id=node)
 
-    g = guard.with_space(host.noise_space(host.model_sampling(model)))  # a new Guard: its own info dict
-    with torch.inference_mode(False):
-        g.net.to(model.load_device)
-    sampler = ProbeSampler(model, positive, negative, steps, cfg, sampler_name, scheduler, tuple(latents.shape[1:]),
-                           on_step=mm.throw_exception_if_processing_interrupted)
-    decode = vae_decoder(vae, lf)
-    pbar = comfy.utils.ProgressBar(probes, node_id=node_id)
+    def encode(images):
+        latents = encode_cached(images)
+        shapes.append(tuple(latents.shape[1:]))  # the probes' latent shape
+        return latents
 
-    def progress(done, total, stats):
-        # total counts every setting; calibration usually stops well before it
-        _send_text(node_id, f"calibrating ({stats.get('setting')}): {done} probe images sampled, "
-                            f"{stats.get('model_calls')} model calls")
+    def make_sampler(width: int, height: int) -> ProbeSampler:
+        sampler = ProbeSampler(model, positive, negative, steps, cfg, sampler_name, scheduler, shapes[-1],
+                               on_step=mm.throw_exception_if_processing_interrupted)
+        sampler.description = sampler.describe(width, height)
+        return sampler
+
+    def progress(done: int, total: int, text: str) -> None:
+        send_text(node, text)
         pbar.update_absolute(done, total)  # also raises if the user pressed Cancel
 
     try:
-        cal = calibrate(g, sampler, latents, seeds=range(seed, seed + probes), decode=decode, progress=progress,
-                        should_stop=mm.processing_interrupted, sampler_description=sampler.describe(w, h))
+        result = calibrate_from_folder(
+            guard, path, make_sampler=make_sampler, encode=encode, decode=vae_decoder(vae, lf),
+            space=host.noise_space(host.model_sampling(model)), seed=seed, probes=probes, width=width, height=height,
+            multiple=host.vae_downscale(vae), header="CPSample Calibrate Guard", source=folder,
+            footer="Save this guard and use it in CPSample Protect Model (settings: calibration).",
+            progress=progress, should_stop=mm.processing_interrupted, device=model.load_device)
     except CalibrationStopped:
         mm.throw_exception_if_processing_interrupted()
         raise
-    out = g.with_space(guard.space)  # the input guard stays as it was (ComfyUI caches it)
-
-    report, copies = evidence.report(
-        cal, latents, names, same_set=same_set,
-        header=f"CPSample Calibrate Guard: {batch.shape[0]} training images from {folder} at {w}x{h} px, latents "
-               f"{'from cache' if cached else 'encoded'}",
-        footer="Save this guard and use it in CPSample Protect Model (settings: calibration).")
-    log.info(report)
-    picture = evidence.evidence_picture(cal, copies, decode, batch, names, sampler.describe(w, h))
-    _send_text(node_id, evidence.calibration_summary(cal))  # one line on the node; the report goes to its output
-    return io.NodeOutput(out, report, picture,
-                         ui={"text": (report,), **ui.PreviewImage(picture, cls=cls).as_dict()})
+    log.info(result.report)
+    send_text(node, result.summary)  # one line on the node; the report goes to its output
+    return io.NodeOutput(result.guard, result.report, result.picture,
+                         ui={"text": (result.report,), **ui.PreviewImage(result.picture, cls=cls).as_dict()})
 
 
 class CalibrateGuard(io.ComfyNode):
@@ -98,14 +89,14 @@ class CalibrateGuard(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The fine-tuned model you generate with (LoRA applied), without "
                                                 "Protect Model: calibration samples it with and without the guard."),
-                Guard.Input("guard", tooltip="The guard trained on this model's training images (Train Guard or "
+                GUARD.Input("guard", tooltip="The guard trained on this model's training images (Train Guard or "
                                              "Load Guard)."),
                 io.Conditioning.Input("positive", tooltip="A prompt you generate with: copies are counted on it."),
                 io.Conditioning.Input("negative", tooltip="The negative prompt you generate with."),
                 io.Vae.Input("vae", tooltip="The VAE the guard was trained with: encodes the training images and "
                                             "decodes the probes, so copies are counted on pixels as well "
                                             "(as Replication Check does)."),
-                io.Combo.Input("folder", options=_folder_options(),
+                io.Combo.Input("folder", options=folder_options(),
                                tooltip="The training images: the sub-folder of the input directory that Train "
                                        "Guard used (loaded at the guard's size and resolution policy)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,
@@ -128,7 +119,7 @@ class CalibrateGuard(io.ComfyNode):
                 io.Int.Input("height", default=0, min=0, max=16384, step=8,
                              tooltip="Probe height in pixels; 0 (with width 0) = the guard's training image size."),
             ],
-            outputs=[Guard.Output(display_name="guard", tooltip="A copy of the guard carrying its calibration: "
+            outputs=[GUARD.Output(display_name="guard", tooltip="A copy of the guard carrying its calibration: "
                                                                 "save it, and Protect Model uses the settings."),
                      io.String.Output(display_name="report", tooltip="Copy rates per setting tried, the chosen "
                                                                      "setting, model calls and time."),
@@ -140,10 +131,10 @@ class CalibrateGuard(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, folder=None, **kwargs):
-        return _folder_fingerprint(folder)
+        return folder_fingerprint(folder)
 
     @classmethod
     def execute(cls, model, guard, positive, negative, vae, folder, seed, probes, steps, cfg, sampler_name,
                 scheduler, width, height) -> io.NodeOutput:
-        return _calibrate(cls, model, guard, positive, negative, vae, folder, seed, probes, steps, cfg,
-                          sampler_name, scheduler, width, height)
+        return run(cls, model, guard, positive, negative, vae, folder, seed, probes, steps, cfg, sampler_name,
+                   scheduler, width, height)

@@ -12,10 +12,9 @@ class CPSampleExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         paths.register()
-        from .calibrate_node import CalibrateGuard
         from .nodes import NODES
 
-        return list(NODES) + [CalibrateGuard]
+        return list(NODES)
 
 
 def entrypoint() -> CPSampleExtension:

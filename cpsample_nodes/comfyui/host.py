@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..core import NoiseSpace
 from ..core.compat import latent_mismatch, noise_mismatch
+from ..usecases.model import ModelFamily
 
 
 class HostMismatch(ValueError):
@@ -74,3 +75,33 @@ def check_guard(guard, model) -> dict:
     if why:
         raise HostMismatch(why)
     return {"latent_format": lf_name, "model_sampling": sampling_name(ms), "noise_kind": kind}
+
+
+def family(model) -> ModelFamily:
+    """The MODEL's family in the names guard files record (usecases.model)."""
+    d = describe(model)
+    return ModelFamily(d["latent_format"], d["latent_channels"], d["model_sampling"], d["noise_kind"])
+
+
+def vae_downscale(vae) -> int:
+    """Pixels per latent cell of a VAE (8 for SD); images are cropped to a multiple of it."""
+    try:
+        r = vae.spacial_compression_encode()
+    except AttributeError:
+        r = getattr(vae, "downscale_ratio", 8)
+    if isinstance(r, (tuple, list)):
+        r = r[-1]
+    try:
+        return max(1, int(r))
+    except (TypeError, ValueError):
+        return 8
+
+
+def version() -> str:
+    """e.g. 'ComfyUI 0.3.75' (recorded in a guard's metadata)."""
+    try:
+        import comfyui_version
+
+        return f"ComfyUI {comfyui_version.__version__}"
+    except Exception:  # noqa: BLE001
+        return "ComfyUI"

@@ -61,11 +61,13 @@ def calibrate_from_folder(guard: Guard, folder: Path, *, make_sampler: Callable[
             progress(done, total, progress_text(done, stats))
 
     g = guard.with_space(space)  # a new Guard with its own info dict
-    with torch.inference_mode(False):
-        if device is not None:
+    if device is not None:
+        with torch.inference_mode(False):  # parameters moved in inference mode could not be differentiated
             g.net.to(device)
-        cal = calibrate(g, sample, latents, seeds=range(seed, seed + probes), decode=decode,
-                        progress=report_progress, should_stop=should_stop, sampler_description=description or None)
+    # not inside inference_mode(False): the host's VAE (ComfyUI runs nodes in inference mode) must not be
+    # tracked by autograd; Guard.guide leaves inference mode for the guard alone
+    cal = calibrate(g, sample, latents, seeds=range(seed, seed + probes), decode=decode,
+                    progress=report_progress, should_stop=should_stop, sampler_description=description or None)
     if should_stop is not None and should_stop():
         raise CalibrationStopped("calibration stopped before the guard was saved")
     text, copies = evidence.report(cal, latents, names, same_set=same_set, footer=footer,
