@@ -40,7 +40,6 @@ from .guard import Guard
 from .metrics import REPLICA_L2_RATIO
 
 Tensor = torch.Tensor
-_Reference = Reference  # the name benchmarks/quality_signals.py imports
 
 MIN_PROBES = 8  # fewer seeds cannot tell a 10x cut from chance
 # What the hosts tell users a probe costs: images sampled per probe over a whole calibration, from the
