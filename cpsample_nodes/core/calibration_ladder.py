@@ -6,7 +6,7 @@ from typing import Any
 from .guard import DEFAULT_SCALE, Guard
 
 # Windows are noise-to-signal ratios (σ itself for vp, σ/(1−σ) for flow), narrow to all steps: a
-# narrow window only touches the late steps, where each push is at most max_step·σ.
+# narrow window only touches the late steps, where each push is at most max_step·r (NoiseSpace.push_bound).
 WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
 ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 # Strengths, tried in turn only while no setting of the gentler one passes: some guards' gradients are
