@@ -1,4 +1,5 @@
-"""The guard's push is bounded at every σ: max_step · min(r, 4) per element, r the noise-to-signal ratio.
+"""The guard's push is bounded at every σ: max_step · min(r, R) per element, r the noise-to-signal ratio,
+R 15 in vp and 4 in flow.
 
 The real schedules of each model family (flow starting at σ = 1, zero-terminal-SNR vp) are checked in
 the real ComfyUI by tests/integration/test_guidance_bounds.py; these are the rule's own cases.
@@ -29,7 +30,7 @@ def _push_rms(guard: Guard, sigma: float, max_step: float | None = 1.0) -> torch
 
 
 @pytest.mark.parametrize("kind,sigma,bound", [
-    ("vp", 0.05, 0.05), ("vp", 1.0, 1.0), ("vp", 3.5, 3.5), ("vp", 14.6146, 4.0), ("vp", 4518.76, 4.0),
+    ("vp", 0.05, 0.05), ("vp", 1.0, 1.0), ("vp", 3.5, 3.5), ("vp", 14.6146, 14.6146), ("vp", 15.0, 15.0), ("vp", 4518.76, 15.0),
     ("flow", 0.05, 0.05 / 0.95), ("flow", 0.5, 1.0), ("flow", 0.75, 3.0), ("flow", 0.9, 4.0), ("flow", 0.999, 4.0),
     ("flow", 1.0, 4.0),
 ])
@@ -47,11 +48,12 @@ def test_bound_scales_with_max_step() -> None:
     assert torch.allclose(_push_rms(guard, 1.0, max_step=0.25), torch.full((4,), 1.0), rtol=1e-4)
 
 
-def test_up_to_the_widest_calibration_window_the_bound_is_the_x0_predictions_noise() -> None:
-    # r ≤ 4 (vp σ ≤ 4, flow σ ≤ 0.8): the cap is the noise still in the x0 prediction, as it always was
+def test_below_the_ceiling_the_bound_is_the_x0_predictions_noise() -> None:
+    # vp up to SD's σ_max (every standard vp schedule), flow up to σ 0.8 (r = 4, the widest calibration
+    # window): the cap is the noise still in the x0 prediction, as it always was
     for kind in ("vp", "flow"):
         space = _guard(kind).space
-        sigma = torch.linspace(space.sigma_min, 4.0 if kind == "vp" else 0.8, 50)
+        sigma = torch.linspace(space.sigma_min, 14.6146 if kind == "vp" else 0.8, 50)
         r = sigma if kind == "vp" else sigma / (1 - sigma)
         assert torch.allclose(space.push_bound(sigma), r, rtol=1e-5)
 

@@ -65,8 +65,8 @@ class ProtectModel(io.ComfyNode):
                 GUARD.Input("guard", tooltip="A guard from Train Guard or Load Guard for this model's latents."),
                 io.Float.Input("scale", default=DEFAULT_SCALE, min=0.0, max=100000.0, step=1.0,
                                tooltip="Guidance strength s. 0 disables protection (bit-identical output). Each "
-                                       "step's change is capped at the noise still present (σ RMS), and at most 4 "
-                                       "per element where a schedule starts from pure noise."),
+                                       "step's change is capped at the noise still present (σ RMS), and stays "
+                                       "bounded where a schedule starts from pure noise."),
                 io.Float.Input("alpha", default=DEFAULT_ALPHA, min=0.0, max=0.5, step=0.0001, round=0.00001,
                                tooltip="Confidence band α: only samples the guard labels with probability "
                                        "outside [α, 1−α] (near its training images) are steered. 0.5 steers all."),

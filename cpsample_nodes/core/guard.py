@@ -152,10 +152,11 @@ class Guard(nn.Module):
         ``denoised + scale·w(σ)·∇ₓ objective`` for the items whose p lies outside [α, 1−α]; the
         gradient goes through the guard only. objective "uncertainty" is log p(1−p) (pushes toward
         p = ½ and vanishes there); "opposite" is the log-probability of the label the guard does
-        not currently predict. ``max_step`` caps each item's change at max_step·min(r, 4) per
-        element (root mean square), r the noise-to-signal ratio (σ in vp, σ/(1−σ) in flow): within
-        the noise still in the x0 prediction, and bounded at every σ a host schedules, flow's σ = 1
-        included (``NoiseSpace.push_bound``); None disables the cap (the paper's form).
+        not currently predict. ``max_step`` caps each item's change at max_step·min(r, R) per
+        element (root mean square), r the noise-to-signal ratio (σ in vp, σ/(1−σ) in flow) and R 15 in
+        vp, 4 in flow: within the noise still in the x0 prediction, and bounded at every σ a host
+        schedules, flow's σ = 1 included (``NoiseSpace.push_bound``); None disables the cap (the
+        paper's form).
         ``guard_input`` "noisy" is the paper's form: the guard reads the noisy latent x at σ and the
         gradient is ∇ₓ. "denoised" reads the model's x0 prediction as a clean latent (σ = the
         space's σ_min) and steps along ∇ over x0, which sees where a trajectory is heading while σ
@@ -220,7 +221,7 @@ class Guard(nn.Module):
             if max_step is not None:
                 rms = step.flatten(1).pow(2).mean(1).sqrt()
                 # capping flow at σ rather than at the x0 prediction's own noise left it 5–10× weaker
-                # than vp where copies are decided; above r = 4 it stops growing (push_bound)
+                # than vp where copies are decided; at large r it stops growing (push_bound)
                 cap = max_step * self.space.push_bound(sig)
                 step = step * (cap / rms.clamp_min(1e-12)).clamp(max=1.0).view(view)
             step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)

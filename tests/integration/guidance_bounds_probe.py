@@ -5,8 +5,8 @@ SD3 flow with shift 3, Flux) and each of ComfyUI's schedulers, this reads the σ
 would sample with (flow schedules start at σ = 1 exactly) and
 
 1. calls ``Guard.guide`` at every σ of it with the gate wide open (α 0.5) and a strong scale, and
-   records the push's RMS per element against its stated bound, ``max_step · min(r, 4)`` with r the
-   noise-to-signal ratio (σ in vp, σ/(1−σ) in flow);
+   records the push's RMS per element against its stated bound, ``max_step · min(r, R)`` with r the
+   noise-to-signal ratio (σ in vp, σ/(1−σ) in flow) and R the ceiling of its kind (15 vp, 4 flow);
 2. samples eight seeds with ComfyUI's own k-diffusion samplers (Euler, Euler ancestral, DPM++ 2M)
    on a model that copies its training latents (the closed-form denoiser of a set of latents), with
    and without the guard, and records finiteness, spread and how many samples stay distinct.
@@ -31,6 +31,7 @@ import comfy.k_diffusion.sampling as kd  # noqa: E402
 import comfy.model_sampling as cms  # noqa: E402
 import comfy.samplers  # noqa: E402
 from cpsample_nodes.core import Guard, GuardConfig, GuardNet, NoiseSpace  # noqa: E402
+from cpsample_nodes.core.noise import PUSH_RATIO_MAX  # noqa: E402
 
 STEPS = 20
 SEEDS = 8
@@ -113,7 +114,7 @@ def main() -> None:
                 x = denoised + sigma * torch.randn(4, channels, 8, 8, generator=gen)
                 pushed = guard.guide(denoised, x, sigma, alpha=0.5, scale=1e6)
                 rms = float((pushed - denoised).pow(2).flatten(1).mean(1).sqrt().max())
-                bound = min(ratio(kind, sigma), 4.0)
+                bound = min(ratio(kind, sigma), PUSH_RATIO_MAX[kind])
                 worst = max(worst, rms / bound)
                 if not torch.isfinite(pushed).all():
                     worst = float("inf")

@@ -36,7 +36,7 @@ def test_every_family_and_scheduler_was_read(probe: dict) -> None:
 
 
 def test_push_never_passes_its_stated_bound(probe: dict) -> None:
-    # max_step · min(r, 4) per element RMS, at every σ of every schedule, σ = 1 and σ_max included
+    # max_step · min(r, R) per element RMS (R 15 in vp, 4 in flow), at every σ of every schedule, σ = 1 and σ_max included
     over = [r for r in probe["push"] if not r["worst_push_over_bound"] <= 1 + 1e-4]
     assert not over, over
 
