@@ -123,7 +123,8 @@ def make_layout(root: Path, checkpoint: Path, demo_only: bool = False) -> dict:
     lora_link = shared / "loras" / lora.name
     if lora.exists() and not lora_link.exists():
         lora_link.symlink_to(lora)
-    (shared / "clip_vision").mkdir(parents=True, exist_ok=True)
+    for kind in ("clip_vision", "diffusion_models", "vae"):  # the latter two: the family tests' model files
+        (shared / kind).mkdir(parents=True, exist_ok=True)
     clip_vision = checkpoint.with_name("tiny-clip-vision-vitl.safetensors")
     cv_link = shared / "clip_vision" / clip_vision.name
     if clip_vision.exists() and not cv_link.exists():
@@ -135,6 +136,8 @@ def make_layout(root: Path, checkpoint: Path, demo_only: bool = False) -> dict:
         "  checkpoints: checkpoints\n"
         "  loras: loras\n"
         "  clip_vision: clip_vision\n"
+        "  diffusion_models: diffusion_models\n"
+        "  vae: vae\n"
         "  cpsample: cpsample_extra\n")
     dirs = {name: root / name for name in ("input", "output", "temp", "user")}
     for d in dirs.values():
