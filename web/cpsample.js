@@ -1,11 +1,13 @@
 // CPSample frontend: the guard's work, drawn in the nodes where the user looks.
 // - Train Guard: a live chart of loss and accuracy per σ band (event "cpsample.train"), left on the node.
 // - Load Guard: the guard file's facts in a panel (GET /cpsample/guard_info, then the run's own output).
-// - Protect Model: after each sampling run, what the gate did (event "cpsample.gate").
+// - Protect Model: the settings the run used (its output text), and after each sampling run what the
+//   gate did (event "cpsample.gate").
+// - Save Guard: when it has saved, the guard lists (Load Guard) are refreshed, so the file is there to pick.
 // - Guard links get their own colour.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { makePanel, renderFacts, renderGate, renderTraining } from "./cpsample/panels.js";
+import { makePanel, renderFacts, renderGate, renderSettings, renderTraining } from "./cpsample/panels.js";
 
 const NAME = "CPSample";
 const GUARD_TYPE = "CPSAMPLE_GUARD";
@@ -13,6 +15,7 @@ const GUARD_COLOR = "#d4a72c";
 const TRAIN_NODES = new Set(["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages"]);
 const LOAD_NODE = "CPSampleLoadGuard";
 const PROTECT_NODE = "CPSampleProtectModel";
+const SAVE_NODE = "CPSampleSaveGuard";
 
 function findNode(id) {
   const graph = app.graph;
@@ -89,7 +92,7 @@ function setupNode(node) {
   if (TRAIN_NODES.has(type)) {
     renderTraining(addPanel(node, "train", 190), null);
   } else if (type === LOAD_NODE) {
-    renderFacts(addPanel(node, "facts", 150), null);
+    renderFacts(addPanel(node, "facts", 210), null);
     const w = node.widgets?.find((x) => x.name === "guard_name");
     if (w) {
       const cb = w.callback;
@@ -102,7 +105,9 @@ function setupNode(node) {
     // The widget value arrives after creation when a workflow is loaded.
     setTimeout(() => showFacts(node), 0);
   } else if (type === PROTECT_NODE) {
-    renderGate(addPanel(node, "gate", 150), null);
+    const panel = addPanel(node, "gate", 190);
+    renderGate(panel, null);
+    renderSettings(panel, null);
   }
 }
 
@@ -116,6 +121,11 @@ function onExecuted(node, output) {
   }
   const facts = output.cpsample_guard?.[0];
   if (facts && node.cpsample.kind === "facts") renderFacts(panel, facts);
+  const said = output.text?.[0];
+  if (typeof said === "string" && node.cpsample.kind === "gate") {
+    node.cpsample.settings = said.replace(/^CPSample Protect Model: /, "");
+    renderSettings(panel, node.cpsample.settings);
+  }
 }
 
 function register() {
@@ -130,6 +140,15 @@ function register() {
     },
     async beforeRegisterNodeDef(nodeType, nodeData) {
       const type = nodeData?.name;
+      if (type === SAVE_NODE) {
+        const saved = nodeType.prototype.onExecuted;
+        nodeType.prototype.onExecuted = function (output) {
+          const r = saved?.apply(this, [output]);
+          app.refreshComboInNodes?.();  // the new file joins Load Guard's list without a manual refresh
+          return r;
+        };
+        return;
+      }
       if (!(TRAIN_NODES.has(type) || type === LOAD_NODE || type === PROTECT_NODE)) return;
       const created = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function (...args) {

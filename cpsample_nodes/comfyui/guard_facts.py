@@ -8,7 +8,40 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..usecases.settings import format_settings
+
 _SCALAR = (str, int, float, bool)
+
+
+def _count(rate: Any, n: Any) -> str:
+    """'17 of 32 (53%)' from a stored rate and its probe count."""
+    if not isinstance(rate, (int, float)) or not isinstance(n, int) or n <= 0:
+        return "?"
+    return f"{round(rate * n)} of {n} ({rate:.0%})"
+
+
+def calibration_words(cal: Any) -> dict[str, str] | None:
+    """A stored calibration (``info["calibration"]``) in words: the setting chosen, the copies before and
+    after on the probe seeds (and on the confirmation seeds), and the sampler it was measured on."""
+    if not isinstance(cal, dict):
+        return None
+    n = cal.get("probes")
+    settings = cal.get("settings") if isinstance(cal.get("settings"), dict) else {}
+    words = {"sampler": str(cal.get("sampler") or "not recorded")}
+    if cal.get("no_copies"):
+        words["chosen"] = f"the gentlest setting ({format_settings(settings)}): nothing to remove"
+        words["copies"] = f"none among {n} probe seeds unguarded"
+        return words
+    chosen = format_settings(settings)
+    if cal.get("reached") is False:
+        chosen += " (missed the target: the best setting found)"
+    words["chosen"] = chosen
+    copies = f"{_count(cal.get('unguarded_rate'), n)} probe seeds unguarded → {_count(cal.get('calibrated_rate'), n)} calibrated"
+    seeds, confirm = cal.get("confirm_seeds"), cal.get("confirm_copies")
+    if isinstance(seeds, int) and seeds > 0 and isinstance(confirm, int):
+        copies += f"; {confirm} of {seeds} on new seeds"
+    words["copies"] = copies
+    return words
 
 
 def _scalars(d: Any) -> dict[str, Any]:
@@ -40,6 +73,7 @@ def guard_facts(guard, name: str, path: str | None = None) -> dict[str, Any]:
         "host": info.get("host"),
         "created": info.get("created"),
         "calibration": _scalars(info.get("calibration")) or None,
+        "calibration_words": calibration_words(info.get("calibration")),
         "parameters": sum(int(p.numel()) for p in guard.net.parameters()) if hasattr(guard, "net") else None,
     }
     if path:

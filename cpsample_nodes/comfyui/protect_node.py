@@ -107,6 +107,9 @@ class ProtectModel(io.ComfyNode):
             raise ValueError(f"CPSample Protect Model: {e}") from None
         protected = protect(model, step, node) if step.scale > 0 else model
         unchanged = " (the model is returned unchanged)" if step.scale == 0 else ""
+        if applied.calibrated:  # the widgets show other values than the ones that run
+            unchanged = (f"; the guard's calibration is used instead of the scale {scale:g} and alpha {alpha:g} "
+                         f"widgets (settings: manual uses them)")
         text = f"CPSample Protect Model: {applied.description}{unchanged}"
         log.info(text)
         send_text(node, text)

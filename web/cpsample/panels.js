@@ -116,11 +116,13 @@ export function renderFacts(root, facts, error) {
   }
   const acc = Object.entries(facts.accuracy ?? {});
   if (acc.length) row(t, "accuracy", acc.map(([b, v]) => `σ ${b}: ${pct(v)}`).join(", "));
-  const cal = facts.calibration;
+  const cal = facts.calibration_words;
   if (cal) {
-    row(t, "calibration", Object.entries(cal).map(([k, v]) => `${k} ${typeof v === "number" ? +v.toPrecision(3) : v}`).join(", "));
+    row(t, "calibrated", cal.chosen);
+    row(t, "copies", cal.copies);
+    row(t, "measured on", cal.sampler);
   } else {
-    row(t, "calibration", "none");
+    row(t, "calibration", "none (CPSample Calibrate Guard measures one on your model)");
   }
   row(t, "network", facts.parameters != null ? `${facts.parameters.toLocaleString()} parameters${facts.file_kb ? `, ${facts.file_kb} KB` : ""}` : undefined);
   row(t, "made", [facts.host, facts.created].filter(Boolean).join(", "));
@@ -129,8 +131,19 @@ export function renderFacts(root, facts, error) {
 
 // ---- Protect Model
 
+// The settings the last run used (Protect Model's own output text), above the gate report: with a
+// calibrated guard and settings "calibration" they are not the scale / alpha widgets' values.
+export function renderSettings(root, text) {
+  let line = root.querySelector(".cps-settings");
+  if (!line) {
+    line = el("div", "", "cps-settings cps-note");
+    root.prepend(line);
+  }
+  line.textContent = text ? `ran with ${text}` : "";
+}
+
 export function renderGate(root, gate) {
-  const [head, canvas] = headAndCanvas(root, "calc(100% - 34px)", (c) => drawGate(c, root.__gate?.summary));
+  const [head, canvas] = headAndCanvas(root, "calc(100% - 64px)", (c) => drawGate(c, root.__gate?.summary));
   root.__gate = gate;
   if (!gate) {
     head.textContent = "After each sampling run: how many samples the gate opened on, in which steps, how far it pushed.";
