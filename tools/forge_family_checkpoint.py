@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Write a random-weight SDXL-family checkpoint that Forge loads, its UNet as small as Forge's detector allows.
+
+    <forge venv>/bin/python tools/forge_family_checkpoint.py --forge .cache/forge/webui --out FILE [--vpred]
+
+The UNet has the layout tools/family_models.py gives ComfyUI (KOALA-700M's detection keys: model_channels
+320, linear-in-transformer, context 2048, ADM 2816, transformer depths [0, 2, 5]; one level of three res
+blocks, no middle block; 50 M parameters), built from Forge's own UNet class; huggingface_guess takes it
+for SDXL (KOALA_700M, a subclass Forge's SDXL engine matches). Forge builds the text encoders and the VAE
+from the SDXL repository's fixed configs, so those are full size: CLIP-L, CLIP-G (OpenCLIP key layout, as
+an SDXL checkpoint has it), the SDXL AutoencoderKL; random weights, fp16 (1.9 GB). `--vpred` adds the
+`v_pred` and `ztsnr` marker keys (zero-terminal-SNR v-prediction). After writing, Forge's own detection and
+key split must say SDXL with no missing or unexpected keys.
+
+Why only SDXL: in Forge dfdcbab6 huggingface_guess fixes Flux's depth at 19 double and 38 single blocks
+(the full 12 B DiT), and both Flux and SD3 load a full T5-XXL (4.8 B parameters); see docs/webui.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from forge_checkpoint import _forge_imports
+
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+UNET_CONFIG = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1], num_res_blocks=[3],
+                   transformer_depth=[0, 2, 5], transformer_depth_output=[0, 0, 0, 0], transformer_depth_middle=-2,
+                   context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential",
+                   use_spatial_transformer=True, num_head_channels=64, num_heads=-1)
+
+
+def build_state_dict(forge: Path, seed: int, vpred: bool) -> dict:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+    from backend.nn.vae import IntegratedAutoencoderKL
+    import huggingface_guess.model_list as ml
+
+    torch.manual_seed(seed)
+    repo = forge / "backend" / "huggingface" / SDXL_REPO
+    sd = {}
+    with torch.no_grad():
+        unet = IntegratedUNet2DConditionModel(**UNET_CONFIG)
+        for name, p in unet.named_parameters():
+            if name.endswith("weight") and p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.02)
+        sd.update({"model.diffusion_model." + k: v for k, v in unet.state_dict().items()})
+        del unet
+        vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae")))
+        sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
+        del vae
+        clips = {}
+        for name, cls, folder in (("clip_l", CLIPTextModel, "text_encoder"),
+                                  ("clip_g", CLIPTextModelWithProjection, "text_encoder_2")):
+            clip = cls(CLIPTextConfig.from_pretrained(str(repo / folder)))
+            for pname, p in clip.named_parameters():  # as tools/forge_checkpoint.py: norms with offsets
+                if "layer_norm" in pname:
+                    p.normal_(1.0 if pname.endswith("weight") else 0.0, 0.05)
+                    if pname.endswith("final_layer_norm.bias"):
+                        p.add_(0.1)
+            clips.update({f"{name}.transformer.{k}": v for k, v in clip.state_dict().items()
+                          if not k.endswith("position_ids")})
+            del clip
+        sd.update(ml.SDXL({}).process_clip_state_dict_for_saving(clips))
+    out = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    if vpred:
+        out["v_pred"] = torch.tensor([])
+        out["ztsnr"] = torch.tensor([])
+    return out
+
+
+def check(path: Path, forge: Path) -> dict:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from backend.loader import split_state_dict
+    from backend.nn.clip import IntegratedCLIP
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+    from backend.nn.vae import IntegratedAutoencoderKL
+
+    parts, guess = split_state_dict(str(path))
+    if guess.huggingface_repo != SDXL_REPO:
+        raise SystemExit(f"Forge detects {guess.huggingface_repo}, not SDXL")
+    repo = forge / "backend" / "huggingface" / SDXL_REPO
+    with torch.device("meta"):
+        wanted = {
+            "unet": IntegratedUNet2DConditionModel.from_config(guess.unet_config).state_dict(),
+            "vae": IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae"))).state_dict(),
+            "text_encoder": IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")),
+                                           add_text_projection=True).state_dict(),
+            "text_encoder_2": IntegratedCLIP(CLIPTextModelWithProjection,
+                                             CLIPTextConfig.from_pretrained(str(repo / "text_encoder_2"))).state_dict(),
+        }
+    ignorable = {"transformer.text_projection.weight", "transformer.text_model.embeddings.position_ids", "logit_scale"}
+    report = {}
+    for name, model_sd in wanted.items():
+        got = parts.get(name, {})
+        missing = sorted(set(model_sd) - set(got) - ignorable)
+        unexpected = sorted(set(got) - set(model_sd) - ignorable)
+        shapes = [k for k in set(got) & set(model_sd) if tuple(got[k].shape) != tuple(model_sd[k].shape)]
+        if missing or unexpected or shapes:
+            raise SystemExit(f"{name}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
+        report[name] = len(got)
+    return {"detected": guess.huggingface_repo, "config": type(guess).__name__,
+            "model_type": guess.model_type.name, "ztsnr": guess.ztsnr, "tensors": report}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--forge", type=Path, required=True, help="Forge's folder (webui)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--vpred", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    forge, out = args.forge.resolve(), args.out.resolve()
+    _forge_imports(forge)
+    from safetensors.torch import save_file
+
+    t0 = time.time()
+    sd = build_state_dict(forge, args.seed, args.vpred)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".partial.safetensors")
+    save_file(sd, str(tmp), metadata={"format": "pt", "cpsample": "random-weight SDXL-family model for tests"})
+    del sd
+    report = check(tmp, forge)
+    tmp.replace(out)
+    print(f"[forge_family_checkpoint] {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.0f} s: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
