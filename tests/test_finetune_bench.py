@@ -114,13 +114,3 @@ def test_prior_preservation_puts_the_share_of_prior_images_in_every_batch():
     with pytest.raises(ValueError, match="prior_share 1.0"):
         train_denoiser(_BatchRecorder(), data, 1, batch=8, prior=prior, prior_share=1.0)
 
-
-def test_demo_runs_on_two_threads_where_the_machine_has_them(monkeypatch):
-    # the demo's guard runs to its step cap, which differs with the thread count: two, not the machine's
-    import os
-
-    from benchmarks.finetune import demo
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert demo.demo_threads() == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert demo.demo_threads() == 1

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up, then run the main job: the fine-tune demo (a small diffusion model collapses onto its
-# 16 fine-tune digits; a guard stops it). Prints the table, writes demo/out/compare.png.
+# Set up .venv, then run the demo: the product's recommended path on a small digits fine-tune that
+# copies its 16 training images (shipped: benchmarks/finetune/demo_model.safetensors). Trains a guard,
+# calibrates it on the model's own sampler, samples fresh seeds with and without the calibrated guard;
+# prints the table, writes demo/out/compare.png. Options: python -m benchmarks.finetune.demo --help.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh

@@ -1,7 +1,7 @@
 """Fine-tune memorisation benchmark, end to end.
 
     python -m benchmarks.finetune.run                    # full size: 500 samples per setting, (α, s) sweep
-    python -m benchmarks.finetune.run --preset demo      # reduced size (what demo.py runs)
+    python -m benchmarks.finetune.run --preset demo      # reduced size, hand-set rows (the demo before issue 37)
     python -m benchmarks.finetune.run --preset prior     # DreamBooth-style fine-tune (prior preservation)
 
 Trains (or loads from benchmarks/finetune/cache/) the digit classifier, the pretrained and the fine-tuned
