@@ -246,8 +246,13 @@ class Chromium:
     def navigate(self, url: str) -> None:
         self.call("Page.navigate", url=url)
 
-    def screenshot(self, path: Path) -> Path:
-        shot = self.call("Page.captureScreenshot", format="png")
+    def screenshot(self, path: Path, jpeg_quality: int | None = None, scale: float = 1.0) -> Path:
+        """The page as PNG, or as JPEG with ``jpeg_quality``; ``scale`` < 1 shrinks it."""
+        opts: dict = {"format": "png"} if jpeg_quality is None else {"format": "jpeg", "quality": jpeg_quality}
+        if scale != 1.0:
+            size = self.evaluate("[document.documentElement.clientWidth, document.documentElement.clientHeight]")
+            opts["clip"] = {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": scale}
+        shot = self.call("Page.captureScreenshot", **opts)
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
 

@@ -22,16 +22,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfyui_harness as H  # noqa: E402
 
 OUT = H.REPO / "example_workflows"
-CKPT = "tiny-sd15.safetensors"
+CKPT = "tiny-sd15.safetensors"  # the tiny random checkpoint: never copies
+DEMO_CKPT = H.DEMO_CHECKPOINT  # the demo's fine-tune: copies cpsample_demo about half the time
 LORA = "tiny-sd15-lora.safetensors"
 FOLDER = "cpsample_demo"
+# The chain: the train example saves GUARD_FILE, which the img2img example loads; the recommended example
+# saves CALIBRATED_FILE, which the protected txt2img example loads.
 GUARD_FILE = "cpsample_demo_guard.safetensors"
+CALIBRATED_FILE = "cpsample_demo_calibrated.safetensors"
 
 # Each node: id, type, pos, widgets {name: value}, links {input_name: (src_id, src_slot)}, optional title.
 TRAIN = {
     "title": "CPSample: train a guard on a folder of fine-tuning images",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 160], widgets={"ckpt_name": CKPT}),
+        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 160], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="CPSampleTrainGuard", pos=[420, 120],
              widgets={"folder": FOLDER, "seed": 0, "max_steps": 1000, "batch_size": 32,
                       "resolution_policy": "resize", "resolution": 0},
@@ -49,14 +53,15 @@ TRAIN = {
 PROTECTED = {
     "title": "CPSample: protected txt2img (with a LoRA)",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": CKPT}),
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="LoraLoader", pos=[380, 340],
              widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
              links={"model": (1, 0), "clip": (1, 1)}),
-        dict(id=3, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": GUARD_FILE}),
+        dict(id=3, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": CALIBRATED_FILE}),
         dict(id=4, type="CPSampleProtectModel", pos=[740, 20],
              widgets={"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
-                      "objective": "uncertainty", "guard_input": "denoised"},
+                      "objective": "uncertainty", "guard_input": "denoised",
+                      "settings": "calibration (if the guard has one)"},
              links={"model": (2, 0), "guard": (3, 0)}),
         dict(id=5, type="CLIPTextEncode", pos=[740, 520], widgets={"text": "a photo of a red house by a lake"},
              links={"clip": (2, 1)}, title="Positive"),
@@ -71,10 +76,12 @@ PROTECTED = {
         dict(id=10, type="SaveImage", pos=[1820, 200], size=[340, 340], widgets={"filename_prefix": "cpsample_protected"},
              links={"images": (9, 0)}),
         dict(id=11, type="MarkdownNote", pos=[20, 500], size=[340, 220], widgets={"text": (
-            "**Protected sampling.** The guard comes from the *train a guard* example (or your own, in "
-            "models/cpsample). Protect Model goes after the LoRA, on the model that was fine-tuned. "
-            "*scale* is the guidance strength (0 = off, bit-identical); *alpha* the confidence band: only "
-            "samples the guard is sure about (near a training image) are steered. Use an ancestral or SDE "
+            "**Protected sampling, next time.** Load Guard brings back the guard the *recommended* example "
+            "calibrated and saved (cpsample_demo_calibrated; or your own, in models/cpsample). Protect Model goes "
+            "after the LoRA, on the model that was fine-tuned; with *settings: calibration* it runs the guard's "
+            "calibrated scale, alpha and window and its panel says so (the widgets then only apply with "
+            "*manual*). *scale* is the guidance strength (0 = off, bit-identical); *alpha* the confidence band: "
+            "only samples the guard is sure about (near a training image) are steered. Use an ancestral or SDE "
             "sampler and 50+ steps with a real model: steered samples then spread like new images "
             "(8 steps here only because the demo model is tiny).")}),
     ],
@@ -83,7 +90,7 @@ PROTECTED = {
 REPLICATION = {
     "title": "CPSample: check generated images for copies of the training images",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 200], widgets={"ckpt_name": CKPT}),
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 200], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="CLIPTextEncode", pos=[380, 120], widgets={"text": "a photo of a red house by a lake"},
              links={"clip": (1, 1)}, title="Positive"),
         dict(id=3, type="CLIPTextEncode", pos=[380, 340], widgets={"text": ""}, links={"clip": (1, 1)},
@@ -103,15 +110,16 @@ REPLICATION = {
         dict(id=10, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (
             "**Replication check.** Compares each generated image with the training images in *folder*: "
             "the calibrated l2 ratio (Carlini et al. 2023) is near 0 for a copy and about 1 otherwise; SSIM "
-            "is 1 for identical images. Connect a CLIP vision model to add embedding cosine similarity. "
-            "Swap the sampler's model for a protected one to compare.")}),
+            "is 1 for identical images. The demo fine-tune copies about half the time, so some of these are "
+            "flagged. Connect a CLIP vision model to add embedding cosine similarity. Swap the sampler's model "
+            "for a protected one to compare.")}),
     ],
 }
 
 CALIBRATED = {
     "title": "CPSample: train a guard, calibrate it on your model, save it, generate protected (recommended)",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 380], widgets={"ckpt_name": CKPT}),
+        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 380], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="LoraLoader", pos=[20, 560],
              widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
              links={"model": (1, 0), "clip": (1, 1)}, title="Your fine-tune (LoRA)"),
@@ -128,7 +136,7 @@ CALIBRATED = {
                       "sampler_name": "euler_ancestral", "scheduler": "normal", "width": 0, "height": 0},
              links={"model": (2, 0), "guard": (5, 0), "positive": (3, 0), "negative": (4, 0), "vae": (1, 2)}),
         dict(id=7, type="CPSampleSaveGuard", pos=[1160, 20],
-             widgets={"filename": "cpsample_demo_calibrated", "overwrite": True}, links={"guard": (6, 0)}),
+             widgets={"filename": CALIBRATED_FILE[:-len(".safetensors")], "overwrite": True}, links={"guard": (6, 0)}),
         dict(id=8, type="PreviewAny", pos=[1160, 170], size=[400, 300], links={"source": (6, 1)},
              title="Calibration report"),
         dict(id=9, type="CPSampleProtectModel", pos=[1160, 510],
@@ -156,8 +164,8 @@ CALIBRATED = {
     ],
 }
 
-# The gate at work: with the tiny demo model no txt2img sample comes near a training picture, so the gate
-# stays shut there (correctly); starting from a training picture, as a model that copies would, it opens.
+# The gate at work on the tiny random checkpoint, which never copies: starting from a training picture,
+# as a model that copies would, the gate opens.
 GATE = {
     "title": "CPSample: protected img2img from a training picture (the gate opens)",
     "nodes": [
@@ -184,9 +192,9 @@ GATE = {
         dict(id=11, type="MarkdownNote", pos=[380, 700], size=[340, 240], widgets={"text": (
             "**Watch the gate open.** Sampling starts from one of the guard's training pictures (denoise 0.5), "
             "where a model that copies would end up. Protect Model reports after the run how many samples the "
-            "gate opened on, in which steps, and how far it pushed them (at most σ per step). With txt2img the "
-            "tiny demo model never comes near a training picture, so there the gate stays shut. *guard_input* "
-            "is *noisy* here (the paper's form) because the demo model's random x0 prediction is meaningless; "
+            "gate opened on, in which steps, and how far it pushed them (at most σ per step). The checkpoint here "
+            "is the tiny random one, which never copies by itself. *guard_input* "
+            "is *noisy* here (the paper's form) because the random model's x0 prediction is meaningless; "
             "keep *denoised* with a real model. Needs the guard from the *train a guard* example.")}),
     ],
 }
@@ -197,7 +205,7 @@ WORKFLOWS = {"cpsample_train_guard": TRAIN, "cpsample_protected_txt2img": PROTEC
 
 FRONTEND_WIDGET_NODES = {"MarkdownNote": ["text"], "Note": ["text"]}
 # Height of the panel web/cpsample.js draws in these nodes (chart, facts, gate report), so saved sizes fit it.
-PANEL_HEIGHT = {"CPSampleTrainGuard": 190, "CPSampleLoadGuard": 150, "CPSampleProtectModel": 150}
+PANEL_HEIGHT = {"CPSampleTrainGuard": 190, "CPSampleLoadGuard": 210, "CPSampleProtectModel": 190}
 
 
 def _inputs_in_order(info: dict) -> list[tuple[str, list]]:

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Screenshot each example workflow as the ComfyUI frontend shows it → example_workflows/<name>.png.
+"""Screenshot each example workflow as the ComfyUI frontend shows it → example_workflows/<name>.png (full
+size, for the docs) and <name>.jpg (half size: the thumbnail ComfyUI's template browser asks for; frontend
+1.32.9 requests `/api/workflow_templates/<pack>/<name>.jpg` for every custom-node template).
 
 Starts the offline test ComfyUI (tools/comfyui_env.py), opens the frontend in headless Chromium (Debian's
 `chromium`, over the DevTools protocol: tools/cdp.py) with the first-run template browser and banner
 dismissed and the workflow tabs in the side bar, loads each example from ComfyUI's templates under its own
 name, presses Run (app.queuePrompt: the frontend's own graph → prompt conversion), checks it succeeds,
 and shoots the page with the results drawn in the nodes (training chart, guard facts, gate report). The
-train example goes first: the others load the guard it saves. Standard library only:
+train and the recommended examples go first: the others load the guards they save. Standard library only:
 
     .venv/bin/python tools/workflow_thumbnails.py [--out DIR] [--width 1600 --height 900] [--no-run]
 """
@@ -25,6 +27,12 @@ import comfyui_harness as H  # noqa: E402
 from cdp import Chromium  # noqa: E402
 
 EXAMPLES = H.REPO / "example_workflows"
+# The examples that save a guard, before the ones that load it (tools/make_example_workflows.py's chain).
+SAVERS = ("cpsample_train_guard", "cpsample_calibrated_txt2img")
+
+
+def run_order(names) -> list[str]:
+    return sorted(names, key=lambda n: (n not in SAVERS, n))
 
 
 def shoot(server: H.ComfyServer, names: list[str], out_dir: Path, width: int, height: int,
@@ -44,8 +52,9 @@ def shoot(server: H.ComfyServer, names: list[str], out_dir: Path, width: int, he
                 page.pump(1.5)  # previews and panels arrive
                 P.fit_view(page)
             out = page.screenshot(out_dir / f"{name}.png")
-            written.append(out)
-            print(out, flush=True)
+            thumb = page.screenshot(out_dir / f"{name}.jpg", jpeg_quality=80, scale=0.5)
+            written += [out, thumb]
+            print(out, thumb, flush=True)
     return written
 
 
@@ -62,7 +71,7 @@ def main() -> int:
     server = H.ComfyServer(layout, env["python"], env["comfyui"], threads=1).start()
     try:
         P.prepare_server(server, {"Comfy.Workflow.WorkflowTabsPosition": "Sidebar"})
-        names = sorted((p.stem for p in EXAMPLES.glob("*.json")), key=lambda n: (n != "cpsample_train_guard", n))
+        names = run_order(p.stem for p in EXAMPLES.glob("*.json"))
         a.out.mkdir(parents=True, exist_ok=True)
         shoot(server, names, a.out, a.width, a.height, run=not a.no_run)
     finally:

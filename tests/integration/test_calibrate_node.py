@@ -364,7 +364,8 @@ def test_calibrated_example_workflow(comfy, comfy_layout, object_info, run_promp
     assert [cal_in[k] for k in ("steps", "cfg", "sampler_name", "scheduler")] == \
         [ks[k] for k in ("steps", "cfg", "sampler_name", "scheduler")]
     assert prompt[by_type["CPSampleProtectModel"]]["inputs"]["guard"][0] == by_type["CPSampleCalibrateGuard"]
-    prompt[by_type["CPSampleTrainGuard"]]["inputs"]["max_steps"] = 12  # CPU test budget, the only change
+    prompt[by_type["CPSampleTrainGuard"]]["inputs"]["max_steps"] = 12  # CPU test budget, the only changes
+    cal_in["probes"] = 8
     entry = run_prompt(prompt)
     report = ui_text(entry, by_type["PreviewAny"])
     assert f"calibration on {cal_in['probes']} probe seeds" in report, report

@@ -18,7 +18,9 @@ NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSample
             "CPSampleReplicationCheck", "CPSampleCalibrateGuard"]
 EXAMPLES = ["cpsample_train_guard", "cpsample_protected_txt2img", "cpsample_replication_check",
             "cpsample_calibrated_txt2img", "cpsample_protected_img2img"]
-DEMO_GUARD = "cpsample_demo_guard.safetensors"
+DEMO_GUARD = "cpsample_demo_guard.safetensors"  # saved by the train example, loaded by the img2img one
+CALIBRATED_GUARD = "cpsample_demo_calibrated.safetensors"  # saved by the recommended, loaded by protected txt2img
+MIN_PROBES = 8
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +29,13 @@ MAX_TEST_STEPS = 12
 
 
 def cap_training(prompt: dict) -> dict:
-    """Examples ship with max_steps for real use; on this 2-core CPU the tests cap them (the only change)."""
+    """Examples ship with max_steps and probes for real use; on this 2-core CPU the tests cap them (the
+    only changes)."""
     for node in prompt.values():
         if node["class_type"] == "CPSampleTrainGuard":
             node["inputs"]["max_steps"] = min(node["inputs"]["max_steps"], MAX_TEST_STEPS)
+        if node["class_type"] == "CPSampleCalibrateGuard":
+            node["inputs"]["probes"] = MIN_PROBES
     return prompt
 
 
@@ -96,8 +101,18 @@ def trained_demo_guard(comfy, comfy_layout, object_info):
     return entry
 
 
+@pytest.fixture(scope="session")
+def recommended_run(comfy, object_info):
+    """Runs example_workflows/cpsample_calibrated_txt2img.json (converted from UI format) once."""
+    wf = json.loads((REPO / "example_workflows" / "cpsample_calibrated_txt2img.json").read_text())
+    entry = comfy.run(cap_training(H.ui_to_api(wf, object_info)), timeout=600)
+    assert entry["status"]["status_str"] == "success", H.history_error(entry)
+    return entry
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_example_workflow_runs(name, comfy, comfy_layout, object_info, trained_demo_guard, run_prompt):
+def test_example_workflow_runs(name, comfy, comfy_layout, object_info, trained_demo_guard, recommended_run,
+                               run_prompt):
     wf = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
     assert wf["nodes"] and wf["links"] is not None
     assert (REPO / "example_workflows" / f"{name}.png").is_file(), "thumbnail missing"
@@ -110,12 +125,20 @@ def test_example_workflow_runs(name, comfy, comfy_layout, object_info, trained_d
         assert guard.is_file(), f"guard not saved in models/cpsample: {list(Path(comfy_layout['models']).rglob('*'))}"
         report = ui_text(entry, next(k for k, v in prompt.items() if v["class_type"] == "PreviewAny"))
         assert "8 images at 64x64" in report, report
+    elif name == "cpsample_calibrated_txt2img":
+        entry = recommended_run
+        assert (Path(comfy_layout["guards"]) / CALIBRATED_GUARD).is_file()
     else:
         entry = run_prompt(prompt)
     if name == "cpsample_protected_txt2img":
         assert {"LoraLoader", "CPSampleProtectModel", "CPSampleLoadGuard"} <= types
+        loads = next(v for v in prompt.values() if v["class_type"] == "CPSampleLoadGuard")["inputs"]["guard_name"]
+        assert loads == CALIBRATED_GUARD  # the chain: what the recommended example saved
         images = H.output_images(entry, comfy_layout)
         assert len(images) == 2 and all(p.is_file() for p in images)
+    if name == "cpsample_protected_img2img":
+        loads = next(v for v in prompt.values() if v["class_type"] == "CPSampleLoadGuard")["inputs"]["guard_name"]
+        assert loads == DEMO_GUARD  # the chain: what the train example saved
     if name == "cpsample_replication_check":
         rep_id = next(k for k, v in prompt.items() if v["class_type"] == "PreviewAny")
         report = ui_text(entry, rep_id)
