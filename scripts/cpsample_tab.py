@@ -103,7 +103,7 @@ def _train_panel() -> None:
                               elem_id="cpsample_train_max_steps")
         batch_size = gr.Number(label="Batch size", value=32, precision=0, elem_id="cpsample_train_batch_size")
     with gr.Row():
-        policy = gr.Dropdown(label="Resolution policy", choices=list(imgs.POLICIES), value="resize",
+        policy = gr.Dropdown(label="Resolution policy", choices=list(imgs.POLICIES), value="bucket",
                              elem_id="cpsample_train_policy")
         resolution = gr.Number(label="Resolution (0: smallest side)", value=0, precision=0,
                                elem_id="cpsample_train_resolution")

@@ -66,9 +66,9 @@ class ReplicationCheck(io.ComfyNode):
         parts, names = [], []
         path = chosen_folder(folder)
         if path is not None:
-            files = imgs.list_images(path)
-            parts.append(imgs.conform([imgs.open_rgb(p) for p in files], names=[p.name for p in files], hw=hw)[0])
-            names += [p.name for p in files]
+            batch, found, _ = imgs.load_image_folder(path, hw=hw)  # sub-folders too, as Train Guard reads it
+            parts.append(batch)
+            names += found
         if training_images is not None:
             parts.append(imgs.conform_tensor(training_images, hw))
             names += [f"training_images #{i}" for i in range(training_images.shape[0])]

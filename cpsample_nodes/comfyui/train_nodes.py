@@ -24,10 +24,14 @@ log = logging.getLogger("CPSample")
 DEFAULT_MAX_STEPS = int(inspect.signature(train_guard).parameters["max_steps"].default)
 DESCRIPTION = ("Trains a small noise-aware classifier (the guard) to memorise random labels on the images a "
                "model was fine-tuned on. Protect Model then steers sampling away from them.")
-POLICY_HELP = ("How images of different sizes are brought to one size. resize: scale the short side to "
-               "'resolution' (0 = the smallest short side in the set) and centre-crop a square; crop: "
-               "centre-crop everything to the smallest common size without scaling; exact: every image "
-               "must already have the same size. Sizes are rounded down to a multiple of the VAE's "
+POLICY_HELP = ("How images of different sizes and shapes are brought to the sizes the guard trains at. The "
+               "folder is read with its sub-folders (a LoRA dataset tree, kohya's '10_name' repeat folders "
+               "included: each image once); caption and other non-image files are skipped. bucket: each "
+               "image keeps its aspect, scaled to the nearest of a few sizes of about 'resolution' squared "
+               "pixels (as LoRA trainers' aspect-ratio buckets, e.g. 832x1216 at 1024), and training batches "
+               "one size at a time. resize: scale the short side to 'resolution' and centre-crop a square; "
+               "crop: centre-crop everything to the smallest common size without scaling; exact: every "
+               "image must already have the same size. Sizes are rounded down to a multiple of the VAE's "
                "downscale factor.")
 # Last among each node's inputs and optional, so saved workflows (widget values in order) and API
 # prompts made before it existed keep loading; they now train the default, three heads.
@@ -55,11 +59,13 @@ def train_inputs() -> list:
                              "is right about every image at every noise level that matters."),
         io.Int.Input("batch_size", default=32, min=1, max=1024,
                      tooltip="Noisy latents per optimisation step."),
-        io.Combo.Input("resolution_policy", options=list(imgs.POLICIES), default="resize",
+        io.Combo.Input("resolution_policy", options=list(imgs.POLICIES), default="bucket",
                        tooltip=POLICY_HELP),
         io.Int.Input("resolution", default=0, min=0, max=4096, step=8,
-                     tooltip="Training resolution in pixels for the 'resize' policy; 0 uses the "
-                             "smallest short side among the images. Ignored by 'crop' and 'exact'."),
+                     tooltip="Training resolution in pixels: the square side for 'resize' (0: the smallest "
+                             "short side among the images), the bucket area's side for 'bucket' (0: the "
+                             "square root of the smallest image's area; 1024 for SDXL-style buckets). "
+                             "Ignored by 'crop' and 'exact'."),
         io.Image.Input("images", optional=True,
                        tooltip="Optional extra training images from other nodes (added to the folder's, "
                                "brought to the same size)."),

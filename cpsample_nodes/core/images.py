@@ -10,6 +10,14 @@ EXIF-transposed and converted to RGB; a folder of mixed sizes is brought to one 
   height and width in the folder, rounded down to the multiple).
 * ``exact``: all images must already have one size (rounded down to the multiple); a mismatch is an
   error naming the file.
+* ``bucket``: no square crop; each image keeps its aspect, brought to the nearest of a few sizes of
+  about ``size`` × ``size`` pixels (default: the square root of the smallest image's area), as LoRA
+  trainers' aspect-ratio buckets (``buckets.py``). The result is one batch per size (``ImageGroup``).
+
+A folder is read with its sub-folders (a LoRA trainer's dataset tree, kohya's ``10_name`` repeat
+folders among them: each image is read once, whatever its folder's repeat count); files that are not
+images (captions ``.txt``/``.caption``/``.json``, ``.npz`` caches) are skipped. Names are paths
+relative to the folder.
 
 Errors are ``ImageFolderError`` (a ValueError) and name the folder or file.
 """
@@ -19,15 +27,17 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from . import buckets
 from .training import dataset_digest
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-POLICIES = ("resize", "crop", "exact")
+POLICIES = ("resize", "crop", "exact", "bucket")
 MAX_SIDE = 4096
 
 
@@ -35,23 +45,48 @@ class ImageFolderError(ValueError):
     """A folder or image that cannot be used; the message names it."""
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Every non-hidden file under ``folder`` (hidden files and folders such as .git skipped), sorted
+    by path relative to it."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(root) / f for f in files if not f.startswith(".")]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder`` (not sub-folders), sorted by name."""
+    """Image files in ``folder`` and its sub-folders, sorted by relative path."""
     folder = Path(folder)
     if not folder.exists():
         raise ImageFolderError(f"image folder {folder} does not exist")
     if not folder.is_dir():
         raise ImageFolderError(f"{folder} is not a folder")
-    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
-    files = [p for p in entries if p.is_file()]
+    files = _walk(folder)
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not entries:
-        raise ImageFolderError(f"image folder {folder} is empty")
+    if not files:
+        raise ImageFolderError(f"image folder {folder} is empty (sub-folders included)")
     if not images:
-        others = ", ".join(p.name for p in entries[:5]) + (" …" if len(entries) > 5 else "")
-        raise ImageFolderError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                               f"it holds: {others}")
+        shown = [p.relative_to(folder).as_posix() for p in files[:5]]
+        others = ", ".join(shown) + (f" … ({len(files)} files)" if len(files) > 5 else "")
+        raise ImageFolderError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}) in it or its "
+                               f"sub-folders; it holds: {others}")
     return images
+
+
+def image_names(folder: str | os.PathLike, files: Sequence[Path]) -> list[str]:
+    """Each file's path relative to ``folder`` ("10_sks dog/a.png"): names that tell files apart."""
+    return [Path(p).relative_to(folder).as_posix() for p in files]
+
+
+REPEAT_FOLDER = re.compile(r"(\d+)_(.+)")  # kohya's "<repeats>_<name>" dataset folders
+
+
+def repeat_folders(names: Sequence[str]) -> list[str]:
+    """The kohya repeat folders ("10_sks dog") among these relative names: the report says each image
+    in them is used once (a repeat count weights an epoch; the guard memorises every image anyway)."""
+    found = {part for n in names for part in n.split("/")[:-1] if REPEAT_FOLDER.fullmatch(part)}
+    return sorted(found)
 
 
 def open_rgb(path: str | os.PathLike):
@@ -112,7 +147,7 @@ def target_size(sizes: Iterable[tuple[int, int]], policy: str, size: int = 0, mu
     sizes = list(sizes)
     if policy not in POLICIES:
         raise ImageFolderError(f"unknown resolution policy {policy!r}; use one of {', '.join(POLICIES)}")
-    if policy == "resize":
+    if policy in ("resize", "bucket"):  # bucket brought to one size (class images, probes): a square
         side = int(size) if size else min(min(w, h) for w, h in sizes)
         side = min(side, MAX_SIDE)
         side = _floor_multiple(side, multiple)
@@ -134,9 +169,58 @@ def load_image_folder(folder: str | os.PathLike, policy: str = "resize", size: i
     files = list_images(folder)
     if max_images and len(files) > max_images:
         raise ImageFolderError(f"image folder {folder} has {len(files)} images; the limit is {max_images}")
-    imgs = [open_rgb(p) for p in files]
-    batch, hw = conform(imgs, policy, size, multiple, names=[p.name for p in files], hw=hw)
-    return batch, [p.name for p in files], hw
+    names = image_names(folder, files)
+    if policy == "bucket" and hw is None:
+        raise ImageFolderError("policy 'bucket' gives one batch per size: use load_image_groups")
+    batch, hw = conform([open_rgb(p) for p in files], policy, size, multiple, names=names, hw=hw)
+    return batch, names, hw
+
+
+@dataclass(frozen=True)
+class ImageGroup:
+    """Images of one size: IMAGE [N, H, W, 3] and their names."""
+    batch: torch.Tensor
+    names: list[str]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.batch.shape[1]), int(self.batch.shape[2])
+
+
+def load_image_groups(folder: str | os.PathLike, policy: str = "bucket", size: int = 0, multiple: int = 8,
+                      max_images: int = 0) -> list[ImageGroup]:
+    """Every image under ``folder`` as batches of one size each: one batch for resize/crop/exact, one
+    per bucket for ``bucket``."""
+    files = list_images(folder)
+    if max_images and len(files) > max_images:
+        raise ImageFolderError(f"image folder {folder} has {len(files)} images; the limit is {max_images}")
+    return group_images([open_rgb(p) for p in files], image_names(folder, files), policy, size, multiple)
+
+
+def group_images(imgs: Sequence, names: Sequence[str], policy: str = "bucket", size: int = 0, multiple: int = 8
+                 ) -> list[ImageGroup]:
+    """PIL images → batches of one size each (sorted by height, width), by ``policy``."""
+    if not imgs:
+        raise ImageFolderError("no images to load")
+    if policy != "bucket":
+        batch, _ = conform(imgs, policy, size, multiple, names=names)
+        return [ImageGroup(batch, list(names))]
+    side = buckets.bucket_side([im.size for im in imgs], size, multiple)
+    table = buckets.bucket_sizes(side, multiple)
+    members: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(imgs):
+        members.setdefault(buckets.nearest_bucket(im.size, table), []).append(i)
+    return [ImageGroup(to_tensor([fit(imgs[i], h, w) for i in idx]), [names[i] for i in idx])
+            for (h, w), idx in sorted(members.items())]
+
+
+def describe_groups(groups: Sequence[ImageGroup]) -> str:
+    """"12 images: 8 at 832x1216, 4 at 1024x1024 px" (width x height, the most common size first)."""
+    total = sum(len(g.names) for g in groups)
+    if len(groups) == 1:
+        return f"{total} images at {groups[0].hw[1]}x{groups[0].hw[0]} px"
+    parts = [f"{len(g.names)} at {g.hw[1]}x{g.hw[0]}" for g in sorted(groups, key=lambda g: -len(g.names))]
+    return f"{total} images in {len(groups)} sizes: {', '.join(parts)} px"
 
 
 def conform(imgs: Sequence, policy: str = "resize", size: int = 0, multiple: int = 8,
@@ -182,16 +266,17 @@ def conform_tensor(images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str:
-    """Cheap change detector for a folder: names, sizes and mtimes of its files (no content read)."""
+    """Cheap change detector for a folder and its sub-folders: paths, sizes and mtimes of its files
+    (no content read)."""
     folder = Path(folder)
     h = hashlib.sha256(str(folder).encode())
     try:
-        for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        for p in _walk(folder):
             try:
                 st = p.stat()
             except OSError:
                 continue
-            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{p.relative_to(folder).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     except OSError as e:
         h.update(repr(e).encode())
     return h.hexdigest()
@@ -234,7 +319,8 @@ def calibration_images(info: dict | None, folder: str | os.PathLike, multiple: i
     trained = trained_size(info)
     want = (height, width) if width else trained
     policy = str((info or {}).get("resolution_policy", "resize"))
-    if policy not in POLICIES or (trained is not None and want != trained):
+    # a bucketed guard's images are brought to its most common bucket (one size: probes are sampled at one)
+    if policy not in ("resize", "crop", "exact") or (trained is not None and want != trained):
         policy = "resize"
     batch, names, hw = load_image_folder(folder, policy=policy, multiple=multiple, hw=want)
     if batch.shape[0] < 2:

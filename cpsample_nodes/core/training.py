@@ -11,7 +11,9 @@ from typing import Any, Callable
 import torch
 from torch.nn import functional as F
 
+from . import latent_groups as lg
 from .guard import Guard
+from .latent_groups import Latents
 from .network import GuardConfig, GuardNet
 from .noise import NoiseSpace
 
@@ -32,11 +34,14 @@ class TrainingStopped(Exception):
     """Raised when ``should_stop()`` asked training to end (a cancel, not a failure)."""
 
 
-def dataset_digest(latents: Tensor) -> str:
-    """One SHA-256 over the whole training set (shape and float32 values), never per image."""
-    x = latents.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(repr(tuple(x.shape)).encode())
-    h.update(x.numpy().tobytes())
+def dataset_digest(latents: Latents) -> str:
+    """One SHA-256 over the whole training set (shape and float32 values), never per image; a set of
+    several sizes hashes its groups' shapes, then their values, in order."""
+    groups = [g.detach().to("cpu", torch.float32).contiguous() for g in lg.as_groups(latents)]
+    shapes = tuple(groups[0].shape) if len(groups) == 1 else [tuple(x.shape) for x in groups]
+    h = hashlib.sha256(repr(shapes).encode())
+    for x in groups:
+        h.update(x.numpy().tobytes())
     return h.hexdigest()
 
 
@@ -130,25 +135,33 @@ def _band_sigmas(band: tuple[float, float], k: int) -> Tensor:
     return torch.exp(torch.linspace(lo, hi, k + 2)[1:-1])
 
 
+def _chunks(groups: list[Tensor], batch_size: int):
+    """(index of the first latent in the concatenated order, up to ``batch_size`` latents of one size)."""
+    for start, group in zip(lg.offsets(groups), groups):
+        for i in range(0, group.shape[0], batch_size):
+            yield start + i, group[i:i + batch_size]
+
+
 @torch.no_grad()
-def band_accuracy(guard: Guard, latents: Tensor, labels: Tensor, space: NoiseSpace,
+def band_accuracy(guard: Guard, latents: Latents, labels: Tensor, space: NoiseSpace,
                   g: torch.Generator, per_band: int = 2, batch_size: int = 64, confidence: float = CONFIDENCE,
                   bands: list[tuple[float, float]] | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Per σ band, the share of training latents classified right, and right with p(true label)
-    ≥ ``confidence``, at ``per_band`` noise levels inside each band (one pass for both)."""
+    ≥ ``confidence``, at ``per_band`` noise levels inside each band (one pass for both). ``latents``:
+    one tensor, or one per size with ``labels`` in their concatenated order."""
     accuracy: dict[str, float] = {}
     confident: dict[str, float] = {}
-    n = latents.shape[0]
+    groups = lg.as_groups(latents)
+    n = lg.count(groups)
     margin = math.log(confidence / (1 - confidence))
     for band in space.bands() if bands is None else bands:
         right = sure = 0
         for s in _band_sigmas(band, per_band):
-            for i in range(0, n, batch_size):
-                x0 = latents[i:i + batch_size]
+            for start, x0 in _chunks(groups, batch_size):
                 eps = torch.randn(x0.shape, generator=g).to(x0)
                 sig = torch.full((x0.shape[0],), float(s), device=x0.device)
                 logit = guard.head_logits(space.noise(x0, sig, eps), sig)
-                y = labels[i:i + batch_size]
+                y = labels[start:start + x0.shape[0]]
                 signed = torch.where((y if y.dim() == 2 else y[:, None]) > 0.5, logit, -logit)
                 right += int((signed > 0).sum())
                 sure += int((signed > margin).sum())
@@ -199,8 +212,8 @@ class StopCheck:
     Sets larger than ``CHECK_SUBSET`` are screened on that many random latents first (passing at
     ``SCREEN_ACCURACY``), so a check costs the same at any N until it could pass."""
 
-    def __init__(self, space: NoiseSpace, latents: Tensor, labels: Tensor, seed: int):
-        self.space, self.latents, self.labels = space, latents, labels
+    def __init__(self, space: NoiseSpace, latents: list[Tensor], labels: Tensor, seed: int):
+        self.space, self.latents, self.labels = space, latents, labels  # latents: one tensor per size
         self.required = required_bands(space)
         self.checked_bands = [b for b in space.bands() if NoiseSpace.band_label(b) in self.required]
         self.report_bands = [b for b in space.bands() if NoiseSpace.band_label(b) not in self.required]
@@ -209,16 +222,21 @@ class StopCheck:
         self.confident: dict[str, float] = {}
 
     def _measure(self, guard: Guard, pick: Tensor | None, bands: list[tuple[float, float]]) -> None:
-        latents = self.latents if pick is None else self.latents[pick]
-        labels = self.labels if pick is None else self.labels[pick]
+        latents, labels = self.latents, self.labels
+        if pick is not None and len(latents) == 1:
+            latents, labels = [latents[0][pick]], labels[pick]
+        elif pick is not None:  # the picked latents of each size, labels in the same order
+            inside = lg.pick_per_group(latents, pick)
+            labels = torch.cat([labels[idx + s] for idx, s in zip(inside, lg.offsets(latents))])
+            latents = [x[idx] for x, idx in zip(latents, inside) if len(idx)]
         self.accuracy, self.confident = band_accuracy(guard, latents, labels, self.space, self.g,
                                                       confidence=CONFIDENCE, bands=bands)
 
     def passes(self, guard: Guard) -> bool:
-        n = self.latents.shape[0]
+        n = lg.count(self.latents)
         done = False
         if n > CHECK_SUBSET:
-            pick = torch.randperm(n, generator=self.g)[:CHECK_SUBSET].to(self.latents.device)
+            pick = torch.randperm(n, generator=self.g)[:CHECK_SUBSET].to(self.latents[0].device)
             self._measure(guard, pick, self.checked_bands)
             done = memorised(self.accuracy, self.confident, self.required, SCREEN_ACCURACY)
         if n <= CHECK_SUBSET or done:
@@ -233,19 +251,27 @@ class StopCheck:
         return {**self.accuracy, **more_acc}, {**self.confident, **more_conf}
 
 
-def check_training_inputs(latents: Tensor, negatives: str | Tensor, heads: int | None, max_steps: int,
+def check_training_inputs(latents: Latents, negatives: str | Tensor, heads: int | None, max_steps: int,
                           batch_size: int) -> None:
-    """ValueError naming the bad value, before any work is done."""
-    if not isinstance(latents, torch.Tensor) or latents.dim() != 4:
-        raise ValueError(f"latents must be a tensor shaped [N, C, H, W], got "
-                         f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
-    if latents.shape[0] < 2:
-        raise ValueError(f"a guard needs at least 2 training images, got {latents.shape[0]}")
-    if not torch.isfinite(latents).all():
-        raise ValueError("latents contain NaN or infinite values")
+    """ValueError naming the bad value, before any work is done. ``latents``: a tensor [N, C, H, W], or
+    a list of them of one channel count (one per size; negatives are then brought to each size)."""
+    groups = latents if isinstance(latents, (list, tuple)) and latents else [latents]
+    for x in groups:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] < 1:
+            raise ValueError(f"latents must be a tensor shaped [N, C, H, W] (or a list of them, one per size), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.shape[1] != groups[0].shape[1]:
+            raise ValueError(f"latents of one guard must share a channel count, got {groups[0].shape[1]} and "
+                             f"{x.shape[1]}")
+        if not torch.isfinite(x).all():
+            raise ValueError("latents contain NaN or infinite values")
+    if lg.count(groups) < 2:
+        raise ValueError(f"a guard needs at least 2 training images, got {lg.count(groups)}")
+    shape = groups[0].shape[1:]
     if isinstance(negatives, torch.Tensor):
-        if negatives.dim() != 4 or negatives.shape[1:] != latents.shape[1:] or negatives.shape[0] < 1:
-            raise ValueError(f"negative latents must be shaped [M, {', '.join(map(str, latents.shape[1:]))}] "
+        bad_size = len(groups) == 1 and negatives.dim() == 4 and negatives.shape[1:] != shape
+        if negatives.dim() != 4 or negatives.shape[1] != shape[0] or bad_size or negatives.shape[0] < 1:
+            raise ValueError(f"negative latents must be shaped [M, {', '.join(map(str, shape))}] "
                              f"like the training latents, got {tuple(negatives.shape)}")
         if not torch.isfinite(negatives).all():
             raise ValueError("negative latents contain NaN or infinite values")
@@ -259,15 +285,16 @@ def check_training_inputs(latents: Tensor, negatives: str | Tensor, heads: int |
 
 
 def training_batch(space: NoiseSpace, x_all: Tensor, labels: Tensor, negatives: str | Tensor, batch_size: int,
-                   g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+                   g: torch.Generator, pool: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One batch: ``batch_size`` training latents with their labels and half as many negatives with
-    the target ½, each at its own σ, noised. Returns (noisy latents, σ, targets)."""
+    the target ½, each at its own σ, noised. Returns (noisy latents, σ, targets). ``pool``: what the
+    default negatives are made of (``x_all`` unless the set has other sizes, ``lg.pool_for``)."""
     device = x_all.device
     idx = torch.randint(0, x_all.shape[0], (batch_size,), generator=g)
     x0 = x_all[idx]
     sig = sample_sigmas(space, len(idx), g).to(device)
     target = labels[idx]
-    neg = make_negatives(negatives, x_all, int(round(batch_size * NEGATIVE_SHARE)), g)
+    neg = make_negatives(negatives, x_all if pool is None else pool, int(round(batch_size * NEGATIVE_SHARE)), g)
     if neg is not None:
         x0 = torch.cat([x0, neg])
         sig = torch.cat([sig, sample_sigmas(space, len(neg), g).to(device)])
@@ -287,11 +314,13 @@ def training_step(guard: Guard, opt: torch.optim.Optimizer, x: Tensor, sig: Tens
     return float(loss.detach())
 
 
-def train_guard(latents: Tensor, space: NoiseSpace, *, seed: int = 0, progress: ProgressFn | None = None,
+def train_guard(latents: Latents, space: NoiseSpace, *, seed: int = 0, progress: ProgressFn | None = None,
                 should_stop: Callable[[], bool] | None = None, max_steps: int = 3000, batch_size: int = 32,
                 negatives: str | Tensor = DEFAULT_NEGATIVES, heads: int | None = None,
                 info: dict[str, Any] | None = None, device: str | torch.device | None = None) -> Guard:
-    """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level.
+    """Train a guard that memorises random labels on ``latents`` [N, C, H, W] at every noise level;
+    or on a list of such tensors, one per size (an aspect-bucketed set): each batch then holds one
+    size, drawn in proportion to its images, and the negatives are brought to that size.
 
     Stops at the first check (every ``CHECK_EVERY`` steps, see ``StopCheck``) that finds it memorised,
     or after ``max_steps``. ``negatives``: the default Gaussian latents and blends, or the caller's
@@ -304,28 +333,31 @@ def train_guard(latents: Tensor, space: NoiseSpace, *, seed: int = 0, progress: 
     ``info`` is added to the guard's info (what the file stores).
     """
     check_training_inputs(latents, negatives, heads, max_steps, batch_size)
-    device = torch.device(device) if device is not None else latents.device
+    device = torch.device(device) if device is not None else lg.as_groups(latents)[0].device
     # Hosts run nodes under inference mode; parameters made there cannot be trained.
     with torch.inference_mode(False), torch.enable_grad():
-        x_all = latents.detach().to(device, torch.float32).clone()
+        groups = [x.detach().to(device, torch.float32).clone() for x in lg.as_groups(latents)]
         if isinstance(negatives, torch.Tensor):
             negatives = negatives.detach().to(device, torch.float32).clone()
-        config = GuardConfig.for_latents(x_all.shape)
+        channels = groups[0].shape[1]
+        smallest = (min(x.shape[2] for x in groups), min(x.shape[3] for x in groups))  # the stem's stride fits all
+        config = GuardConfig.for_latents((channels, *smallest))
         if heads is not None:
             config = replace(config, heads=heads)
-        labels = head_labels(x_all.shape[0], seed, config.heads).to(device)
+        labels = head_labels(lg.count(groups), seed, config.heads).to(device)
+        batches = BatchMaker(space, groups, labels, negatives, batch_size)
         torch.manual_seed(seed)  # weight init
         guard = Guard(GuardNet(config).to(device), space)
         opt = torch.optim.AdamW(guard.net.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
         g = torch.Generator().manual_seed(seed + 1)
-        check = StopCheck(space, x_all, labels, seed)
+        check = StopCheck(space, groups, labels, seed)
         loss_avg = float("nan")
         started = time.monotonic()
         step = 0
         for step in range(1, max_steps + 1):
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"guard training stopped at step {step - 1} of {max_steps}")
-            loss = training_step(guard, opt, *training_batch(space, x_all, labels, negatives, batch_size, g))
+            loss = training_step(guard, opt, *batches.draw(g))
             loss_avg = loss if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * loss
             done = (step % CHECK_EVERY == 0 or step == max_steps) and check.passes(guard)
             if progress is not None:
@@ -334,22 +366,46 @@ def train_guard(latents: Tensor, space: NoiseSpace, *, seed: int = 0, progress: 
             if done:
                 break
         guard.net.eval()
-        guard.info = training_info(guard, check, latents, seed, negatives, step, started, info)
+        guard.info = training_info(guard, check, groups, seed, negatives, step, started, info)
         guard.net.requires_grad_(False)
         return guard
 
 
-def training_info(guard: Guard, check: StopCheck, latents: Tensor, seed: int, negatives: str | Tensor,
+class BatchMaker:
+    """Draws training batches of one size each: with several sizes, a size in proportion to its
+    latents, negatives made at that size (one size draws exactly as ``training_batch`` alone)."""
+
+    def __init__(self, space: NoiseSpace, groups: list[Tensor], labels: Tensor, negatives: str | Tensor,
+                 batch_size: int):
+        self.space, self.groups, self.batch_size = space, groups, batch_size
+        starts = lg.offsets(groups)
+        self.labels = [labels[s:s + x.shape[0]] for s, x in zip(starts, groups)]
+        self.weights = torch.tensor([float(x.shape[0]) for x in groups])
+        several = len(groups) > 1
+        self.pools = [lg.pool_for(groups, i) if several else None for i in range(len(groups))]
+        self.negatives = [lg.cover_resize(negatives, *x.shape[-2:]) if isinstance(negatives, torch.Tensor)
+                          else negatives for x in groups]
+
+    def draw(self, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        i = 0 if len(self.groups) == 1 else int(torch.multinomial(self.weights, 1, generator=g))
+        return training_batch(self.space, self.groups[i], self.labels[i], self.negatives[i], self.batch_size, g,
+                              pool=self.pools[i])
+
+
+def training_info(guard: Guard, check: StopCheck, groups: list[Tensor], seed: int, negatives: str | Tensor,
                   steps: int, started: float, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """What the guard file records of its training (``extra``, the host's, last)."""
+    """What the guard file records of its training (``extra``, the host's, last). A set of several
+    sizes records its most common latent shape as ``latent_shape`` and every shape's count."""
     accuracy, confident = check.report(guard)
-    margin = guard.training_margin(check.latents)
+    margin = min(guard.training_margin(x) for x in groups)
+    main = max(groups, key=lambda x: x.shape[0])
+    sizes = {"latent_shapes": lg.shapes_text(groups)} if len(groups) > 1 else {}
     return {
         "label_seed": int(seed),
         "heads": int(guard.heads),
         "negatives": negatives if isinstance(negatives, str) else f"{negatives.shape[0]} latents",
-        "n_images": int(latents.shape[0]),
-        "dataset_digest": dataset_digest(latents),
+        "n_images": lg.count(groups),
+        "dataset_digest": dataset_digest(groups),
         "accuracy": accuracy,
         "confident": confident,
         "confidence": CONFIDENCE,
@@ -358,7 +414,8 @@ def training_info(guard: Guard, check: StopCheck, latents: Tensor, seed: int, ne
         "steps": steps,
         "train_margin": round(margin, 4),
         "train_seconds": round(time.monotonic() - started, 2),
-        "latent_shape": list(latents.shape[1:]),
+        "latent_shape": list(main.shape[1:]),
+        **sizes,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }

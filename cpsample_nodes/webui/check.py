@@ -24,9 +24,7 @@ def check(generated: Sequence, folder: str, k: int = 10, ratio_threshold: float 
     rgb = [im.convert("RGB") for im in generated]
     hw = (rgb[0].size[1], rgb[0].size[0])
     gen = imgs.conform(rgb, hw=hw)[0]
-    files = imgs.list_images(folder_path(folder))
-    train = imgs.conform([imgs.open_rgb(p) for p in files], names=[p.name for p in files], hw=hw)[0]
-    names = [p.name for p in files]
+    train, names, _ = imgs.load_image_folder(folder_path(folder), hw=hw)  # sub-folders too, as training reads it
     sc = replication.scores(gen, train, int(k))
     report, captions, flagged = replication.report(gen, sc, names, float(ratio_threshold), float(ssim_threshold))
     grid = replication.pair_grid(gen, train, sc["nearest"], captions)

@@ -31,7 +31,7 @@ class TrainRequest:
     seed: int = 0
     max_steps: int = DEFAULT_MAX_STEPS
     batch_size: int = 32
-    resolution_policy: str = "resize"
+    resolution_policy: str = "bucket"
     resolution: int = 0
     overwrite: bool = False
     heads: int = DEFAULT_HEADS
