@@ -25,6 +25,7 @@ import torch
 from cpsample_nodes.core import NoiseSpace, calibrate, train_guard
 from cpsample_nodes.core.calibration import describe
 from cpsample_nodes.core.evidence import calibration_summary
+from cpsample_nodes.core.training import progress_text as training_progress
 
 from ..calibration_samplers import seeded_sampler
 from ..machine import info as machine_info
@@ -93,7 +94,9 @@ def run(cfg: DemoConfig, out: Path, png: Path, log=print) -> dict:
     t0 = time.time()
     space = NoiseSpace.vp(SIGMA_MIN, SIGMA_MAX)
     guard = train_guard(split.finetune, space, seed=cfg.guard_seed, max_steps=cfg.guard_steps,
-                        negatives=split.pretrain)  # class images: the fine-tune's own prior digits
+                        negatives=split.pretrain,  # class images: the fine-tune's own prior digits
+                        progress=lambda step, total, stats: step % 100 == 0 and log(
+                            f"  training the guard: {training_progress(step, total, stats)}"))
     lap("train guard", t0)
     info = guard.info
     log(f"guard: {info['steps']} steps, {info['heads']} heads, memorised {info['memorised']} "
@@ -101,8 +104,15 @@ def run(cfg: DemoConfig, out: Path, png: Path, log=print) -> dict:
 
     t0 = time.time()
     sample = make_sampler(model, cfg)
+    shown = [0]
+
+    def calibration_progress(done: int, total: int, stats: dict) -> None:
+        if done - shown[0] >= 100:  # a line per hundred probe images, not per chunk
+            shown[0] = done
+            log(f"  calibrating: {done} probe images sampled, trying {stats.get('setting')}")
+
     cal = calibrate(guard, sample, split.finetune, seeds=range(PROBE_SEEDS, PROBE_SEEDS + cfg.probes),
-                    sampler_description=f"{cfg.sampler}, {cfg.steps} steps")
+                    sampler_description=f"{cfg.sampler}, {cfg.steps} steps", progress=calibration_progress)
     lap("calibrate", t0)
     chosen = describe(cal.settings)
     log(f"{calibration_summary(cal)} ({time.time() - t0:.0f} s, {cal.model_calls} model calls)")
