@@ -19,6 +19,7 @@ mean 0, std 1 per latent (SD-like latents have std ~1 after the VAE scale factor
 
     .venv/bin/python benchmarks/training_cost.py            # full: 16/64/256 x 4x64x64, 64 x 16x64x64
     .venv/bin/python benchmarks/training_cost.py --quick    # small sizes, seconds to a few minutes
+    .venv/bin/python benchmarks/training_cost.py --families # 64 latents at SD1.5, SDXL and SD3/Flux native sizes
 
 Timings depend on machine load: the load average is printed before and after each case.
 """
@@ -42,6 +43,8 @@ DEFAULT_CAP_STEPS = 3000  # train_guard's default max_steps
 
 FULL = [(16, 4, 64), (64, 4, 64), (256, 4, 64), (64, 16, 64)]
 QUICK = [(8, 4, 32), (16, 4, 32), (32, 4, 32), (16, 16, 32)]
+# 64 images at each family's native size: SD1.5 512 px, SDXL 1024 px (4x128x128), SD3/Flux 1024 px (16x128x128)
+FAMILIES = [(64, 4, 64), (64, 4, 128), (64, 16, 128)]
 GUIDE_FULL = [(4, 64), (4, 128), (16, 64), (16, 128)]
 GUIDE_QUICK = [(4, 32), (16, 32)]
 
@@ -192,7 +195,7 @@ def main() -> None:
     import torch
     require_device(a.device)
     cases = ([tuple(int(v) for v in c.split("x")) for c in a.cases.split(",")] if a.cases
-             else (QUICK if a.quick else FULL))
+             else FAMILIES if a.families else (QUICK if a.quick else FULL))
     print(f"# guard training cost  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  "
           f"{'--quick' if a.quick else 'full'}  max_steps={a.max_steps}  time_cap={a.time_cap or 'none'} s")
     print(f"# machine: {machine.describe()}; {a.threads or torch.get_num_threads()} threads per worker, "
