@@ -107,7 +107,7 @@ def run(cfg: DemoConfig, out: Path, png: Path, log=print) -> dict:
     shown = [0]
 
     def calibration_progress(done: int, total: int, stats: dict) -> None:
-        if done - shown[0] >= 100:  # a line per hundred probe images, not per chunk
+        if done - shown[0] >= 100 and stats.get("setting") != "done":  # a line per hundred probe images
             shown[0] = done
             log(f"  calibrating: {done} probe images sampled, trying {stats.get('setting')}")
 
