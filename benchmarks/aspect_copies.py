@@ -47,7 +47,8 @@ def smooth(n: int, hw: tuple[int, int], seed: int, channels: int = 4) -> torch.T
     """Smooth random fields standardised per latent (as benchmarks/training_cost.py makes them)."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(n, channels, max(hw[0] // 4, 2), max(hw[1] // 4, 2), generator=g)
-    x = F.interpolate(coarse, size=hw, mode="bicubic", align_corners=False) + 0.1 * torch.randn(n, channels, *hw, generator=g)
+    x = F.interpolate(coarse, size=hw, mode="bicubic", align_corners=False)
+    x = x + 0.1 * torch.randn(n, channels, *hw, generator=g)
     x = x - x.mean(dim=(1, 2, 3), keepdim=True)
     return x / x.std(dim=(1, 2, 3), keepdim=True)
 
@@ -141,7 +142,8 @@ def main() -> None:
         print(f"{'training latents':18s} {'canvas':7s} {'view':52s} gate open (alpha {DEFAULT_ALPHA} | auto); "
               f"recognised: open and every head names the image's label (alpha {DEFAULT_ALPHA} | auto)")
         for r in rows:
-            print(f"{r['source']:18s} {r['target']:7s} {r['view']:52s} {r['gate_default']:5.0%} | {r['gate_auto']:5.0%};"
+            print(f"{r['source']:18s} {r['target']:7s} {r['view']:52s} {r['gate_default']:5.0%} | "
+                  f"{r['gate_auto']:5.0%};"
                   f"  {r['recognised_default']:5.0%} | {r['recognised_auto']:5.0%}")
         results[label] = dict(steps=guard.info["steps"], memorised=guard.info["memorised"], rows=rows)
     print(f"\n# uptime at end: {uptime()}")

@@ -5,7 +5,8 @@ ratio is the same).
 
 Models are built on the meta device (no weights, no memory, no time) and counted with
 ``torch.utils.flop_counter``'s per-op formulas (``FlopCounterMode`` for the UNets, as
-``overhead.py``; the same formulas through a bare dispatch mode for the rest); attention runs through torch's SDPA, which the counter
+``overhead.py``; the same formulas through a bare dispatch mode for the rest); attention runs
+through torch's SDPA, which the counter
 knows (ComfyUI's CPU default asks the device for free memory, which meta cannot answer). The guard: the
 network ``train_guard`` builds for that latent (three heads, stride-4 stem from 64×64 up), one
 ``guide`` call at α 0.5 (forward and input gradient, as every guided step when the gate is open).
