@@ -94,46 +94,11 @@ def _fill(meta: dict, gen, scale: float = 0.02) -> dict:
 
 
 def family_vae(gen, channels: int, scale: float, shift: float) -> dict:
-    """tiny_checkpoint.demo_vae's encoder/decoder for `channels` latent channels; channel 4 (16-channel VAE)
-    carries the vertical luminance edge, channels 5-15 repeat 0-4 with alternating sign."""
+    """tiny_checkpoint.opponent_vae for `channels` latent channels, with the family's scale and shift."""
     import torch
-    import comfy.taesd.taesd as taesd
-    from tiny_checkpoint import _COLOUR, _ENCODER_GAIN, _set_conv
+    from tiny_checkpoint import opponent_vae
 
-    sd = {k: torch.zeros_like(v) for k, v in taesd.TAESD(latent_channels=channels).state_dict().items()}
-    rgb = range(3)
-    e = "taesd_encoder."
-    _set_conv(sd, e + "0.weight", [(k, k, 1.0) for k in rgb] + [(k + 3, k, -1.0) for k in rgb])
-    sd[e + "0.bias"][:6] = torch.tensor([-0.5] * 3 + [0.5] * 3)
-    pool = [[0, 0, 0], [0, 0.25, 0.25], [0, 0.25, 0.25]]
-    for n in (2, 6, 10):
-        _set_conv(sd, f"{e}{n}.weight", [(c, c, 1.0) for c in range(6)], tap=pool)
-    pairs = []
-    for o, row in enumerate(_COLOUR):
-        for k, v in zip(rgb, row):
-            pairs += [(o, k, _ENCODER_GAIN * v), (o, k + 3, -_ENCODER_GAIN * v)]
-    _set_conv(sd, e + "14.weight", pairs)
-    edges = [[[0, 0, 0], [-1, 0, 1], [0, 0, 0]], [[0, -1, 0], [0, 0, 0], [0, 1, 0]]]
-    for c, edge in zip((3, 4), edges[: max(1, min(2, channels - 3))]):
-        for k in rgb:
-            sd[e + "14.weight"][c, k] = _ENCODER_GAIN * torch.tensor(edge, dtype=torch.float32) / 3
-            sd[e + "14.weight"][c, k + 3] = -_ENCODER_GAIN * torch.tensor(edge, dtype=torch.float32) / 3
-    # the other channels of a 16-channel VAE repeat channels 0-4 with alternating sign, so that all of them
-    # carry the picture, as a trained 16-channel VAE's do (the decoder reads channels 0-2 only)
-    w = sd[e + "14.weight"]
-    for c in range(5, channels):
-        w[c] = w[(c - 5) % 5] * (-1.0 if (c - 5) // 5 % 2 == 0 else 1.0)
-    d = "taesd_decoder."
-    inv = torch.linalg.inv(torch.tensor(_COLOUR)) / _ENCODER_GAIN
-    _set_conv(sd, d + "1.weight", [(k, o, float(inv[k, o])) for k in rgb for o in rgb]
-              + [(k + 3, o, -float(inv[k, o])) for k in rgb for o in rgb])
-    for n in (7, 12, 17):
-        _set_conv(sd, f"{d}{n}.weight", [(c, c, 1.0) for c in range(6)])
-    _set_conv(sd, d + "19.weight", [(k, k, 1.0) for k in rgb] + [(k, k + 3, -1.0) for k in rgb])
-    sd[d + "19.bias"][:] = 0.5
-    for k, v in sd.items():
-        if v.ndim == 4 and not v.any():
-            v.copy_(torch.randn(v.shape, generator=gen) * 1e-3)
+    sd = opponent_vae(gen, channels)
     # encode: enc / vae_scale + vae_shift; the latent format then takes (x - shift) * scale = enc · (scale/vae_scale).
     # vae_scale = scale / 0.9 gives process_in ≈ 0.9 · enc, as the SD1.5 tiny checkpoint (0.18215 / 0.2).
     sd["vae_scale"] = torch.tensor(scale / 0.9)

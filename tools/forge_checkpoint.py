@@ -35,6 +35,33 @@ def _forge_imports(forge: Path) -> None:
         sys.path.insert(0, str(p))
 
 
+def offset_layer_norms(clip) -> None:
+    """Fresh LayerNorms (weight 1, bias 0) make every token's features average exactly zero; the hosts'
+    prompt emphasis rescales by original_mean / new_mean and would turn that into 0/0 = NaN (black
+    images). A trained CLIP has norms with offsets: give the random one some."""
+    for name, p in clip.named_parameters():
+        if "layer_norm" in name:
+            p.normal_(1.0 if name.endswith("weight") else 0.0, 0.05)
+            if name.endswith("final_layer_norm.bias"):
+                p.add_(0.1)
+
+
+def compare_keys(parts: dict, wanted: dict) -> dict:
+    """Forge's key split `parts` against the state dicts of the classes Forge builds: every key present with
+    its shape, nothing left over; the tensor count per component."""
+    ignorable = {"transformer.text_projection.weight", "transformer.text_model.embeddings.position_ids", "logit_scale"}
+    report = {}
+    for name, model_sd in wanted.items():
+        got = parts.get(name, {})
+        missing = sorted(set(model_sd) - set(got) - ignorable)
+        unexpected = sorted(set(got) - set(model_sd) - ignorable)
+        shapes = [k for k in set(got) & set(model_sd) if tuple(got[k].shape) != tuple(model_sd[k].shape)]
+        if missing or unexpected or shapes:
+            raise SystemExit(f"{name}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
+        report[name] = len(got)
+    return report
+
+
 def build_state_dict(forge: Path, seed: int) -> dict:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -57,14 +84,7 @@ def build_state_dict(forge: Path, seed: int) -> dict:
         sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
         del vae
         clip = IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")))
-        # Fresh LayerNorms (weight 1, bias 0) make every token's features average exactly zero; the hosts'
-        # prompt emphasis rescales by original_mean / new_mean and would turn that into 0/0 = NaN (black
-        # images). A trained CLIP has norms with offsets: give the random one some.
-        for name, p in clip.named_parameters():
-            if "layer_norm" in name:
-                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.05)
-                if name.endswith("final_layer_norm.bias"):
-                    p.add_(0.1)
+        offset_layer_norms(clip)
         sd.update({"cond_stage_model." + k: v for k, v in clip.state_dict().items()
                    if k.startswith("transformer.text_model.") and not k.endswith("position_ids")})
         del clip
@@ -91,16 +111,7 @@ def check(path: Path, forge: Path) -> dict:
             "text_encoder": IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")),
                                            add_text_projection=True).state_dict(),
         }
-    ignorable = {"transformer.text_projection.weight", "transformer.text_model.embeddings.position_ids", "logit_scale"}
-    report = {}
-    for name, model_sd in wanted.items():
-        got = parts.get(name, {})
-        missing = sorted(set(model_sd) - set(got) - ignorable)
-        unexpected = sorted(set(got) - set(model_sd) - ignorable)
-        shapes = [k for k in set(got) & set(model_sd) if tuple(got[k].shape) != tuple(model_sd[k].shape)]
-        if missing or unexpected or shapes:
-            raise SystemExit(f"{name}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
-        report[name] = len(got)
+    report = compare_keys(parts, wanted)
     return {"detected": guess.huggingface_repo, "tensors": report}
 
 

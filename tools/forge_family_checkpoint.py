@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from forge_checkpoint import _forge_imports
+from forge_checkpoint import _forge_imports, compare_keys, offset_layer_norms
 
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 UNET_CONFIG = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1], num_res_blocks=[3],
@@ -55,11 +55,7 @@ def build_state_dict(forge: Path, seed: int, vpred: bool) -> dict:
         for name, cls, folder in (("clip_l", CLIPTextModel, "text_encoder"),
                                   ("clip_g", CLIPTextModelWithProjection, "text_encoder_2")):
             clip = cls(CLIPTextConfig.from_pretrained(str(repo / folder)))
-            for pname, p in clip.named_parameters():  # as tools/forge_checkpoint.py: norms with offsets
-                if "layer_norm" in pname:
-                    p.normal_(1.0 if pname.endswith("weight") else 0.0, 0.05)
-                    if pname.endswith("final_layer_norm.bias"):
-                        p.add_(0.1)
+            offset_layer_norms(clip)
             clips.update({f"{name}.transformer.{k}": v for k, v in clip.state_dict().items()
                           if not k.endswith("position_ids")})
             del clip
@@ -92,16 +88,7 @@ def check(path: Path, forge: Path) -> dict:
             "text_encoder_2": IntegratedCLIP(CLIPTextModelWithProjection,
                                              CLIPTextConfig.from_pretrained(str(repo / "text_encoder_2"))).state_dict(),
         }
-    ignorable = {"transformer.text_projection.weight", "transformer.text_model.embeddings.position_ids", "logit_scale"}
-    report = {}
-    for name, model_sd in wanted.items():
-        got = parts.get(name, {})
-        missing = sorted(set(model_sd) - set(got) - ignorable)
-        unexpected = sorted(set(got) - set(model_sd) - ignorable)
-        shapes = [k for k in set(got) & set(model_sd) if tuple(got[k].shape) != tuple(model_sd[k].shape)]
-        if missing or unexpected or shapes:
-            raise SystemExit(f"{name}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
-        report[name] = len(got)
+    report = compare_keys(parts, wanted)
     return {"detected": guess.huggingface_repo, "config": type(guess).__name__,
             "model_type": guess.model_type.name, "ztsnr": guess.ztsnr, "tensors": report}
 

@@ -69,14 +69,16 @@ def _set_conv(sd: dict, key: str, pairs, tap=None) -> None:
             w[o, i] = v * torch.as_tensor(tap, dtype=w.dtype)
 
 
-def demo_vae(gen) -> dict:
+def opponent_vae(gen, channels: int = 4) -> dict:
     """TAESD state dict whose encoder keeps the picture: channels 0-2 carry +(RGB − ½), 3-5 −(RGB − ½)
     (ReLU passes both halves), each Block is the identity (zero convs, identity skip), each stride-2 conv is
     a 2x2 average pool, and the last conv maps the colour differences to opponent colours; channel 3 is a
-    horizontal luminance edge. The decoder inverts the colour transform and upsamples (nearest)."""
+    horizontal luminance edge; with 16 channels, channel 4 is the vertical edge and 5-15 repeat 0-4 with
+    alternating sign, so that all of them carry the picture as a trained 16-channel VAE's do (the decoder
+    reads channels 0-2 only). The decoder inverts the colour transform and upsamples (nearest)."""
     import torch
     import comfy.taesd.taesd as taesd
-    sd = {k: torch.zeros_like(v) for k, v in taesd.TAESD(latent_channels=4).state_dict().items()}
+    sd = {k: torch.zeros_like(v) for k, v in taesd.TAESD(latent_channels=channels).state_dict().items()}
     rgb = range(3)
     # Encoder: 0 conv(3,64) | 1 Block | 2 s2 | 3-5 Blocks | 6 s2 | 7-9 | 10 s2 | 11-13 | 14 conv(64,4).
     e = "taesd_encoder."
@@ -90,10 +92,14 @@ def demo_vae(gen) -> dict:
         for k, v in zip(rgb, row):
             pairs += [(o, k, _ENCODER_GAIN * v), (o, k + 3, -_ENCODER_GAIN * v)]
     _set_conv(sd, e + "14.weight", pairs)
-    edge = [[0, 0, 0], [-1, 0, 1], [0, 0, 0]]
-    for k in rgb:  # channel 3: d(luminance)/dx
-        sd[e + "14.weight"][3, k] = _ENCODER_GAIN * torch.tensor(edge) / 3
-        sd[e + "14.weight"][3, k + 3] = -_ENCODER_GAIN * torch.tensor(edge) / 3
+    edges = [[[0, 0, 0], [-1, 0, 1], [0, 0, 0]], [[0, -1, 0], [0, 0, 0], [0, 1, 0]]]  # d/dx, d/dy
+    for c, edge in zip((3, 4), edges[: max(1, min(2, channels - 3))]):  # channel 3 (and 4): luminance edges
+        for k in rgb:
+            sd[e + "14.weight"][c, k] = _ENCODER_GAIN * torch.tensor(edge, dtype=torch.float32) / 3
+            sd[e + "14.weight"][c, k + 3] = -_ENCODER_GAIN * torch.tensor(edge, dtype=torch.float32) / 3
+    w = sd[e + "14.weight"]
+    for c in range(5, channels):
+        w[c] = w[(c - 5) % 5] * (-1.0 if (c - 5) // 5 % 2 == 0 else 1.0)
     # Decoder: 0 clamp | 1 conv(4,64) | 2 ReLU | 3-5 | 6 up | 7 conv | 8-10 | 11 up | 12 conv | 13-15 | 16 up
     # | 17 conv | 18 Block | 19 conv(64,3).
     d = "taesd_decoder."
@@ -109,6 +115,13 @@ def demo_vae(gen) -> dict:
     for k, v in sd.items():
         if v.ndim == 4 and not v.any():
             v.copy_(torch.randn(v.shape, generator=gen) * 1e-3)
+    return sd
+
+
+def demo_vae(gen) -> dict:
+    """opponent_vae with 4 channels and the SD1.5 tiny checkpoint's scale."""
+    import torch
+    sd = opponent_vae(gen, 4)
     sd["vae_scale"] = torch.tensor(_VAE_SCALE)
     sd["vae_shift"] = torch.tensor(0.0)
     return sd
