@@ -105,12 +105,12 @@ def test_training_memorises_and_reports(small_guard):
 
 
 def test_large_set_stop_check_screens_a_subset_then_checks_all(monkeypatch):
-    from cpsample_nodes.core import training
+    from cpsample_nodes.core import latent_groups as lg, training
     sizes = []
     real = training.band_accuracy
 
     def counting(guard, latents, *args, **kwargs):
-        sizes.append(latents.shape[0])
+        sizes.append(lg.count(lg.as_groups(latents)))  # one tensor per image size
         return real(guard, latents, *args, **kwargs)
 
     monkeypatch.setattr(training, "band_accuracy", counting)
