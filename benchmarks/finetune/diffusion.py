@@ -80,6 +80,13 @@ class Progress:
             self.bar.close()
 
 
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """Move each of ``ema``'s parameters a (1 − decay) step toward ``model``'s."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+
+
 def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: int = 128, lr: float = 2e-3,
                    seed: int = 0, desc: str = "train", ema: Optional[nn.Module] = None,
                    ema_decay: float = 0.999, constant_lr: bool = False,
@@ -113,9 +120,7 @@ def train_denoiser(model: EpsDenoiser, data: torch.Tensor, steps: int, batch: in
         opt.step()
         sched.step()
         if ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - ema_decay)
+            ema_update(ema, model, ema_decay)
         v = loss.item()
         hist.append(v)
         run = v if run is None else 0.98 * run + 0.02 * v

@@ -64,7 +64,10 @@ class SmallUNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x, sigma):
-        t = self.tmlp(sigma_embedding(sigma, self.temb))
+        return self.trunk(x, self.tmlp(sigma_embedding(sigma, self.temb)))
+
+    def trunk(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The U-Net on x with the embedding t every block's FiLM reads (σ's, or σ's plus a prompt's)."""
         h0 = self.d0(self.inp(F.pixel_unshuffle(x, 2)), t)
         h1 = self.d1(self.down0(h0), t)
         m = self.m2(self.m1(self.down1(h1), t), t)

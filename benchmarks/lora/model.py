@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from benchmarks.finetune.diffusion import EpsDenoiser
 from benchmarks.finetune.unet import SmallUNet, sigma_embedding
@@ -36,13 +35,7 @@ class CondUNet(SmallUNet):
         return self.prompt(cond) if not cond.is_floating_point() else cond
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        t = self.tmlp(sigma_embedding(sigma, self.temb)) + self.embed(cond)
-        h0 = self.d0(self.inp(F.pixel_unshuffle(x, 2)), t)
-        h1 = self.d1(self.down0(h0), t)
-        m = self.m2(self.m1(self.down1(h1), t), t)
-        u1 = self.u1(torch.cat([self.up1(m), h1], 1), t)
-        u0 = self.u0(torch.cat([self.up0(u1), h0], 1), t)
-        return F.pixel_shuffle(self.out(u0), 2)
+        return self.trunk(x, self.tmlp(sigma_embedding(sigma, self.temb)) + self.embed(cond))
 
 
 class CondDenoiser(EpsDenoiser):

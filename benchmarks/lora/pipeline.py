@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from benchmarks.finetune.classifier import DigitCNN, train_classifier
-from benchmarks.finetune.diffusion import Progress
+from benchmarks.finetune.diffusion import Progress, ema_update
 
 from . import data as D
 from .model import NULL, TRIGGER, CondDenoiser, CondUNet, add_lora, lora_state
@@ -122,9 +122,7 @@ def train_cond(model: CondDenoiser, params: list, x: torch.Tensor, labels: torch
         opt.step()
         sched.step()
         if ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - ema_decay)
+            ema_update(ema, model, ema_decay)
         hist.append(loss.item())
         bar.update(1, loss=f"{hist[-1]:.4f}")
     bar.close()
