@@ -31,9 +31,13 @@ FOLDER = "cpsample_demo"
 GUARD_FILE = "cpsample_demo_guard.safetensors"
 CALIBRATED_FILE = "cpsample_demo_calibrated.safetensors"
 
+# Each workflow: "title" and a one-sentence "description" for its card in the template browser (written to
+# the file's extra.cpsample_title / extra.cpsample_description; web/cpsample/templates.js puts them on the
+# card, as the frontend itself shows only the file name for a custom node's template), and its nodes.
 # Each node: id, type, pos, widgets {name: value}, links {input_name: (src_id, src_slot)}, optional title.
 TRAIN = {
-    "title": "CPSample: train a guard on a folder of fine-tuning images",
+    "title": "Train and save a guard",
+    "description": "Trains a guard on your fine-tuning images and saves it.",
     "nodes": [
         dict(id=1, type="CheckpointLoaderSimple", pos=[40, 160], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="CPSampleTrainGuard", pos=[420, 120],
@@ -51,7 +55,8 @@ TRAIN = {
 }
 
 PROTECTED = {
-    "title": "CPSample: protected txt2img (with a LoRA)",
+    "title": "Protected txt2img, saved guard",
+    "description": "Generates with the calibrated guard that the recommended example saved.",
     "nodes": [
         dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="LoraLoader", pos=[380, 340],
@@ -88,7 +93,8 @@ PROTECTED = {
 }
 
 REPLICATION = {
-    "title": "CPSample: check generated images for copies of the training images",
+    "title": "Check images for training copies",
+    "description": "Flags generated images that copy a picture in the training folder.",
     "nodes": [
         dict(id=1, type="CheckpointLoaderSimple", pos=[20, 200], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="CLIPTextEncode", pos=[380, 120], widgets={"text": "a photo of a red house by a lake"},
@@ -117,7 +123,8 @@ REPLICATION = {
 }
 
 CALIBRATED = {
-    "title": "CPSample: train a guard, calibrate it on your model, save it, generate protected (recommended)",
+    "title": "Recommended: calibrate a guard",
+    "description": "Trains a guard, calibrates it on your model, saves it and generates.",
     "nodes": [
         dict(id=1, type="CheckpointLoaderSimple", pos=[20, 380], widgets={"ckpt_name": DEMO_CKPT}),
         dict(id=2, type="LoraLoader", pos=[20, 560],
@@ -167,7 +174,8 @@ CALIBRATED = {
 # The gate at work on the tiny random checkpoint, which never copies: starting from a training picture,
 # as a model that copies would, the gate opens.
 GATE = {
-    "title": "CPSample: protected img2img from a training picture (the gate opens)",
+    "title": "Protected img2img: the gate opens",
+    "description": "Starts from a training picture, so the gate opens and steers it away.",
     "nodes": [
         dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": CKPT}),
         dict(id=2, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": GUARD_FILE}),
@@ -298,7 +306,8 @@ def build_ui(spec: dict, object_info: dict) -> dict:
         links_out.append([lid, src, slot, dst, dst_slot, src_node["outputs"][slot]["type"]])
     return {"last_node_id": max(n["id"] for n in nodes_out), "last_link_id": link_id, "nodes": nodes_out,
             "links": links_out, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "cpsample_title": spec["title"]},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "cpsample_title": spec["title"],
+                      "cpsample_description": spec["description"]},
             "version": 0.4}
 
 

@@ -5,9 +5,11 @@
 //   gate did (event "cpsample.gate").
 // - Save Guard: when it has saved, the guard lists (Load Guard) are refreshed, so the file is there to pick.
 // - Guard links get their own colour.
+// - Template browser: the examples' cards get their titles and one-sentence descriptions.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { makePanel, renderFacts, renderGate, renderSettings, renderTraining } from "./cpsample/panels.js";
+import { describeTemplateCards, packFolder } from "./cpsample/templates.js";
 
 const NAME = "CPSample";
 const GUARD_TYPE = "CPSAMPLE_GUARD";
@@ -137,6 +139,7 @@ function register() {
       if (globalThis.LGraphCanvas?.link_type_colors) globalThis.LGraphCanvas.link_type_colors[GUARD_TYPE] = GUARD_COLOR;
       api.addEventListener("cpsample.train", onTrainEvent);
       api.addEventListener("cpsample.gate", onGateEvent);
+      describeTemplateCards(api, packFolder(import.meta.url));
     },
     async beforeRegisterNodeDef(nodeType, nodeData) {
       const type = nodeData?.name;

@@ -2,11 +2,11 @@
 
 Driven over the DevTools protocol (tools/cdp.py, standard library). Checks what a user sees: the page
 loads with no console error from the pack, the pack's frontend is registered exactly once, the template
-browser's thumbnails load, every example workflow loads from ComfyUI's templates and runs through the
-frontend's own Run, and the nodes then show the training chart, the guard's facts and the gate's report
-with real numbers. The recommended example runs on the demo's fine-tune that copies
-(tools/comfyui_demo_model): its calibration must find copies and remove them, and the protected txt2img
-example must load the guard it saved.
+browser's cards show each example's thumbnail, title and one-sentence description, every example workflow
+loads from ComfyUI's templates and runs through the frontend's own Run, and the nodes then show the
+training chart, the guard's facts and the gate's report with real numbers. The recommended example runs
+on the demo's fine-tune that copies (tools/comfyui_demo_model): its calibration must find copies and
+remove them, and the protected txt2img example must load the guard it saved.
 """
 from __future__ import annotations
 
@@ -88,11 +88,35 @@ def test_frontend_listed_once_registered_once_no_errors(comfy, page):
     assert not pack_errors(page), pack_errors(page)
 
 
-def test_template_thumbnails_load(comfy, page):
-    """The template browser (Workflow → Browse Templates → CPSample) shows every example with its picture:
-    frontend 1.32.9 fetches /api/workflow_templates/<pack>/<name>.jpg for each and must get an image."""
+def template_cards(page, names) -> dict:
+    """What each of these templates' cards in the open template browser shows: its title (<h3>), its
+    description (the <p> beside it), whether either is cut short (the card clamps the title to one line,
+    the description to two), and its picture's size."""
+    return page.evaluate(f"""(() => Object.fromEntries({json.dumps(list(names))}.map(name => {{
+        const card = document.querySelector(`[role=dialog] [data-testid="template-workflow-${{name}}"]`);
+        const h = card?.querySelector('h3'), p = h?.parentElement?.querySelector('p'), img = card?.querySelector('img');
+        const clipped = (e) => !!e && (e.scrollHeight > e.clientHeight + 1 || e.scrollWidth > e.clientWidth + 1);
+        return [name, card ? {{title: h?.textContent.trim() ?? null, description: p?.textContent.trim() ?? null,
+                               tooltip: p?.getAttribute('title') ?? null, alt: img?.alt ?? null,
+                               clipped: [clipped(h), clipped(p)],
+                               image: img && img.complete ? [img.naturalWidth, img.naturalHeight] : null}} : null];
+    }})))()""")
+
+
+def test_template_browser_cards(comfy, page):
+    """The template browser (Workflow → Browse Templates → CPSample) shows every example with its picture,
+    its title and a one-sentence description of what it does. Frontend 1.32.9 fetches
+    /api/workflow_templates/<pack>/<name>.jpg for each and must get an image; it titles and describes a
+    custom node's template only by its file name, so the pack's script (web/cpsample/templates.js) puts the
+    workflow file's extra.cpsample_title and extra.cpsample_description on the card, and they must stay
+    when the frontend re-renders the cards (hovering one re-renders the grid). In this test's 1600x900
+    window each fits its card whole (no ellipsis)."""
     names = comfy.get("/workflow_templates").get(PACK, [])
     assert sorted(names) == sorted(EXAMPLES), names
+    want = {}
+    for name in names:
+        extra = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())["extra"]
+        want[name] = {"title": extra["cpsample_title"], "description": extra["cpsample_description"]}
     page.evaluate("(async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); "
                   "return true; })()")
     category = f"""[...document.querySelectorAll('[role=dialog] span')].find(e => e.textContent.trim() === '{PACK}')"""
@@ -100,13 +124,28 @@ def test_template_thumbnails_load(comfy, page):
     page.evaluate(f"{category}.click()")
     loaded = "[...document.querySelectorAll('[role=dialog] img')].filter(i => i.complete && i.naturalWidth > 0)"
     page.wait_for(f"{loaded}.length >= {len(names)}", timeout=60)
-    cards = page.evaluate(f"""(() => {{
-        const imgs = [...document.querySelectorAll('[role=dialog] img')];
-        return {{images: imgs.map(i => [i.naturalWidth, i.naturalHeight]),
-                 text: document.querySelector('[role=dialog]').textContent}};
-    }})()""")
-    assert len(cards["images"]) == len(names) and all(w >= 400 and h >= 200 for w, h in cards["images"]), cards
-    assert all(name in cards["text"] for name in names), cards["text"]
+    described = " && ".join(
+        f"document.querySelector('[role=dialog] [data-testid=\"template-workflow-{n}\"] h3')?.textContent.trim() === "
+        f"{json.dumps(w['title'])}" for n, w in want.items())
+    page.wait_for(described, timeout=30)
+    cards = template_cards(page, names)
+    images = page.evaluate("[...document.querySelectorAll('[role=dialog] img')].map(i => [i.naturalWidth, i.naturalHeight])")
+    assert len(images) == len(names) and all(w >= 400 and h >= 200 for w, h in images), images
+    for name, w in want.items():
+        card = cards[name]
+        assert card, f"no card for {name}"
+        assert card["title"] == w["title"] and card["alt"] == w["title"], (name, card)
+        assert card["description"] == w["description"] == card["tooltip"], (name, card)
+        assert card["image"] and card["image"][0] >= 400, (name, card)
+        assert card["clipped"] == [False, False], f"{name}: the card cuts its title or description short: {card}"
+    # Hover each card (the frontend re-renders the grid on hover) and look again.
+    for name in names:
+        page.evaluate(f"""(() => {{
+            const c = document.querySelector('[role=dialog] [data-testid="template-workflow-{name}"]');
+            c.dispatchEvent(new MouseEvent('mouseenter')); c.dispatchEvent(new MouseEvent('mouseleave'));
+            return true; }})()""")
+        page.pump(0.2)
+    assert template_cards(page, names) == cards
     missing = [m for m in page.console if f"/workflow_templates/{PACK}/" in m["url"]]
     assert not missing, missing  # no 404 for a thumbnail
     # close it with its × (the button nearest the dialog's top right corner)
