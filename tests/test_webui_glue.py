@@ -20,7 +20,7 @@ from cpsample_nodes.usecases.guided_step import GuidedStep, PostCFG
 from cpsample_nodes.usecases.model import GuardMismatch, ModelFamily, check_guard
 from cpsample_nodes.usecases.settings import AppliedSettings, resolve_settings
 from cpsample_nodes.webui import a1111, generation
-from cpsample_nodes.webui.family import forge_family, forge_noise_space
+from cpsample_nodes.webui.family import forge_family, forge_noise_space, forge_sampling_predictor
 from cpsample_nodes.webui.settings import ARGS, INFOTEXT, Settings, SettingsError, restore_values
 from cpsample_nodes.webui.train import TrainRequest, train
 
@@ -331,6 +331,9 @@ class FakeForgePrediction(torch.nn.Module):
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
         return noise * sigma + latent_image
 
+    def set_sigmas(self, sigmas):
+        self.sigmas = sigmas.float()
+
     def percent_to_sigma(self, percent):
         if percent <= 0.0:
             return 999999999.9
@@ -353,6 +356,47 @@ def test_forge_family_uses_comfyui_names():
     assert forge_family(sd_model).model_sampling == "ModelSamplingDiscrete+V_PREDICTION"
     unet.model.predictor = FakeForgePrediction("const")
     assert forge_family(sd_model).noise_kind == "flow"
+
+
+def _zero_terminal(sigmas):
+    """Forge's backend.modules.k_prediction.rescale_zero_terminal_snr_sigmas (as ComfyUI's)."""
+    a = 1 / (sigmas * sigmas + 1)
+    s = a.sqrt()
+    s0, st = s[0].clone(), s[-1].clone()
+    s = (s - st) * s0 / (s0 - st)
+    a = s**2
+    a[-1] = 4.8973451890853435e-08
+    return ((1 - a) / a) ** 0.5
+
+
+def test_forge_sampling_predictor_follows_forges_zero_terminal_snr(monkeypatch):
+    # Forge rescales the predictor's sigmas only around each sampling call (model_config.ztsnr from the
+    # checkpoint's marker, or the "Noise schedule for sampling" option); training sees the loaded predictor
+    import sys
+    import types
+    kp = types.ModuleType("backend.modules.k_prediction")
+    kp.rescale_zero_terminal_snr_sigmas = _zero_terminal
+    opts = SimpleNamespace(sd_noise_schedule="Default")
+    for name, mod in (("backend", types.ModuleType("backend")), ("backend.modules", types.ModuleType("backend.modules")),
+                      ("backend.modules.k_prediction", kp), ("modules", types.ModuleType("modules")),
+                      ("modules.shared", SimpleNamespace(opts=opts))):
+        monkeypatch.setitem(sys.modules, name, mod)
+    predictor = FakeForgePrediction("v_prediction")
+    plain = predictor.sigmas.clone()
+    config = SimpleNamespace(latent_format=type("SDXL", (), {"latent_channels": 4})())
+    sd_model = SimpleNamespace(model_config=config,
+                               forge_objects=SimpleNamespace(unet=SimpleNamespace(model=SimpleNamespace(predictor=predictor))))
+    assert forge_sampling_predictor(sd_model) is predictor  # no marker, option Default: the plain schedule
+    for marker, option in ((True, "Default"), (False, "Zero Terminal SNR")):
+        config.ztsnr, opts.sd_noise_schedule = marker, option
+        rescaled = forge_sampling_predictor(sd_model)
+        assert rescaled is not predictor and torch.equal(predictor.sigmas, plain)  # the loaded one is left alone
+        assert math.isclose(float(rescaled.sigmas[0]), float(plain[0]), rel_tol=1e-5)
+        assert 4000 < float(rescaled.sigmas[-1]) < 5000 and float(plain[-1]) < 15
+        assert rescaled.prediction_type == "v_prediction"
+    # inside a generation Forge has rescaled already: not twice
+    predictor.set_sigmas(_zero_terminal(plain))
+    assert forge_sampling_predictor(sd_model) is predictor
 
 
 def test_forge_noise_space_noises_like_the_builtin_vp():

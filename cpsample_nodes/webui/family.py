@@ -5,6 +5,8 @@ predictor is named as ComfyUI names model_sampling. A1111's models are read in `
 """
 from __future__ import annotations
 
+import copy
+
 from ..core import NoiseSpace
 from ..usecases.model import ModelFamily
 
@@ -26,6 +28,34 @@ _FORGE_PREDICTIONS = {"epsilon": "EPS", "eps": "EPS", "v_prediction": "V_PREDICT
 
 def forge_predictor(sd_model):
     return sd_model.forge_objects.unet.model.predictor
+
+
+def forge_zero_terminal_snr(sd_model) -> bool:
+    """Whether Forge samples this model on a zero-terminal-SNR schedule: its loader sets
+    ``model_config.ztsnr`` when the checkpoint has the ``ztsnr`` marker key, and the "Noise schedule for
+    sampling" option can ask for it on any model (Forge's ``modules/processing.py``)."""
+    if getattr(sd_model.model_config, "ztsnr", False):
+        return True
+    try:
+        from modules.shared import opts
+    except ImportError:  # no webui: the tests of this glue
+        return False
+    return getattr(opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR"
+
+
+def forge_sampling_predictor(sd_model):
+    """The predictor with the σ schedule Forge samples with. Forge rescales the predictor's sigmas to zero
+    terminal SNR only around each sampling call (``processing.py``; σ_max 14.6 becomes about 4,500) and puts
+    them back after, so outside a generation (training, calibration set-up) the loaded predictor has the
+    plain schedule: here a copy gets the same rescale. Already rescaled (inside a generation): as it is."""
+    predictor = forge_predictor(sd_model)
+    if not forge_zero_terminal_snr(sd_model) or float(predictor.sigmas[-1]) > 1e3:
+        return predictor
+    from backend.modules.k_prediction import rescale_zero_terminal_snr_sigmas
+
+    rescaled = copy.deepcopy(predictor)
+    rescaled.set_sigmas(rescale_zero_terminal_snr_sigmas(predictor.sigmas.clone()))
+    return rescaled
 
 
 def forge_sampling_name(predictor) -> str:

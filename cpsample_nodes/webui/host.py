@@ -15,7 +15,7 @@ import torch
 from ..core import NoiseSpace
 from . import a1111
 from ..usecases.model import ModelFamily
-from .family import forge_family, forge_noise_space, forge_predictor
+from .family import forge_family, forge_noise_space, forge_sampling_predictor
 
 GUARD_FOLDER = "cpsample"
 
@@ -48,7 +48,7 @@ def model_family(sd_model) -> ModelFamily:
 def noise_space(sd_model) -> NoiseSpace:
     """The noise the model samples with (for training: the guard learns exactly this)."""
     if is_forge(sd_model):
-        return forge_noise_space(forge_predictor(sd_model))
+        return forge_noise_space(forge_sampling_predictor(sd_model))
     fam = a1111.family(sd_model)
     return a1111.DiscreteSchedule(sd_model.alphas_cumprod).space(fam.model_sampling)
 
