@@ -91,27 +91,38 @@ def build_state_dict(forge: Path, seed: int) -> dict:
     return {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
 
 
-def check(path: Path, forge: Path) -> dict:
-    """Forge's own detection and key split: SD15, every component's keys present, nothing left over."""
+def check_components(path: Path, forge: Path, repo_id: str, text_encoders: dict):
+    """Forge's own detection and key split of the file at `path`: it must detect `repo_id`, and every component
+    Forge builds (the UNet from the detected config; the VAE and the text encoders, `{folder: with
+    projection}`, from the repository's fixed configs) must find each of its keys, with nothing left over.
+    Returns the tensor count per component and Forge's guess (its model type and ztsnr flag included)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     from backend.loader import split_state_dict
     from backend.nn.clip import IntegratedCLIP
-    from backend.nn.vae import IntegratedAutoencoderKL
     from backend.nn.unet import IntegratedUNet2DConditionModel
+    from backend.nn.vae import IntegratedAutoencoderKL
 
     parts, guess = split_state_dict(str(path))
-    if guess.huggingface_repo != SD15_REPO:
-        raise SystemExit(f"Forge detects {guess.huggingface_repo}, not SD1.5")
-    repo = forge / "backend" / "huggingface" / SD15_REPO
+    if guess.huggingface_repo != repo_id:
+        raise SystemExit(f"Forge detects {guess.huggingface_repo}, not {repo_id}")
+    repo = forge / "backend" / "huggingface" / repo_id
     with torch.device("meta"):
         wanted = {
             "unet": IntegratedUNet2DConditionModel.from_config(guess.unet_config).state_dict(),
             "vae": IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae"))).state_dict(),
-            "text_encoder": IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")),
-                                           add_text_projection=True).state_dict(),
         }
-    report = compare_keys(parts, wanted)
+        for folder, with_projection in text_encoders.items():
+            # Forge adds a text projection to the plain CLIPTextModel; the WithProjection class has its own
+            cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+            wanted[folder] = IntegratedCLIP(cls, CLIPTextConfig.from_pretrained(str(repo / folder)),
+                                            add_text_projection=not with_projection).state_dict()
+    return compare_keys(parts, wanted), guess
+
+
+def check(path: Path, forge: Path) -> dict:
+    """Forge's own detection and key split: SD15, every component's keys present, nothing left over."""
+    report, guess = check_components(path, forge, SD15_REPO, {"text_encoder": False})
     return {"detected": guess.huggingface_repo, "tensors": report}
 
 

@@ -10,7 +10,8 @@ for SDXL (KOALA_700M, a subclass Forge's SDXL engine matches). Forge builds the 
 from the SDXL repository's fixed configs, so those are full size: CLIP-L, CLIP-G (OpenCLIP key layout, as
 an SDXL checkpoint has it), the SDXL AutoencoderKL; random weights, fp16 (1.9 GB). `--vpred` adds the
 `v_pred` and `ztsnr` marker keys (zero-terminal-SNR v-prediction). After writing, Forge's own detection and
-key split must say SDXL with no missing or unexpected keys.
+key split must say SDXL with no missing or unexpected keys, and Forge's guess must read the markers back
+(model type V_PREDICTION and ztsnr with `--vpred`, EPS and no ztsnr without).
 
 Why only SDXL: in Forge dfdcbab6 huggingface_guess fixes Flux's depth at 19 double and 38 single blocks
 (the full 12 B DiT), and both Flux and SD3 load a full T5-XXL (4.8 B parameters); see docs/webui.md.
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from forge_checkpoint import _forge_imports, compare_keys, offset_layer_norms
+from forge_checkpoint import _forge_imports, check_components, offset_layer_norms
 
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 UNET_CONFIG = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1], num_res_blocks=[3],
@@ -67,30 +68,15 @@ def build_state_dict(forge: Path, seed: int, vpred: bool) -> dict:
     return out
 
 
-def check(path: Path, forge: Path) -> dict:
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    from backend.loader import split_state_dict
-    from backend.nn.clip import IntegratedCLIP
-    from backend.nn.unet import IntegratedUNet2DConditionModel
-    from backend.nn.vae import IntegratedAutoencoderKL
-
-    parts, guess = split_state_dict(str(path))
-    if guess.huggingface_repo != SDXL_REPO:
-        raise SystemExit(f"Forge detects {guess.huggingface_repo}, not SDXL")
-    repo = forge / "backend" / "huggingface" / SDXL_REPO
-    with torch.device("meta"):
-        wanted = {
-            "unet": IntegratedUNet2DConditionModel.from_config(guess.unet_config).state_dict(),
-            "vae": IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae"))).state_dict(),
-            "text_encoder": IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")),
-                                           add_text_projection=True).state_dict(),
-            "text_encoder_2": IntegratedCLIP(CLIPTextModelWithProjection,
-                                             CLIPTextConfig.from_pretrained(str(repo / "text_encoder_2"))).state_dict(),
-        }
-    report = compare_keys(parts, wanted)
-    return {"detected": guess.huggingface_repo, "config": type(guess).__name__,
-            "model_type": guess.model_type.name, "ztsnr": guess.ztsnr, "tensors": report}
+def check(path: Path, forge: Path, vpred: bool) -> dict:
+    """Forge's own detection and key split: SDXL, every component's keys present, nothing left over; and the
+    prediction type and zero-terminal-SNR flag Forge reads from the markers are the ones written."""
+    report, guess = check_components(path, forge, SDXL_REPO, {"text_encoder": False, "text_encoder_2": True})
+    model_type, ztsnr = guess.model_type.name, bool(guess.ztsnr)
+    if (model_type, ztsnr) != (("V_PREDICTION", True) if vpred else ("EPS", False)):
+        raise SystemExit(f"Forge reads model type {model_type}, ztsnr {ztsnr} (written: vpred={vpred})")
+    return {"detected": guess.huggingface_repo, "config": type(guess).__name__, "model_type": model_type,
+            "ztsnr": ztsnr, "tensors": report}
 
 
 def main() -> int:
@@ -110,7 +96,7 @@ def main() -> int:
     tmp = out.with_name(out.stem + ".partial.safetensors")
     save_file(sd, str(tmp), metadata={"format": "pt", "cpsample": "random-weight SDXL-family model for tests"})
     del sd
-    report = check(tmp, forge)
+    report = check(tmp, forge, args.vpred)
     tmp.replace(out)
     print(f"[forge_family_checkpoint] {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.0f} s: {report}")
     return 0
