@@ -174,6 +174,19 @@ def test_training_under_inference_mode_flow():
         g = train_guard(lat, NoiseSpace.flow(), max_steps=5)
     assert g.latent_channels == 16
     assert g.info["required_bands"] == ["0.001-0.1", "0.1-0.25", "0.25-0.5"]
+    assert g.info["confident_bands"] == ["0.001-0.1", "0.1-0.25"]
+
+
+def test_memorised_needs_confidence_only_in_the_low_bands():
+    from cpsample_nodes.core.training import confident_bands, memorised, required_bands
+    space = NoiseSpace.vp()
+    required, sure = required_bands(space), confident_bands(space)
+    assert required == ["0.0292-0.1", "0.1-0.3", "0.3-1"] and sure == ["0.0292-0.1", "0.1-0.3"]
+    right = {b: 1.0 for b in required}
+    confident = {"0.0292-0.1": 1.0, "0.1-0.3": 0.99, "0.3-1": 0.6}  # noise at σ ≤ 1 still leaves doubt
+    assert memorised(right, confident, required, sure, 0.99)
+    assert not memorised(right, {**confident, "0.1-0.3": 0.98}, required, sure, 0.99)
+    assert not memorised({**right, "0.3-1": 0.98}, confident, required, sure, 0.99)  # wrong up to σ 1
 
 
 # ---- guidance -------------------------------------------------------------------------------
