@@ -28,6 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # cross_host.py, shared by the tests that cross to ComfyUI
 
 import forge_env as forge_env_lib  # noqa: E402  (the fixture below takes the plain name)
 import forge_harness as FH  # noqa: E402
