@@ -45,7 +45,7 @@ class Config:
     n_eval: int = 200              # evaluation seeds per sampler setting and fix
     eval_seed0: int = 10_000       # evaluation seeds eval_seed0 .. + n_eval (calibration probes are 0 .. 63)
     probes: int = 32               # calibration probes (the hosts' default); confirmation: as many more
-    guard_steps: int = 2000
+    guard_steps: int = 3000         # train_guard's own step cap
     guard_seeds: tuple = (0, 1, 2)
 
 
