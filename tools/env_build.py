@@ -1,5 +1,6 @@
-"""What the offline host test environments share (tools/comfyui_env.py, tools/forge_env.py): log
-lines, commands, the disk check, the venv with pinned torch, the build stamp and the command line.
+"""What the offline host environments share (tools/comfyui_env.py, tools/comfyui_cpu_env.py, tools/forge_env.py):
+log lines, commands, the disk check, the venv with pinned torch, the build stamp, the course of a build
+(`ensure`) and the command line.
 
 Each builder keeps its own steps (where the host comes from, which checkpoint it makes); the stamp
 records the builder's recipe, so a changed recipe rebuilds and a half-built one never looks ready.
@@ -87,6 +88,33 @@ def clear(files: tuple[Path, ...], dirs: tuple[Path, ...]) -> None:
     for d in dirs:
         if d.exists():
             shutil.rmtree(d)
+
+
+def ensure(name: str, force: bool, *, cache: Path, stamp: Path, checkpoint: Path, dirs: tuple[Path, ...],
+           disk_for: tuple[Path, ...], check_disk: Callable[[], None], steps: tuple[Callable[[], None], ...],
+           make_checkpoint: Callable[[], None], recipe: Callable[[], dict], is_ready: Callable[[], bool],
+           paths: Callable[[], dict], also_clear: tuple[Path, ...] = ()) -> dict:
+    """The builders' common course: nothing to do while ``is_ready()``. Otherwise (``force``: first remove
+    ``dirs``, the checkpoint and ``also_clear``) drop the stamp, check the disk where any of ``disk_for`` is
+    missing, run ``steps`` (the host, the venv), make the checkpoint anew and write the stamp last, so a
+    half-built environment never looks ready. Returns ``paths()``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    if not force and is_ready():
+        return paths()
+    t0 = time.time()
+    if force:
+        clear((stamp, checkpoint, *also_clear), dirs)
+    stamp.unlink(missing_ok=True)
+    if not all(p.exists() for p in disk_for):
+        check_disk()
+    for step in steps:
+        step()
+    checkpoint.unlink(missing_ok=True)  # the recipe changed: rebuild it
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    make_checkpoint()
+    write_stamp(stamp, recipe(), t0)
+    log(name, f"ready in {time.time() - t0:.0f} s")
+    return paths()
 
 
 def main(doc: str | None, ensure: Callable[..., dict], paths: Callable[[], dict],

@@ -28,7 +28,6 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import env_build  # tools/: the builder runs as a script from there, and the tests put it on sys.path
@@ -65,14 +64,6 @@ NEEDED_FREE_GB = 10.0
 
 def venv_python() -> Path:
     return env_build.venv_python(VENV)
-
-
-def _log(msg: str) -> None:
-    env_build.log(NAME, msg)
-
-
-def _run(cmd: list, **kw) -> None:
-    env_build.run(NAME, cmd, **kw)
 
 
 def _recipe() -> dict:
@@ -134,7 +125,7 @@ def _unpack_forge() -> None:
     _untar_single(_source(GUESS_TAR), repos / "huggingface_guess", CACHE)
     _untar_single(_source(ASSETS_TAR), repos / "stable-diffusion-webui-assets", CACHE)
     staging.rename(FORGE_DIR)  # last: a half-unpacked tree never looks complete
-    _log(f"Forge unpacked into {FORGE_DIR}")
+    env_build.log(NAME, f"Forge unpacked into {FORGE_DIR}")
 
 
 def _check_disk() -> None:
@@ -164,28 +155,17 @@ def _build_venv() -> None:
 
 
 def _build_checkpoint() -> None:
-    MODELS.mkdir(parents=True, exist_ok=True)
-    _run([venv_python(), REPO / "tools" / "forge_checkpoint.py", "--forge", FORGE_DIR, "--out", CHECKPOINT],
-         cwd=FORGE_DIR, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    env_build.run(NAME, [venv_python(), REPO / "tools" / "forge_checkpoint.py", "--forge", FORGE_DIR,
+                         "--out", CHECKPOINT],
+                  cwd=FORGE_DIR, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
 def ensure(force: bool = False) -> dict:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    if not force and is_ready():
-        return paths()
-    t0 = time.time()
-    if force:
-        env_build.clear((STAMP, CHECKPOINT), (FORGE_DIR, VENV))
-    STAMP.unlink(missing_ok=True)
-    if not venv_python().exists() or not CHECKPOINT.exists():
-        _check_disk()
-    _unpack_forge()
-    _build_venv()
-    CHECKPOINT.unlink(missing_ok=True)  # the recipe changed: rebuild it
-    _build_checkpoint()
-    env_build.write_stamp(STAMP, _recipe(), t0)
-    _log(f"ready in {time.time() - t0:.0f} s")
-    return paths()
+    # The disk check also where only the checkpoint (2.1 GB) is missing.
+    return env_build.ensure(NAME, force, cache=CACHE, stamp=STAMP, checkpoint=CHECKPOINT, dirs=(FORGE_DIR, VENV),
+                            disk_for=(venv_python(), CHECKPOINT), check_disk=_check_disk,
+                            steps=(_unpack_forge, _build_venv), make_checkpoint=_build_checkpoint,
+                            recipe=_recipe, is_ready=is_ready, paths=paths)
 
 
 def main() -> int:
