@@ -34,23 +34,76 @@ CALIBRATED_FILE = "cpsample_demo_calibrated.safetensors"
 # Each workflow: "title" and a one-sentence "description" for its card in the template browser (written to
 # the file's extra.cpsample_title / extra.cpsample_description; web/cpsample/templates.js puts them on the
 # card, as the frontend itself shows only the file name for a custom node's template), and its nodes.
-# Each node: id, type, pos, widgets {name: value}, links {input_name: (src_id, src_slot)}, optional title.
+# Each node: id, type, pos, widgets {name: value}, links {input_name: (src_id, src_slot)}, optional title;
+# the builders below write the nodes the examples share (a checkpoint loader's CLIP is slot 1, its VAE slot 2).
+
+
+def _node(id: int, type: str, pos: list, size: list | None = None, widgets: dict | None = None,
+          links: dict | None = None, title: str | None = None) -> dict:
+    node = dict(id=id, type=type, pos=pos, size=size, widgets=widgets, links=links, title=title)
+    return {k: v for k, v in node.items() if v is not None}
+
+
+def _note(id: int, pos: list, size: list, text: str) -> dict:
+    """A MarkdownNote showing ``text``, a paragraph: its line breaks and indent become single spaces."""
+    return _node(id, "MarkdownNote", pos, size, widgets={"text": " ".join(text.split())})
+
+
+def _prompts(ids: tuple[int, int], pos: list, clip: tuple, positive: str, negative: str, gap: int = 200) -> list[dict]:
+    """The Positive and Negative CLIPTextEncode nodes, the negative ``gap`` below the positive."""
+    return [_node(ids[0], "CLIPTextEncode", pos, widgets={"text": positive}, links={"clip": clip}, title="Positive"),
+            _node(ids[1], "CLIPTextEncode", [pos[0], pos[1] + gap], widgets={"text": negative},
+                  links={"clip": clip}, title="Negative")]
+
+
+def _lora(id: int, pos: list, title: str | None = None) -> dict:
+    return _node(id, "LoraLoader", pos, widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
+                 links={"model": (1, 0), "clip": (1, 1)}, title=title)
+
+
+def _train_guard(id: int, pos: list, model: int) -> dict:
+    return _node(id, "CPSampleTrainGuard", pos,
+                 widgets={"folder": FOLDER, "seed": 0, "max_steps": 1000, "batch_size": 32,
+                          "resolution_policy": "resize", "resolution": 0},
+                 links={"model": (model, 0), "vae": (1, 2)})
+
+
+def _protect(id: int, pos: list, model: int, guard: int, guard_input: str, calibration: bool = True) -> dict:
+    widgets = {"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
+               "objective": "uncertainty", "guard_input": guard_input}
+    if calibration:
+        widgets["settings"] = "calibration (if the guard has one)"
+    return _node(id, "CPSampleProtectModel", pos, widgets=widgets, links={"model": (model, 0), "guard": (guard, 0)})
+
+
+def _sample(ids: tuple[int, int], pos: list, decode_pos: list, model: int, prompts: tuple[int, int], latent: int,
+            seed: int, steps: int, sampler: str, denoise: float = 1.0) -> list[dict]:
+    """KSampler (cfg 5, scheduler normal) and the VAEDecode of its latent."""
+    return [_node(ids[0], "KSampler", pos,
+                  widgets={"seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": sampler, "scheduler": "normal",
+                           "denoise": denoise},
+                  links={"model": (model, 0), "positive": (prompts[0], 0), "negative": (prompts[1], 0),
+                         "latent_image": (latent, 0)}),
+            _node(ids[1], "VAEDecode", decode_pos, links={"samples": (ids[0], 0), "vae": (1, 2)})]
+
+
+def _save(id: int, pos: list, size: list, images: int, prefix: str) -> dict:
+    return _node(id, "SaveImage", pos, size, widgets={"filename_prefix": prefix}, links={"images": (images, 0)})
+
+
 TRAIN = {
     "title": "Train and save a guard",
     "description": "Trains a guard on your fine-tuning images and saves it.",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[40, 160], widgets={"ckpt_name": DEMO_CKPT}),
-        dict(id=2, type="CPSampleTrainGuard", pos=[420, 120],
-             widgets={"folder": FOLDER, "seed": 0, "max_steps": 1000, "batch_size": 32,
-                      "resolution_policy": "resize", "resolution": 0},
-             links={"model": (1, 0), "vae": (1, 2)}),
-        dict(id=3, type="CPSampleSaveGuard", pos=[840, 120],
-             widgets={"filename": GUARD_FILE[:-len(".safetensors")], "overwrite": True}, links={"guard": (2, 0)}),
-        dict(id=4, type="PreviewAny", pos=[840, 320], links={"source": (2, 1)}, title="Training report"),
-        dict(id=5, type="MarkdownNote", pos=[40, 400], size=[340, 200], widgets={"text": (
-            "Put the images your model was fine-tuned on in a sub-folder of ComfyUI's **input** folder and "
-            "pick it in *folder*. The guard learns random labels on them; training stops early once it is "
-            "confident on every image. Then use **CPSample Protect Model** with the saved guard.")}),
+        _node(1, "CheckpointLoaderSimple", [40, 160], widgets={"ckpt_name": DEMO_CKPT}),
+        _train_guard(2, [420, 120], model=1),
+        _node(3, "CPSampleSaveGuard", [840, 120],
+              widgets={"filename": GUARD_FILE[:-len(".safetensors")], "overwrite": True}, links={"guard": (2, 0)}),
+        _node(4, "PreviewAny", [840, 320], links={"source": (2, 1)}, title="Training report"),
+        _note(5, [40, 400], [340, 200], """
+            Put the images your model was fine-tuned on in a sub-folder of ComfyUI's **input** folder and pick it in
+            *folder*. The guard learns random labels on them; training stops early once it is confident on every
+            image. Then use **CPSample Protect Model** with the saved guard."""),
     ],
 }
 
@@ -58,37 +111,24 @@ PROTECTED = {
     "title": "Protected txt2img, saved guard",
     "description": "Generates with the calibrated guard that the recommended example saved.",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": DEMO_CKPT}),
-        dict(id=2, type="LoraLoader", pos=[380, 340],
-             widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
-             links={"model": (1, 0), "clip": (1, 1)}),
-        dict(id=3, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": CALIBRATED_FILE}),
-        dict(id=4, type="CPSampleProtectModel", pos=[740, 20],
-             widgets={"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
-                      "objective": "uncertainty", "guard_input": "denoised",
-                      "settings": "calibration (if the guard has one)"},
-             links={"model": (2, 0), "guard": (3, 0)}),
-        dict(id=5, type="CLIPTextEncode", pos=[740, 520], widgets={"text": "a photo of a red house by a lake"},
-             links={"clip": (2, 1)}, title="Positive"),
-        dict(id=6, type="CLIPTextEncode", pos=[740, 720], widgets={"text": "blurry"}, links={"clip": (2, 1)},
-             title="Negative"),
-        dict(id=7, type="EmptyLatentImage", pos=[740, 920], widgets={"width": 64, "height": 64, "batch_size": 2}),
-        dict(id=8, type="KSampler", pos=[1100, 200],
-             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
-                      "denoise": 1.0},
-             links={"model": (4, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0)}),
-        dict(id=9, type="VAEDecode", pos=[1460, 200], links={"samples": (8, 0), "vae": (1, 2)}),
-        dict(id=10, type="SaveImage", pos=[1820, 200], size=[340, 340], widgets={"filename_prefix": "cpsample_protected"},
-             links={"images": (9, 0)}),
-        dict(id=11, type="MarkdownNote", pos=[20, 500], size=[340, 220], widgets={"text": (
-            "**Protected sampling, next time.** Load Guard brings back the guard the *recommended* example "
-            "calibrated and saved (cpsample_demo_calibrated; or your own, in models/cpsample). Protect Model goes "
-            "after the LoRA, on the model that was fine-tuned; with *settings: calibration* it runs the guard's "
-            "calibrated scale, alpha and window and its panel says so (the widgets then only apply with "
-            "*manual*). *scale* is the guidance strength (0 = off, bit-identical); *alpha* the confidence band: "
-            "only samples the guard is sure about (near a training image) are steered. Use an ancestral or SDE "
-            "sampler and 50+ steps with a real model: steered samples then spread like new images "
-            "(8 steps here only because the demo model is tiny).")}),
+        _node(1, "CheckpointLoaderSimple", [20, 340], widgets={"ckpt_name": DEMO_CKPT}),
+        _lora(2, [380, 340]),
+        _node(3, "CPSampleLoadGuard", [380, 20], widgets={"guard_name": CALIBRATED_FILE}),
+        _protect(4, [740, 20], model=2, guard=3, guard_input="denoised"),
+        *_prompts((5, 6), [740, 520], (2, 1), "a photo of a red house by a lake", "blurry"),
+        _node(7, "EmptyLatentImage", [740, 920], widgets={"width": 64, "height": 64, "batch_size": 2}),
+        *_sample((8, 9), [1100, 200], [1460, 200], model=4, prompts=(5, 6), latent=7, seed=42, steps=8,
+                 sampler="euler_ancestral"),
+        _save(10, [1820, 200], [340, 340], images=9, prefix="cpsample_protected"),
+        _note(11, [20, 500], [340, 220], """
+            **Protected sampling, next time.** Load Guard brings back the guard the *recommended* example calibrated
+            and saved (cpsample_demo_calibrated; or your own, in models/cpsample). Protect Model goes after the
+            LoRA, on the model that was fine-tuned; with *settings: calibration* it runs the guard's calibrated
+            scale, alpha and window and its panel says so (the widgets then only apply with *manual*). *scale* is
+            the guidance strength (0 = off, bit-identical); *alpha* the confidence band: only samples the guard is
+            sure about (near a training image) are steered. Use an ancestral or SDE sampler and 50+ steps with a
+            real model: steered samples then spread like new images (8 steps here only because the demo model is
+            tiny)."""),
     ],
 }
 
@@ -96,29 +136,22 @@ REPLICATION = {
     "title": "Check images for training copies",
     "description": "Flags generated images that copy a picture in the training folder.",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 200], widgets={"ckpt_name": DEMO_CKPT}),
-        dict(id=2, type="CLIPTextEncode", pos=[380, 120], widgets={"text": "a photo of a red house by a lake"},
-             links={"clip": (1, 1)}, title="Positive"),
-        dict(id=3, type="CLIPTextEncode", pos=[380, 340], widgets={"text": ""}, links={"clip": (1, 1)},
-             title="Negative"),
-        dict(id=4, type="EmptyLatentImage", pos=[380, 540], widgets={"width": 64, "height": 64, "batch_size": 4}),
-        dict(id=5, type="KSampler", pos=[740, 200],
-             widgets={"seed": 7, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-                      "denoise": 1.0},
-             links={"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}),
-        dict(id=6, type="VAEDecode", pos=[1100, 200], links={"samples": (5, 0), "vae": (1, 2)}),
-        dict(id=7, type="CPSampleReplicationCheck", pos=[1460, 200],
-             widgets={"folder": FOLDER, "k": 5, "ratio_threshold": 0.333, "ssim_threshold": 0.9}, links={"images": (6, 0)}),
-        dict(id=8, type="PreviewImage", pos=[1820, 0], size=[340, 400], links={"images": (7, 1)},
-             title="Generated | nearest"),
-        dict(id=9, type="PreviewAny", pos=[1820, 440], size=[440, 300], links={"source": (7, 0)},
-             title="Replication report"),
-        dict(id=10, type="MarkdownNote", pos=[20, 420], size=[340, 220], widgets={"text": (
-            "**Replication check.** Compares each generated image with the training images in *folder*: "
-            "the calibrated l2 ratio (Carlini et al. 2023) is near 0 for a copy and about 1 otherwise; SSIM "
-            "is 1 for identical images. The demo fine-tune copies about half the time, so some of these are "
-            "flagged. Connect a CLIP vision model to add embedding cosine similarity. Swap the sampler's model "
-            "for a protected one to compare.")}),
+        _node(1, "CheckpointLoaderSimple", [20, 200], widgets={"ckpt_name": DEMO_CKPT}),
+        *_prompts((2, 3), [380, 120], (1, 1), "a photo of a red house by a lake", "", gap=220),
+        _node(4, "EmptyLatentImage", [380, 540], widgets={"width": 64, "height": 64, "batch_size": 4}),
+        *_sample((5, 6), [740, 200], [1100, 200], model=1, prompts=(2, 3), latent=4, seed=7, steps=6,
+                 sampler="euler"),
+        _node(7, "CPSampleReplicationCheck", [1460, 200],
+              widgets={"folder": FOLDER, "k": 5, "ratio_threshold": 0.333, "ssim_threshold": 0.9},
+              links={"images": (6, 0)}),
+        _node(8, "PreviewImage", [1820, 0], [340, 400], links={"images": (7, 1)}, title="Generated | nearest"),
+        _node(9, "PreviewAny", [1820, 440], [440, 300], links={"source": (7, 0)}, title="Replication report"),
+        _note(10, [20, 420], [340, 220], """
+            **Replication check.** Compares each generated image with the training images in *folder*: the
+            calibrated l2 ratio (Carlini et al. 2023) is near 0 for a copy and about 1 otherwise; SSIM is 1 for
+            identical images. The demo fine-tune copies about half the time, so some of these are flagged. Connect a
+            CLIP vision model to add embedding cosine similarity. Swap the sampler's model for a protected one to
+            compare."""),
     ],
 }
 
@@ -126,48 +159,30 @@ CALIBRATED = {
     "title": "Recommended: calibrate a guard",
     "description": "Trains a guard, calibrates it on your model, saves it and generates.",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 380], widgets={"ckpt_name": DEMO_CKPT}),
-        dict(id=2, type="LoraLoader", pos=[20, 560],
-             widgets={"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8},
-             links={"model": (1, 0), "clip": (1, 1)}, title="Your fine-tune (LoRA)"),
-        dict(id=3, type="CLIPTextEncode", pos=[380, 620], widgets={"text": "a photo of a red house by a lake"},
-             links={"clip": (2, 1)}, title="Positive"),
-        dict(id=4, type="CLIPTextEncode", pos=[380, 820], widgets={"text": "blurry"}, links={"clip": (2, 1)},
-             title="Negative"),
-        dict(id=5, type="CPSampleTrainGuard", pos=[380, 20],
-             widgets={"folder": FOLDER, "seed": 0, "max_steps": 1000, "batch_size": 32,
-                      "resolution_policy": "resize", "resolution": 0},
-             links={"model": (2, 0), "vae": (1, 2)}),
-        dict(id=6, type="CPSampleCalibrateGuard", pos=[740, 20], size=[380, 720],
-             widgets={"folder": FOLDER, "seed": 0, "probes": 32, "steps": 8, "cfg": 5.0,
-                      "sampler_name": "euler_ancestral", "scheduler": "normal", "width": 0, "height": 0},
-             links={"model": (2, 0), "guard": (5, 0), "positive": (3, 0), "negative": (4, 0), "vae": (1, 2)}),
-        dict(id=7, type="CPSampleSaveGuard", pos=[1160, 20],
-             widgets={"filename": CALIBRATED_FILE[:-len(".safetensors")], "overwrite": True}, links={"guard": (6, 0)}),
-        dict(id=8, type="PreviewAny", pos=[1160, 170], size=[400, 300], links={"source": (6, 1)},
-             title="Calibration report"),
-        dict(id=9, type="CPSampleProtectModel", pos=[1160, 510],
-             widgets={"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
-                      "objective": "uncertainty", "guard_input": "denoised",
-                      "settings": "calibration (if the guard has one)"},
-             links={"model": (2, 0), "guard": (6, 0)}),
-        dict(id=10, type="EmptyLatentImage", pos=[380, 1020], widgets={"width": 64, "height": 64, "batch_size": 2}),
-        dict(id=11, type="KSampler", pos=[1520, 510],
-             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "normal",
-                      "denoise": 1.0},
-             links={"model": (9, 0), "positive": (3, 0), "negative": (4, 0), "latent_image": (10, 0)}),
-        dict(id=12, type="VAEDecode", pos=[1520, 840], links={"samples": (11, 0), "vae": (1, 2)}),
-        dict(id=13, type="SaveImage", pos=[1880, 510], size=[300, 340],
-             widgets={"filename_prefix": "cpsample_calibrated"}, links={"images": (12, 0)}),
-        dict(id=14, type="MarkdownNote", pos=[20, 20], size=[340, 330], widgets={"text": (
-            "**The recommended path.** 1. *Train Guard* learns the images in *folder* (the ones your model was "
-            "fine-tuned on). 2. *Calibrate Guard* samples your fine-tune with your prompt and sampler on "
-            "*probes* seeds, counts how many copy a training image, and finds the gentlest guard setting that "
-            "cuts those copies to a tenth; its picture shows the copy rate per setting and the seeds that "
-            "copied, before and after. 3. *Save Guard* keeps the calibrated guard (Load Guard brings it back "
-            "next time, no retraining). 4. *Protect Model* (settings: calibration) applies the measured "
-            "setting; scale 0 turns it off. Give Calibrate the sampler, steps and CFG you generate with. "
-            "Real fine-tunes: 50+ steps and 64 probes.")}),
+        _node(1, "CheckpointLoaderSimple", [20, 380], widgets={"ckpt_name": DEMO_CKPT}),
+        _lora(2, [20, 560], title="Your fine-tune (LoRA)"),
+        *_prompts((3, 4), [380, 620], (2, 1), "a photo of a red house by a lake", "blurry"),
+        _train_guard(5, [380, 20], model=2),
+        _node(6, "CPSampleCalibrateGuard", [740, 20], [380, 720],
+              widgets={"folder": FOLDER, "seed": 0, "probes": 32, "steps": 8, "cfg": 5.0,
+                       "sampler_name": "euler_ancestral", "scheduler": "normal", "width": 0, "height": 0},
+              links={"model": (2, 0), "guard": (5, 0), "positive": (3, 0), "negative": (4, 0), "vae": (1, 2)}),
+        _node(7, "CPSampleSaveGuard", [1160, 20],
+              widgets={"filename": CALIBRATED_FILE[:-len(".safetensors")], "overwrite": True}, links={"guard": (6, 0)}),
+        _node(8, "PreviewAny", [1160, 170], [400, 300], links={"source": (6, 1)}, title="Calibration report"),
+        _protect(9, [1160, 510], model=2, guard=6, guard_input="denoised"),
+        _node(10, "EmptyLatentImage", [380, 1020], widgets={"width": 64, "height": 64, "batch_size": 2}),
+        *_sample((11, 12), [1520, 510], [1520, 840], model=9, prompts=(3, 4), latent=10, seed=42, steps=8,
+                 sampler="euler_ancestral"),
+        _save(13, [1880, 510], [300, 340], images=12, prefix="cpsample_calibrated"),
+        _note(14, [20, 20], [340, 330], """
+            **The recommended path.** 1. *Train Guard* learns the images in *folder* (the ones your model was
+            fine-tuned on). 2. *Calibrate Guard* samples your fine-tune with your prompt and sampler on *probes*
+            seeds, counts how many copy a training image, and finds the gentlest guard setting that cuts those
+            copies to a tenth; its picture shows the copy rate per setting and the seeds that copied, before and
+            after. 3. *Save Guard* keeps the calibrated guard (Load Guard brings it back next time, no retraining).
+            4. *Protect Model* (settings: calibration) applies the measured setting; scale 0 turns it off. Give
+            Calibrate the sampler, steps and CFG you generate with. Real fine-tunes: 50+ steps and 64 probes."""),
     ],
 }
 
@@ -177,33 +192,23 @@ GATE = {
     "title": "Protected img2img: the gate opens",
     "description": "Starts from a training picture, so the gate opens and steers it away.",
     "nodes": [
-        dict(id=1, type="CheckpointLoaderSimple", pos=[20, 340], widgets={"ckpt_name": CKPT}),
-        dict(id=2, type="CPSampleLoadGuard", pos=[380, 20], widgets={"guard_name": GUARD_FILE}),
-        dict(id=3, type="CPSampleProtectModel", pos=[740, 20],
-             widgets={"scale": 1000.0, "alpha": 0.01, "start_percent": 0.0, "end_percent": 1.0,
-                      "objective": "uncertainty", "guard_input": "noisy"},
-             links={"model": (1, 0), "guard": (2, 0)}),
-        dict(id=4, type="LoadImage", pos=[20, 520], size=[320, 360], widgets={"image": f"{FOLDER}/train_03.png"},
-             title="A training picture"),
-        dict(id=5, type="VAEEncode", pos=[380, 520], links={"pixels": (4, 0), "vae": (1, 2)}),
-        dict(id=6, type="CLIPTextEncode", pos=[740, 520], widgets={"text": "a photo"}, links={"clip": (1, 1)},
-             title="Positive"),
-        dict(id=7, type="CLIPTextEncode", pos=[740, 720], widgets={"text": ""}, links={"clip": (1, 1)},
-             title="Negative"),
-        dict(id=8, type="KSampler", pos=[1100, 200],
-             widgets={"seed": 42, "steps": 8, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-                      "denoise": 0.5},
-             links={"model": (3, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (5, 0)}),
-        dict(id=9, type="VAEDecode", pos=[1460, 200], links={"samples": (8, 0), "vae": (1, 2)}),
-        dict(id=10, type="SaveImage", pos=[1820, 200], size=[340, 340],
-             widgets={"filename_prefix": "cpsample_protected_img2img"}, links={"images": (9, 0)}),
-        dict(id=11, type="MarkdownNote", pos=[380, 700], size=[340, 240], widgets={"text": (
-            "**Watch the gate open.** Sampling starts from one of the guard's training pictures (denoise 0.5), "
-            "where a model that copies would end up. Protect Model reports after the run how many samples the "
-            "gate opened on, in which steps, and how far it pushed them (at most σ per step). The checkpoint here "
-            "is the tiny random one, which never copies by itself. *guard_input* "
-            "is *noisy* here (the paper's form) because the random model's x0 prediction is meaningless; "
-            "keep *denoised* with a real model. Needs the guard from the *train a guard* example.")}),
+        _node(1, "CheckpointLoaderSimple", [20, 340], widgets={"ckpt_name": CKPT}),
+        _node(2, "CPSampleLoadGuard", [380, 20], widgets={"guard_name": GUARD_FILE}),
+        _protect(3, [740, 20], model=1, guard=2, guard_input="noisy", calibration=False),
+        _node(4, "LoadImage", [20, 520], [320, 360], widgets={"image": f"{FOLDER}/train_03.png"},
+              title="A training picture"),
+        _node(5, "VAEEncode", [380, 520], links={"pixels": (4, 0), "vae": (1, 2)}),
+        *_prompts((6, 7), [740, 520], (1, 1), "a photo", ""),
+        *_sample((8, 9), [1100, 200], [1460, 200], model=3, prompts=(6, 7), latent=5, seed=42, steps=8,
+                 sampler="euler", denoise=0.5),
+        _save(10, [1820, 200], [340, 340], images=9, prefix="cpsample_protected_img2img"),
+        _note(11, [380, 700], [340, 240], """
+            **Watch the gate open.** Sampling starts from one of the guard's training pictures (denoise 0.5), where
+            a model that copies would end up. Protect Model reports after the run how many samples the gate opened
+            on, in which steps, and how far it pushed them (at most σ per step). The checkpoint here is the tiny
+            random one, which never copies by itself. *guard_input* is *noisy* here (the paper's form) because the
+            random model's x0 prediction is meaningless; keep *denoised* with a real model. Needs the guard from the
+            *train a guard* example."""),
     ],
 }
 
