@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 # The UNet config Forge's detector derives from an SD1.5 state dict (huggingface_guess SD15 + detection).
 UNET_CONFIG = {
@@ -62,28 +63,38 @@ def compare_keys(parts: dict, wanted: dict) -> dict:
     return report
 
 
-def build_state_dict(forge: Path, seed: int) -> dict:
+def unet_and_vae(forge: Path, repo_id: str, unet_config: dict, seed: int) -> dict:
+    """Seeded random weights of Forge's UNet (``unet_config``) and of the VAE of ``repo_id``'s fixed config, under
+    a checkpoint's keys; the text encoders come after, from the same random stream."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-    from backend.nn.clip import IntegratedCLIP
     from backend.nn.unet import IntegratedUNet2DConditionModel
     from backend.nn.vae import IntegratedAutoencoderKL
 
     torch.manual_seed(seed)
-    repo = forge / "backend" / "huggingface" / SD15_REPO
     sd = {}
     with torch.no_grad():
-        unet = IntegratedUNet2DConditionModel(**UNET_CONFIG)
-        # The UNet zero-initialises its output convolutions: it would predict zero noise everywhere.
+        unet = IntegratedUNet2DConditionModel(**unet_config)
+        # The UNet zero-initialises its output convolutions (and projections): it would predict zero noise everywhere.
         for name, p in unet.named_parameters():
-            if name.endswith("weight") and p.dim() == 4 and not p.any():
+            if name.endswith("weight") and p.dim() >= 2 and not p.any():
                 p.normal_(0.0, 0.02)
         sd.update({"model.diffusion_model." + k: v for k, v in unet.state_dict().items()})
         del unet
-        vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae")))
+        vae_folder = forge / "backend" / "huggingface" / repo_id / "vae"
+        vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(vae_folder)))
         sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
-        del vae
-        clip = IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(str(repo / "text_encoder")))
+    return sd
+
+
+def build_state_dict(forge: Path, seed: int) -> dict:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from backend.nn.clip import IntegratedCLIP
+
+    sd = unet_and_vae(forge, SD15_REPO, UNET_CONFIG, seed)
+    with torch.no_grad():
+        clip = IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(
+            str(forge / "backend" / "huggingface" / SD15_REPO / "text_encoder")))
         offset_layer_norms(clip)
         sd.update({"cond_stage_model." + k: v for k, v in clip.state_dict().items()
                    if k.startswith("transformer.text_model.") and not k.endswith("position_ids")})
@@ -126,26 +137,37 @@ def check(path: Path, forge: Path) -> dict:
     return {"detected": guess.huggingface_repo, "tensors": report}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def write_checked(name: str, doc: str | None, what: str, build: Callable[..., dict], check: Callable[..., dict],
+                  flags: tuple[str, ...] = ()) -> int:
+    """The command line of the checkpoint writers: --forge, --out, the on/off ``flags``, --seed. Writes
+    ``build(forge, seed, **flags)`` next to --out and gives it its name only once ``check(file, forge, **flags)``,
+    Forge's own reading of the file, passed."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--forge", type=Path, required=True, help="Forge's folder (webui)")
     ap.add_argument("--out", type=Path, required=True)
+    for flag in flags:
+        ap.add_argument(f"--{flag}", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     forge, out = args.forge.resolve(), args.out.resolve()
+    on = {flag: getattr(args, flag) for flag in flags}
     _forge_imports(forge)
     from safetensors.torch import save_file
 
     t0 = time.time()
-    sd = build_state_dict(forge, args.seed)
+    sd = build(forge, args.seed, **on)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".partial.safetensors")  # Forge picks the loader by the suffix
-    save_file(sd, str(tmp), metadata={"format": "pt", "cpsample": "random-weight SD1.5 for tests"})
+    save_file(sd, str(tmp), metadata={"format": "pt", "cpsample": what})
     del sd
-    report = check(tmp, forge)
+    report = check(tmp, forge, **on)
     tmp.replace(out)  # only a checked file gets the real name
-    print(f"[forge_checkpoint] {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.0f} s: {report}")
+    print(f"[{name}] {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.0f} s: {report}")
     return 0
+
+
+def main() -> int:
+    return write_checked("forge_checkpoint", __doc__, "random-weight SD1.5 for tests", build_state_dict, check)
 
 
 if __name__ == "__main__":

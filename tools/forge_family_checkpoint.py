@@ -18,12 +18,10 @@ Why only SDXL: in Forge dfdcbab6 huggingface_guess fixes Flux's depth at 19 doub
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
-from forge_checkpoint import _forge_imports, check_components, offset_layer_norms
+from forge_checkpoint import check_components, offset_layer_norms, unet_and_vae, write_checked
 
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 UNET_CONFIG = dict(in_channels=4, out_channels=4, model_channels=320, channel_mult=[1], num_res_blocks=[3],
@@ -35,23 +33,11 @@ UNET_CONFIG = dict(in_channels=4, out_channels=4, model_channels=320, channel_mu
 def build_state_dict(forge: Path, seed: int, vpred: bool) -> dict:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    from backend.nn.unet import IntegratedUNet2DConditionModel
-    from backend.nn.vae import IntegratedAutoencoderKL
     import huggingface_guess.model_list as ml
 
-    torch.manual_seed(seed)
+    sd = unet_and_vae(forge, SDXL_REPO, UNET_CONFIG, seed)
     repo = forge / "backend" / "huggingface" / SDXL_REPO
-    sd = {}
     with torch.no_grad():
-        unet = IntegratedUNet2DConditionModel(**UNET_CONFIG)
-        for name, p in unet.named_parameters():
-            if name.endswith("weight") and p.dim() >= 2 and not p.any():
-                p.normal_(0.0, 0.02)
-        sd.update({"model.diffusion_model." + k: v for k, v in unet.state_dict().items()})
-        del unet
-        vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(repo / "vae")))
-        sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
-        del vae
         clips = {}
         for name, cls, folder in (("clip_l", CLIPTextModel, "text_encoder"),
                                   ("clip_g", CLIPTextModelWithProjection, "text_encoder_2")):
@@ -80,26 +66,8 @@ def check(path: Path, forge: Path, vpred: bool) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--forge", type=Path, required=True, help="Forge's folder (webui)")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--vpred", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    forge, out = args.forge.resolve(), args.out.resolve()
-    _forge_imports(forge)
-    from safetensors.torch import save_file
-
-    t0 = time.time()
-    sd = build_state_dict(forge, args.seed, args.vpred)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".partial.safetensors")
-    save_file(sd, str(tmp), metadata={"format": "pt", "cpsample": "random-weight SDXL-family model for tests"})
-    del sd
-    report = check(tmp, forge, args.vpred)
-    tmp.replace(out)
-    print(f"[forge_family_checkpoint] {out} ({out.stat().st_size / 2**30:.2f} GiB) in {time.time() - t0:.0f} s: {report}")
-    return 0
+    return write_checked("forge_family_checkpoint", __doc__, "random-weight SDXL-family model for tests",
+                         build_state_dict, check, flags=("vpred",))
 
 
 if __name__ == "__main__":
