@@ -1,5 +1,6 @@
-"""Helpers shared by the tests that run the pack in a real ComfyUI (test_comfyui_pack.py, test_calibrate_node.py):
-API prompts, the text a node showed, a node's error, a saved latent, a cancel. conftest.py puts this folder on sys.path."""
+"""Helpers shared by the tests that run the pack in a real ComfyUI (test_comfyui_pack.py, test_calibrate_node.py,
+test_dataset_folders.py): API prompts, the text a node showed, a node's error, a saved latent, a cancel.
+conftest.py puts this folder on sys.path."""
 from __future__ import annotations
 
 import time
@@ -52,6 +53,25 @@ def sample_prompt(prefix: str, guard: str | None = None, scale: float = 1.0, alp
         if settings is not None:
             p["11"]["inputs"]["settings"] = settings
         p["6"]["inputs"]["model"] = ["11", 0]
+    return p
+
+
+def replication_prompt(image: str, folder: str, k: int = 5, clip_vision: str | None = None,
+                       grid: bool = False) -> dict:
+    """Replication Check of one input image against ``folder``: its report in node 3 (PreviewAny), with
+    ``grid`` the generated | nearest picture in node 4, with ``clip_vision`` that model's embeddings too."""
+    p = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "CPSampleReplicationCheck",
+              "inputs": {"images": ["1", 0], "folder": folder, "k": k, "ratio_threshold": 0.333,
+                         "ssim_threshold": 0.9}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    }
+    if grid:
+        p["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}}
+    if clip_vision is not None:
+        p["5"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": clip_vision}}
+        p["2"]["inputs"]["clip_vision"] = ["5", 0]
     return p
 
 

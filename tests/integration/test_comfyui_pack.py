@@ -10,8 +10,8 @@ import torch
 
 import comfyui_harness as H
 from cpsample_nodes.core import load_guard, read_metadata
-from pack_helpers import (CKPT, assert_still_serving, error_of, interrupt_when_running, sample_prompt, saved_latent,
-                          ui_text)
+from pack_helpers import (CKPT, assert_still_serving, error_of, interrupt_when_running, replication_prompt,
+                          sample_prompt, saved_latent, ui_text)
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IDS = ["CPSampleTrainGuard", "CPSampleTrainGuardWithClassImages", "CPSampleSaveGuard", "CPSampleLoadGuard", "CPSampleProtectModel",
@@ -318,14 +318,7 @@ def test_unknown_folder_fails_clearly(comfy, run_prompt):
 # ------------------------------------------------------------------------------------------- replication
 
 def test_replication_check_flags_an_exact_copy(comfy, comfy_layout, run_prompt):
-    entry = run_prompt({
-        "1": {"class_type": "LoadImage", "inputs": {"image": "cpsample_copy.png"}},
-        "2": {"class_type": "CPSampleReplicationCheck",
-              "inputs": {"images": ["1", 0], "folder": "cpsample_demo", "k": 5, "ratio_threshold": 0.333,
-                         "ssim_threshold": 0.9}},
-        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
-        "4": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
-    })
+    entry = run_prompt(replication_prompt("cpsample_copy.png", "cpsample_demo", grid=True))
     report = ui_text(entry, 3)
     assert "nearest train_03.png" in report and "LIKELY COPY" in report, report
     assert re.search(r"ratio 0\.000\s+SSIM 1\.000", report), report
@@ -399,14 +392,8 @@ def test_templates_route_lists_examples(comfy):
 
 def test_replication_check_with_clip_vision(comfy, comfy_layout, run_prompt):
     """The optional CLIP_VISION input (random ViT-L): an exact copy has embedding cosine 1."""
-    entry = run_prompt({
-        "1": {"class_type": "LoadImage", "inputs": {"image": "cpsample_copy.png"}},
-        "5": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": comfy_layout["clip_vision"]}},
-        "2": {"class_type": "CPSampleReplicationCheck",
-              "inputs": {"images": ["1", 0], "folder": "cpsample_demo", "k": 5, "ratio_threshold": 0.333,
-                         "ssim_threshold": 0.9, "clip_vision": ["5", 0]}},
-        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
-    })
+    entry = run_prompt(replication_prompt("cpsample_copy.png", "cpsample_demo",
+                                          clip_vision=comfy_layout["clip_vision"]))
     report = ui_text(entry, 3)
     m = re.search(r"nearest train_03\.png .*CLIP cos (-?[0-9.]+)", report)
     assert m and abs(float(m.group(1)) - 1.0) < 1e-2, report

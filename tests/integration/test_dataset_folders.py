@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 import comfyui_harness as H
-from pack_helpers import CKPT, ui_text
+from pack_helpers import CKPT, replication_prompt, ui_text
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,6 @@ def test_train_guard_reads_a_kohya_tree_at_its_aspects(kohya_folder, comfy, run_
 
 
 def test_replication_check_reads_the_same_tree(kohya_folder, comfy, run_prompt):
-    entry = run_prompt({
-        "1": {"class_type": "LoadImage", "inputs": {"image": "cpsample_kohya_copy.png"}},
-        "2": {"class_type": "CPSampleReplicationCheck",
-              "inputs": {"images": ["1", 0], "folder": "cpsample_kohya", "k": 2, "ratio_threshold": 0.333,
-                         "ssim_threshold": 0.9}},
-        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
-    })
+    entry = run_prompt(replication_prompt("cpsample_kohya_copy.png", "cpsample_kohya", k=2))
     report = ui_text(entry, 3)
     assert "nearest img/10_sks dog/dog_1.png" in report and "LIKELY COPY" in report, report
