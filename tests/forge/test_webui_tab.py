@@ -41,42 +41,49 @@ def _text(elem_id: str) -> str:
     return f"(() => {{ const el = {ROOT}.querySelector('#{elem_id} textarea'); return el ? el.value : ''; }})()"
 
 
+def _load_page(page, forge_ui, button: str, tip_of: str) -> str:
+    """Forge's page with the tab's ``button`` there; → the hover help javascript/cpsample.js gave ``tip_of``
+    once the UI loaded."""
+    page.navigate(forge_ui.url + "/")
+    page.wait_for(f"!!{ROOT}.querySelector('#{button}')", timeout=180)
+    return page.wait_for(f"{ROOT}.querySelector('#{tip_of}')?.title", timeout=60)
+
+
 def _open_tab(page) -> None:
     page.evaluate(f"(() => {{ const b = Array.from({ROOT}.querySelectorAll('#tabs > .tab-nav button, "
                   "#tabs > div > button')).find(b => b.textContent.trim() === 'CPSample'); "
                   "if (b) b.click(); })()")
 
 
-def _error_for_missing_folder(page, forge_ui, section: str) -> str:
-    """Run a tab section (train / calibrate) on a folder that does not exist; → the error its report shows."""
+def _report(page, section: str, done: str, timeout: float) -> str:
+    """The text of a tab section's report once the JavaScript condition ``done`` on it (``t``) holds."""
+    return page.wait_for(f"(() => {{ const t = {_text(f'cpsample_{section}_report')}; "
+                         f"return {done} ? t : null; }})()", timeout=timeout)
+
+
+def _run_section(page, forge_ui, section: str, **fields: str) -> None:
+    """Run a tab section (train / calibrate) on a folder that does not exist first: its report names the
+    folder; then type ``fields`` (``folder`` the demo folder) and press its button."""
     _type(page, f"cpsample_{section}_folder", str(forge_ui.input_dir / "no such folder"))
     _click(page, f"cpsample_{section}_button")
-    return page.wait_for(f"(() => {{ const t = {_text(f'cpsample_{section}_report')}; "
-                         "return t.startsWith('Error') ? t : null; })()", timeout=120)
+    bad = _report(page, section, "t.startsWith('Error')", timeout=120)
+    assert "no such folder" in bad and "does not exist" in bad, bad
+    for name, text in {"folder": str(forge_ui.input_dir / "demo"), **fields}.items():
+        _type(page, f"cpsample_{section}_{name}", text)
+    page.pump(0.5)
+    _click(page, f"cpsample_{section}_button")
 
 
 def test_tab_trains_a_guard_and_reports(forge_ui):
     with cdp.Chromium(width=1400, height=1100) as page:
-        page.navigate(forge_ui.url + "/")
-        page.wait_for(f"!!{ROOT}.querySelector('#cpsample_train_button')", timeout=180)
-        # javascript/cpsample.js gave the fields their hover help once the UI loaded
-        tip = page.wait_for(f"{ROOT}.querySelector('#script_txt2img_cpsample_scale')?.title", timeout=60)
+        tip = _load_page(page, forge_ui, "cpsample_train_button", "script_txt2img_cpsample_scale")
         assert "Guidance strength" in tip
         assert "Stop training" in page.evaluate(f"{ROOT}.querySelector('#cpsample_train_interrupt').title")
-        _open_tab(page)
-        # a bad folder first: the report names it, nothing is written
-        bad = _error_for_missing_folder(page, forge_ui, "train")
-        assert "no such folder" in bad and "does not exist" in bad, bad
-        # then the demo folder
-        _type(page, "cpsample_train_folder", str(forge_ui.input_dir / "demo"))
-        _type(page, "cpsample_train_name", "from tab")
-        _type(page, "cpsample_train_max_steps", "10")
-        _type(page, "cpsample_train_batch_size", "8")
-        _type(page, "cpsample_train_heads", "2")
         assert "random labellings" in page.evaluate(f"{ROOT}.querySelector('#cpsample_train_heads').title")
-        _click(page, "cpsample_train_button")
-        report = page.wait_for(f"(() => {{ const t = {_text('cpsample_train_report')}; "
-                               "return t.includes('Saved to') ? t : null; })()", timeout=400)
+        _open_tab(page)
+        # a bad folder first (the report names it, nothing is written), then the demo folder
+        _run_section(page, forge_ui, "train", name="from tab", max_steps="10", batch_size="8", heads="2")
+        report = _report(page, "train", "t.includes('Saved to')", timeout=400)
     assert "8 images at 64x64 px" in report and "SD15" in report, report
     path = forge_ui.models_dir / "cpsample" / "from tab.safetensors"
     assert path.is_file(), report
@@ -149,9 +156,7 @@ def _foreign_sdxl_guard(path) -> None:
 def test_tab_calibrates_a_guard_and_shows_the_evidence(forge_ui, train_demo_guard):
     train_demo_guard("tabcal", max_steps=5)
     with cdp.Chromium(width=1400, height=1100) as page:
-        page.navigate(forge_ui.url + "/")
-        page.wait_for(f"!!{ROOT}.querySelector('#cpsample_calibrate_button')", timeout=180)
-        tip = page.wait_for(f"{ROOT}.querySelector('#cpsample_calibrate_probes')?.title", timeout=60)
+        tip = _load_page(page, forge_ui, "cpsample_calibrate_button", "cpsample_calibrate_probes")
         assert "at least 8" in tip, tip
         _open_tab(page)
         # the guard typed into the dropdown (a custom value is taken on Enter), then the rest of the fields
@@ -165,17 +170,9 @@ def test_tab_calibrates_a_guard_and_shows_the_evidence(forge_ui, train_demo_guar
             el.blur();
             return true; }})()"""), "no guard dropdown"
         # a folder that does not exist first: the report names it (and the guard got through)
-        bad = _error_for_missing_folder(page, forge_ui, "calibrate")
-        assert "no such folder" in bad and "does not exist" in bad, bad
-        _type(page, "cpsample_calibrate_folder", str(forge_ui.input_dir / "demo"))
-        _type(page, "cpsample_calibrate_prompt", "a red house")
-        _type(page, "cpsample_calibrate_steps", "3")
-        _type(page, "cpsample_calibrate_probes", "8")
-        page.pump(0.5)
-        _click(page, "cpsample_calibrate_button")
-        report = page.wait_for(f"(() => {{ const t = {_text('cpsample_calibrate_report')}; "
-                               "return t.includes('Saved to') || (t.startsWith('Error') && !t.includes('no such folder')) "
-                               "? t : null; })()", timeout=400)
+        _run_section(page, forge_ui, "calibrate", prompt="a red house", steps="3", probes="8")
+        report = _report(page, "calibrate", "(t.includes('Saved to') || (t.startsWith('Error') && "
+                         "!t.includes('no such folder')))", timeout=400)
         assert "calibration on 8 probe seeds (Euler a/Automatic, 3 steps, cfg 7" in report, report
         picture = page.wait_for(f"{ROOT}.querySelector('#cpsample_calibrate_picture img')?.src", timeout=60)
     assert picture, "no evidence picture shown"
