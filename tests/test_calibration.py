@@ -297,8 +297,9 @@ def test_the_cost_counts_the_non_copies_a_setting_moves(small_guard):
     assert all(chosen["cost"] < r["cost"] for r in wide), cal.report()
 
 
-class _Damped(torch.nn.Module):
-    """A guard network whose logits are shrunk: right, but with gradients too small to push hard."""
+class _ScaledLogits(torch.nn.Module):
+    """A guard network whose logits are multiplied by ``factor``: shrunk, it is right but with gradients
+    too small to push hard; grown, its push reaches the step cap everywhere."""
 
     def __init__(self, net, factor: float):
         super().__init__()
@@ -313,7 +314,7 @@ def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying)
     from cpsample_nodes.core.evidence import calibration_summary
 
     guard, train = small_guard
-    weak = Guard(_Damped(guard.net, 0.05), guard.space, dict(guard.info))
+    weak = Guard(_ScaledLogits(guard.net, 0.05), guard.space, dict(guard.info))
     sigma = torch.tensor([0.5])
 
     def push(seed: int, scale: float) -> float:
@@ -334,7 +335,7 @@ def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying)
         return torch.cat(out)
 
     cal = calibrate(weak, sample, train, seeds=range(500, 532), confirm_seeds=[])
-    assert cal.reached and cal.settings["scale"] == 3000.0, cal.report()
+    assert cal.reached and cal.settings["scale"] == 3000.0 and cal.push_limit == "gradient", cal.report()
     # each window's strongest gate is measured first; where even it cannot pass, the window is skipped
     standard = [r for r in cal.rows[1:] if r["settings"]["scale"] == 1000.0]
     assert [r["label"] for r in standard] == ["α 0.5, σ ≤ 1", "α 0.5, σ ≤ 2", "α 0.5, σ ≤ 4", "α 0.5, all steps"]
@@ -347,6 +348,46 @@ def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying)
     strong = copying[3]
     assert strong.settings["scale"] == 1000.0, strong.report()
     assert not any("standard push" in r for r in strong.weak_reasons()) and "standard push" not in strong.report()
+
+
+def test_a_model_that_pulls_past_the_step_cap_gets_a_larger_cap_and_the_guard_is_not_called_weak(small_guard):
+    """As with CFG: the guard's push reaches the standard step cap at every copy, and the model pulls a
+    sample back unless a step moves it further than the cap allows. A larger scale alone changes nothing
+    there (the cap binds); the next push of the ladder doubles the cap, and the guard is not to blame."""
+    from cpsample_nodes.core.calibration import STRENGTHS
+
+    from cpsample_nodes.core import Guard
+
+    plain, train = small_guard
+    guard = Guard(_ScaledLogits(plain.net, 20.0), plain.space, dict(plain.info))
+    sigma = torch.tensor([0.5])
+
+    def push(seed: int, **settings) -> float:
+        copy = train[seed % train.shape[0]].unsqueeze(0)
+        return float((guard.guide(copy, copy, sigma, alpha=0.5, **settings) - copy).pow(2).mean().sqrt())
+
+    seeds = range(500, 532)
+    capped = {s: push(s, scale=1000.0, max_step=1.0) for s in seeds}
+    assert all(push(s, scale=3000.0, max_step=1.0) == pytest.approx(capped[s]) for s in seeds), \
+        "the guard's push at the copies does not reach the cap"
+
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            moved = float((guide(copy, copy, sigma) - copy).pow(2).mean().sqrt())
+            out.append(torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
+                       if moved > 1.5 * capped[s] else copy)
+        return torch.cat(out)
+
+    cal = calibrate(guard, sample, train, seeds=seeds, confirm_seeds=[])
+    assert cal.reached and (cal.settings["scale"], cal.settings["max_step"]) == STRENGTHS[1], cal.report()
+    # every setting at the standard push was tried and failed, the larger scales did not help
+    standard = [r for r in cal.rows[1:] if r["settings"]["max_step"] == 1.0]
+    assert standard and all(r["copies"] > 0 for r in standard)
+    assert cal.push_limit == "cap" and not cal.weak_guard, cal.report()
+    assert "step cap 2" in cal.report() and "harder than that (as with CFG)" in cal.report()
+    assert cal.summary()["push_limit"] == "cap" and cal.summary()["settings"]["max_step"] == 2.0
 
 
 @pytest.mark.parametrize("n_spoiled, weak", [(4, True), (3, False)])

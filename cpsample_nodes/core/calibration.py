@@ -9,8 +9,8 @@ error), the one that costs least wins, the gentlest on a tie. The cost: the prob
 every probe that did not copy counted by how far the guard moved it (relative ℓ2 change, at most 1),
 since a guard should leave alone what the model draws on its own; a probe that still copies is left
 to the target. A wider window is tried only while the best so far spoils more than one probe (moved
-non-copies alone do not widen it). Where nothing passes at the default scale, the same ladder is
-tried at stronger scales. A setting becomes the choice only after it passes again on as many
+non-copies alone do not widen it). Where nothing passes at the default push, the same ladder is
+tried at stronger ones (a larger scale and a doubled step cap). A setting becomes the choice only after it passes again on as many
 confirmation seeds: the best of many settings measured on the same probes looks better on them than
 it is. Confirmation waits for the end of a window and starts with the setting that costs least, so a
 window whose gates keep improving on each other costs one confirmation run, not one per improvement.
@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .calibration_ladder import ALPHAS, MAX_STEP, SCALES, WINDOWS, describe, ladder, window_sigma  # noqa: F401
+from .calibration_ladder import ALPHAS, MAX_STEP, STRENGTHS, WINDOWS, describe, ladder, window_sigma  # noqa: F401
 from .calibration_probes import (L2_K, CalibrationStopped, DecodeFn, ProbeSampler, ProgressFn,  # noqa: F401
                                  SampleFn)
 from .calibration_report import RANKING, WEAK_SPOIL, Calibration  # noqa: F401
@@ -89,6 +89,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
         if chosen is None:  # nothing reached the target: say so, with the most promising setting
             chosen = search.most_promising()
         flags = torch.tensor([chosen.copies[i] for i in range(n)])
+        if chosen.settings["scale"] > STRENGTHS[0][0]:
+            found["push_limit"] = push_limit(guard, base[copied])
         found.update(settings=dict(chosen.settings), calibrated_rate=float(flags.double().mean()),
                      calibrated=torch.stack([chosen.samples[i] for i in range(n)]), calibrated_copied=flags,
                      spoiled_rate=chosen.n_spoiled() / n)
@@ -101,6 +103,20 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
     guard.info = {**guard.info, "calibration": cal.summary()}
     probes.finish()
     return cal
+
+
+def push_limit(guard: Guard, copies: Tensor) -> str:
+    """Why the standard push was not enough, read at the copies the model drew: "gradient" when the
+    guard's own push there stays under the standard step cap (the guard is weak: a larger scale is what
+    helps), "cap" when it reaches the cap (the model pulls harder than the cap lets the guard push back,
+    as with CFG). Read at the narrowest window's σ, the median over the copies."""
+    sigma = window_sigma(guard, WINDOWS[0])
+    scale, cap = STRENGTHS[0]
+    x = copies.to(torch.float32)
+    pushed = guard.guide(x, x, sigma, scale=scale, alpha=0.5, max_step=None)
+    rms = (pushed - x).flatten(1).pow(2).mean(1).sqrt()
+    bound = cap * float(guard.space.push_bound(torch.tensor(sigma)))
+    return "cap" if float(rms.median()) >= bound else "gradient"
 
 
 def _unguarded_row(copies: int, n: int, spoiled: int, model_calls: int) -> dict[str, Any]:

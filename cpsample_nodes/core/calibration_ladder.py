@@ -9,11 +9,15 @@ from .guard import DEFAULT_SCALE, Guard
 # narrow window only touches the late steps, where each push is at most max_step·r (NoiseSpace.push_bound).
 WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
 ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-# Strengths, tried in turn only while no setting of the gentler one passes: some guards' gradients are
-# too small at a copy for the step cap to bind (docs/protection.md, "Calibration").
-SCALES: tuple[float, ...] = (DEFAULT_SCALE, 3 * DEFAULT_SCALE, 10 * DEFAULT_SCALE, 30 * DEFAULT_SCALE,
-                             100 * DEFAULT_SCALE)
 MAX_STEP = 1.0
+# Pushes, (scale, step cap), tried in turn only while no setting of the gentler one passes. The scale
+# helps a guard whose gradient at a copy is too small to reach the cap; the cap helps where the model
+# pulls harder than the standard cap can push back: with CFG 5 on the prompted LoRA benchmark no
+# setting at cap 1 passed on Euler ancestral, at any scale, and cap 2 left no copy on 64 probes for
+# every guard and sampler while cap 4 spoiled digits (docs/design-log.md, "A stronger step cap").
+STRENGTHS: tuple[tuple[float, float], ...] = (
+    (DEFAULT_SCALE, MAX_STEP), (3 * DEFAULT_SCALE, 2 * MAX_STEP), (10 * DEFAULT_SCALE, 2 * MAX_STEP),
+    (30 * DEFAULT_SCALE, 2 * MAX_STEP), (100 * DEFAULT_SCALE, 2 * MAX_STEP))
 
 
 def window_sigma(guard: Guard, ratio: float | None) -> float | None:
@@ -23,9 +27,11 @@ def window_sigma(guard: Guard, ratio: float | None) -> float | None:
     return float(ratio) if guard.space.kind == "vp" else float(ratio / (1.0 + ratio))
 
 
-def ladder(guard: Guard, scale: float = DEFAULT_SCALE) -> list[list[dict[str, Any]]]:
-    """Candidate settings at one scale, one list per σ window (narrow first), α ascending within a window."""
-    return [[{"scale": float(scale), "alpha": a, "max_step": MAX_STEP, "sigma_max": window_sigma(guard, w)}
+def ladder(guard: Guard, strength: tuple[float, float] = STRENGTHS[0]) -> list[list[dict[str, Any]]]:
+    """Candidate settings at one (scale, step cap), one list per σ window (narrow first), α ascending
+    within a window."""
+    scale, max_step = strength
+    return [[{"scale": float(scale), "alpha": a, "max_step": float(max_step), "sigma_max": window_sigma(guard, w)}
              for a in ALPHAS] for w in WINDOWS]
 
 
@@ -33,4 +39,6 @@ def describe(settings: dict[str, Any]) -> str:
     window = "all steps" if settings.get("sigma_max") is None else f"σ ≤ {settings['sigma_max']:.3g}"
     scale = settings.get("scale", DEFAULT_SCALE)
     strength = "" if scale == DEFAULT_SCALE else f", scale {scale:g}"
-    return f"α {settings['alpha']:g}, {window}{strength}"
+    cap = settings.get("max_step", MAX_STEP)
+    capped = "" if cap == MAX_STEP else (", no step cap" if cap is None else f", step cap {cap:g}")
+    return f"α {settings['alpha']:g}, {window}{strength}{capped}"

@@ -54,6 +54,9 @@ class Calibration:
     confirm_allowed: int = 0           # copies allowed over probes and confirmation seeds together
     reused: int = 0       # samples reused from unguarded paths a gate never touched, not sampled again
     calls_saved: int = 0  # the model calls sampling them again would have taken
+    # why the chosen setting needed more than the standard push (calibration.push_limit): "gradient"
+    # (the guard is weak) or "cap" (the model pulls hard); None when the standard push was enough
+    push_limit: str | None = None
 
     @property
     def probes(self) -> int:
@@ -61,11 +64,12 @@ class Calibration:
 
     @property
     def weak_guard(self) -> bool:
-        """The model copies and the guard missed the target, needed a stronger push than the default
-        scale, or spoils more than ``WEAK_SPOIL`` of the probes even with the chosen setting. In the
-        calibration table the calibrations that raised the scale were guards that stopped training at a
-        weak moment (docs/protection.md, "Where the weak guards come from"), and 4 of the 5 that spoiled
-        over a tenth of the probes missed the quality goal."""
+        """The model copies and the guard missed the target, needed a stronger push because its own
+        gradient at the copies is small (``push_limit`` "gradient"), or spoils more than ``WEAK_SPOIL``
+        of the probes even with the chosen setting. In the calibration table the calibrations that raised
+        the scale were guards that stopped training at a weak moment (docs/protection.md, "Where the weak
+        guards come from"), and 4 of the 5 that spoiled over a tenth of the probes missed the quality goal.
+        A push raised because the model pulls hard (``push_limit`` "cap", CFG) is not the guard's fault."""
         return bool(self.weak_reasons())
 
     def weak_reasons(self) -> list[str]:
@@ -76,7 +80,7 @@ class Calibration:
             return ["no setting reached the target"]
         reasons = []
         scale = float(self.settings.get("scale", DEFAULT_SCALE))
-        if scale > DEFAULT_SCALE:
+        if scale > DEFAULT_SCALE and self.push_limit == "gradient":
             reasons.append(f"it needed {scale / DEFAULT_SCALE:g}x the standard push")
         if self.spoiled_rate > WEAK_SPOIL:
             reasons.append(f"even the chosen setting spoils {self.spoiled_rate:.1%} of the probes")
@@ -103,6 +107,7 @@ class Calibration:
             "sampler": self.sampler,
             "model_calls": self.model_calls,
             "model_calls_saved": self.calls_saved,
+            "push_limit": self.push_limit,
             "seconds": round(self.seconds, 2),
             "tried": [{"settings": r["settings"], "copies": r["copies"], "evaluated": r["evaluated"],
                        "spoiled": r["spoiled"], "confirm": r.get("confirm"), "outcome": r["outcome"]}
@@ -148,6 +153,10 @@ class Calibration:
         lines.append(f"chosen: {describe(self.settings)}: {self.calibrated_rate:.1%} copies (unguarded "
                      f"{self.unguarded_rate:.1%}), {verdict}; spoils {self.spoiled_rate:.1%} of the probes "
                      f"({SPOILED_MEANS})")
+        if self.push_limit == "cap":
+            lines.append(f"the standard step cap was not enough: this model pulls its samples to the copies "
+                         f"harder than that (as with CFG), so the chosen setting allows a step cap of "
+                         f"{self.settings.get('max_step'):g}")
         if self.weak_guard:
             lines.append("this guard is weak on this model: " + "; ".join(self.weak_reasons()) +
                          ". A guard trained again with another seed is often stronger and protects with "

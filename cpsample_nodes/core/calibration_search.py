@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .calibration_ladder import SCALES, describe, ladder
+from .calibration_ladder import STRENGTHS, describe, ladder
 from .calibration_probes import ProbeSampler
 from .calibration_stats import Reference
 from .guard import Guard
@@ -186,15 +186,15 @@ class Search:
         self.settle()
 
     def run(self) -> Row | None:
-        """The ladder, scale by scale; None when no setting reached the target. A wider window is tried
+        """The ladder, push by push (``STRENGTHS``); None when no setting reached the target. A wider window is tried
         only while the best setting still spoils more than ``SPOIL_STOP`` probes: relative change
         compares the gates of one window better than it compares windows, so moved non-copies alone do
         not send the search wider."""
         considered, per_scale = 0, len(self.seeds) * sum(len(w) for w in ladder(self.guard))
-        for s_i, scale in enumerate(SCALES):
+        for s_i, strength in enumerate(STRENGTHS):
             if s_i:
-                self.probes.total += per_scale  # nothing passed at the gentler scale
-            for window in ladder(self.guard, scale):
+                self.probes.total += per_scale  # nothing passed at the gentler push
+            for window in ladder(self.guard, strength):
                 self.try_window(window, considered)
                 considered += len(window)
                 if self.best is not None and self.best.n_spoiled() <= SPOIL_STOP:
