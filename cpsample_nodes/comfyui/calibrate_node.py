@@ -81,7 +81,7 @@ class CalibrateGuard(io.ComfyNode):
             display_name="CPSample Calibrate Guard",
             category=CATEGORY,
             description=("Measures how often your fine-tuned model copies its training images with your prompt and "
-                         "sampler, then finds the guard setting (gate α, σ window, and a stronger scale where "
+                         "sampler, then finds the guard setting (gate α, σ window, and a stronger push where "
                          "needed) that cuts the copies to a tenth, spoils the fewest samples and moves the others "
                          "least, and checks it again on as many new seeds. Outputs the guard with that calibration "
                          "(Protect Model applies it), a report and a picture: copy rate per setting, and unguarded | "
