@@ -176,7 +176,8 @@ def test_train_guard_memorises(family, object_info):
     report = ui_text(family["train"], 8)
     # the stop check passed before the cap: right on every image's random labels in every band where
     # memorising is possible (σ ≤ 1 in vp, ≤ 0.5 in flow), confident in the lowest ones
-    assert info["memorised"] is True and info["steps"] < node_default(object_info, "CPSampleTrainGuard", "max_steps"), report
+    cap = node_default(object_info, "CPSampleTrainGuard", "max_steps")
+    assert info["memorised"] is True and info["steps"] < cap, report
     assert info["required_bands"] and all(info["accuracy"][b] >= 0.99 for b in info["required_bands"]), report
     assert info["confident_bands"] and all(info["confident"][b] >= 0.99 for b in info["confident_bands"]), report
     assert family["guard"].net.config.in_channels == (16 if latent_format in ("SD3", "Flux") else 4)
