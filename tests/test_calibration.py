@@ -309,6 +309,20 @@ class _ScaledLogits(torch.nn.Module):
         return self.inner(x, sigma) * self.factor
 
 
+def _escapes_past(train, sigma, escape: dict[int, float]):
+    """A sampler whose every seed copies a training latent unless one guide step at σ moves the copy by
+    more than ``escape[seed]`` (RMS per element); then it draws something new."""
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            moved = float((guide(copy, copy, sigma) - copy).pow(2).mean().sqrt())
+            out.append(torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
+                       if moved > escape[s] else copy)
+        return torch.cat(out)
+    return sample
+
+
 def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying):
     from cpsample_nodes.core import Guard
     from cpsample_nodes.core.evidence import calibration_summary
@@ -325,16 +339,7 @@ def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying)
     escape = {s: 2 * push(s, 1000.0) for s in range(500, 532)}
     assert all(push(s, 3000.0) > escape[s] for s in escape), "the damped guard's push is capped already"
 
-    def sample(guide, seeds):
-        out = []
-        for s in seeds:
-            copy = train[s % train.shape[0]].unsqueeze(0)
-            moved = float((guide(copy, copy, sigma) - copy).pow(2).mean().sqrt())
-            out.append(torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
-                       if moved > escape[s] else copy)
-        return torch.cat(out)
-
-    cal = calibrate(weak, sample, train, seeds=range(500, 532), confirm_seeds=[])
+    cal = calibrate(weak, _escapes_past(train, sigma, escape), train, seeds=range(500, 532), confirm_seeds=[])
     assert cal.reached and cal.settings["scale"] == 3000.0 and cal.push_limit == "gradient", cal.report()
     # each window's strongest gate is measured first; where even it cannot pass, the window is skipped
     standard = [r for r in cal.rows[1:] if r["settings"]["scale"] == 1000.0]
@@ -354,9 +359,8 @@ def test_a_model_that_pulls_past_the_step_cap_gets_a_larger_cap_and_the_guard_is
     """As with CFG: the guard's push reaches the standard step cap at every copy, and the model pulls a
     sample back unless a step moves it further than the cap allows. A larger scale alone changes nothing
     there (the cap binds); the next push of the ladder doubles the cap, and the guard is not to blame."""
-    from cpsample_nodes.core.calibration import STRENGTHS
-
     from cpsample_nodes.core import Guard
+    from cpsample_nodes.core.calibration import STRENGTHS
 
     plain, train = small_guard
     guard = Guard(_ScaledLogits(plain.net, 20.0), plain.space, dict(plain.info))
@@ -371,15 +375,7 @@ def test_a_model_that_pulls_past_the_step_cap_gets_a_larger_cap_and_the_guard_is
     assert all(push(s, scale=3000.0, max_step=1.0) == pytest.approx(capped[s]) for s in seeds), \
         "the guard's push at the copies does not reach the cap"
 
-    def sample(guide, seeds):
-        out = []
-        for s in seeds:
-            copy = train[s % train.shape[0]].unsqueeze(0)
-            moved = float((guide(copy, copy, sigma) - copy).pow(2).mean().sqrt())
-            out.append(torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
-                       if moved > 1.5 * capped[s] else copy)
-        return torch.cat(out)
-
+    sample = _escapes_past(train, sigma, {s: 1.5 * capped[s] for s in seeds})
     cal = calibrate(guard, sample, train, seeds=seeds, confirm_seeds=[])
     assert cal.reached and (cal.settings["scale"], cal.settings["max_step"]) == STRENGTHS[1], cal.report()
     # every setting at the standard push was tried and failed, the larger scales did not help
