@@ -500,6 +500,42 @@ def test_a_window_is_confirmed_once_least_costly_first(small_guard, fails, chose
     assert windows == ({1.0, 2.0, 4.0, None} if fails else {1.0}), cal.report()
 
 
+class _CapScriptedGuard(_ScriptedGuard):
+    """A scripted guard whose guide marks the denoised latent with the step cap instead of the gate."""
+
+    def guide(self, denoised, x, sigma, *, max_step=1.0, sigma_max=None, **_):
+        if sigma_max is not None and float(sigma[0]) > sigma_max:
+            return denoised
+        return torch.full_like(denoised, 0.0 if max_step is None else max_step)
+
+
+@pytest.mark.parametrize("spoiled_at_cap, chosen_cap, pushes_tried", [
+    ({1.0: 8, 2.0: 0}, 2.0, 2),   # the standard push passes only by spoiling 8 of 32: the next one is cleaner
+    ({1.0: 3, 2.0: 0}, 1.0, 1),   # 3 of 32 is within a tenth: the standard push is kept, nothing stronger tried
+    ({1.0: 8, 2.0: 8}, 1.0, 2)])  # the next push finds nothing better: the search ends there
+def test_a_stronger_push_is_tried_while_the_best_spoils_more_than_a_tenth(small_guard, spoiled_at_cap, chosen_cap,
+                                                                          pushes_tried):
+    _, train = small_guard
+
+    def sample(guide, seeds):
+        out = []
+        for s in seeds:
+            copy = train[s % train.shape[0]].unsqueeze(0)
+            marked = guide(copy, copy, torch.tensor([0.5]))
+            if torch.equal(marked, copy):
+                out.append(copy + 1e-3 * torch.randn(copy.shape, generator=torch.Generator().manual_seed(s)))
+                continue
+            new = torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
+            out.append(10 * new if s - 500 < spoiled_at_cap[float(marked.flatten()[0])] else new)
+        return torch.cat(out)
+
+    cal = calibrate(_CapScriptedGuard(train.shape[1]), sample, train, seeds=range(500, 532), confirm_seeds=[])
+    assert cal.reached and cal.settings["max_step"] == chosen_cap, cal.report()
+    assert cal.spoiled_rate == spoiled_at_cap[chosen_cap] / 32, cal.report()
+    pushes = {(r["settings"]["scale"], r["settings"]["max_step"]) for r in cal.rows if r["settings"]}
+    assert len(pushes) == pushes_tried, cal.report()
+
+
 def _one_copy_left_or_moved(train):
     """Three of every four seeds copy a training latent unguarded. α 0.001 turns every copy but probe
     500's into a new latent and leaves the new samples alone; every stronger gate turns all the copies
