@@ -1,5 +1,5 @@
-"""Why calibration calls the guards weak on Euler at CFG 5 while the classifier reads every sample: which
-of calibration's natural-range checks the calibrated probes fail.
+"""What calibration's natural-range checks see on Euler at CFG 5 that the benchmark's classifier does not
+(it reads clamped samples): which checks the calibrated probes fail.
 
     CPSAMPLE_THREADS=1 .cache/comfyui/venv/bin/python -m benchmarks.lora.spoil > benchmarks/results/lora/spoil_euler.txt
 

@@ -43,11 +43,11 @@ from .metrics import REPLICA_L2_RATIO
 Tensor = torch.Tensor
 
 MIN_PROBES = 8  # fewer seeds cannot tell a 10x cut from chance
-# What the hosts tell users a probe costs: images sampled per probe over a whole calibration, from the
-# 36 calibrations of docs/protection.md, "Reusing unguarded paths: adopted" (296-1,379 images for 64
-# probes; 4-34 per probe before samples were reused); three-head guards, the default, 285-1,337.
-PROBE_COST_NOTE = ("Each probe costs about 5-22 images of sampling over the whole calibration (measured on "
-                   "the benchmarks), so 32 probes take about 150-690 images at your steps.")
+# What the hosts tell users a probe costs: images sampled per probe over a whole calibration, as a
+# multiple of the probes' own run: 4.0-10.0 on the digits, 16.8-34.3 on the mixture (as-shipped table) and
+# 7.2-25.9 on the prompted LoRA benchmark (docs/protection.md).
+PROBE_COST_NOTE = ("Each probe costs about 4-34 images of sampling over the whole calibration (measured on "
+                   "the benchmarks), so 32 probes take about 130-1,100 images at your steps.")
 
 
 def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[int] = range(64), *,
