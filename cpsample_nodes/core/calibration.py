@@ -9,8 +9,9 @@ error), the one that costs least wins, the gentlest on a tie. The cost: the prob
 every probe that did not copy counted by how far the guard moved it (relative ℓ2 change, at most 1),
 since a guard should leave alone what the model draws on its own; a probe that still copies is left
 to the target. A wider window is tried only while the best so far spoils more than one probe (moved
-non-copies alone do not widen it). Where nothing passes at the default push, the same ladder is
-tried at stronger ones (a larger scale and a doubled step cap). A setting becomes the choice only
+non-copies alone do not widen it). Where nothing passes at the default push, or the best spoils more
+than a tenth of the probes, the same ladder is tried at stronger ones (a larger scale and a doubled
+step cap), while each finds a better setting. A setting becomes the choice only
 after it passes again on as many confirmation seeds: the best of many settings measured on the same
 probes looks better on them than it is. Confirmation waits for the end of a window and starts with
 the setting that costs least, so a window whose gates keep improving on each other costs one

@@ -10,7 +10,8 @@ from .guard import DEFAULT_SCALE, Guard
 WINDOWS: tuple[float | None, ...] = (1.0, 2.0, 4.0, None)
 ALPHAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 MAX_STEP = 1.0
-# Pushes, (scale, step cap), tried in turn only while no setting of the gentler one passes. The scale
+# Pushes, (scale, step cap), tried in turn only while no setting of the gentler one passes, or the best
+# spoils more than a tenth of the probes (calibration_search.Search.run). The scale
 # helps a guard whose gradient at a copy is too small to reach the cap; the cap helps where the model
 # pulls harder than the standard cap can push back: with CFG 5 on the prompted LoRA benchmark no
 # setting at cap 1 passed on Euler ancestral, at any scale, and cap 2 left no copy on 64 probes for

@@ -154,7 +154,8 @@ class Calibration:
                      f"{self.unguarded_rate:.1%}), {verdict}; spoils {self.spoiled_rate:.1%} of the probes "
                      f"({SPOILED_MEANS})")
         if self.push_limit == "cap":
-            lines.append(f"the standard step cap was not enough: this model pulls its samples to the copies "
+            lines.append(f"the standard step cap was not enough (nothing passed under it, or only by spoiling "
+                         f"over {WEAK_SPOIL:.0%} of the probes): this model pulls its samples to the copies "
                          f"harder than that (as with CFG), so the chosen setting allows a step cap of "
                          f"{self.settings.get('max_step'):g}")
         if self.weak_guard:
