@@ -448,7 +448,8 @@ class _ScriptedGuard:
 def _gates_spoil(train, spoils: dict[float, int], copy_on_confirmation: set[float], first_new: int):
     """Every seed copies a training latent unguarded; every gate turns the copy into a new latent and
     blows up (10x) the first ``spoils[α]`` probes; the gates in ``copy_on_confirmation`` leave the
-    copies of the seeds from ``first_new`` on (the confirmation seeds)."""
+    copies of the seeds from ``first_new`` on (the confirmation seeds). α is the value the scripted
+    guard marks the latent with (another scripted guard may mark another setting)."""
     def sample(guide, seeds):
         out = []
         for s in seeds:
@@ -516,19 +517,7 @@ class _CapScriptedGuard(_ScriptedGuard):
 def test_a_stronger_push_is_tried_while_the_best_spoils_more_than_a_tenth(small_guard, spoiled_at_cap, chosen_cap,
                                                                           pushes_tried):
     _, train = small_guard
-
-    def sample(guide, seeds):
-        out = []
-        for s in seeds:
-            copy = train[s % train.shape[0]].unsqueeze(0)
-            marked = guide(copy, copy, torch.tensor([0.5]))
-            if torch.equal(marked, copy):
-                out.append(copy + 1e-3 * torch.randn(copy.shape, generator=torch.Generator().manual_seed(s)))
-                continue
-            new = torch.randn(copy.shape, generator=torch.Generator().manual_seed(10_000 + s))
-            out.append(10 * new if s - 500 < spoiled_at_cap[float(marked.flatten()[0])] else new)
-        return torch.cat(out)
-
+    sample = _gates_spoil(train, spoiled_at_cap, set(), first_new=532)  # keyed by the step cap the guide marks
     cal = calibrate(_CapScriptedGuard(train.shape[1]), sample, train, seeds=range(500, 532), confirm_seeds=[])
     assert cal.reached and cal.settings["max_step"] == chosen_cap, cal.report()
     assert cal.spoiled_rate == spoiled_at_cap[chosen_cap] / 32, cal.report()
