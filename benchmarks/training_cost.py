@@ -85,7 +85,7 @@ def worker_train(a) -> dict:
     sys.path.insert(0, str(ROOT))
     from cpsample_nodes.core import NoiseSpace, TrainingStopped, save_guard, train_guard
     from cpsample_nodes.core.network import DEFAULT_HEADS
-    from cpsample_nodes.core.training import confident_bands, required_bands
+    from cpsample_nodes.core.training import confident_bands, memorised_margin, required_bands
     space = NoiseSpace.vp() if a.channels == 4 else NoiseSpace.flow()
     required, sure = required_bands(space), confident_bands(space)
     latents = smooth_latents(a.n, a.channels, a.side, seed=a.seed)
@@ -98,9 +98,7 @@ def worker_train(a) -> dict:
     def progress(step, total, stats):
         last["step"] = step
         if stats.get("confident") and step % 50 == 0:
-            acc, conf = stats["accuracy"], stats["confident"]
-            # the stop check's own margin: right in every required band, confident in the lowest ones
-            worst = min([acc[b] for b in required] + [conf[b] for b in sure])
+            worst = memorised_margin(stats["accuracy"], stats["confident"], required, sure)
             checks.append(f"{step}:{worst:.2f}@{time.monotonic() - started:.0f}s")
 
     def should_stop():
@@ -206,8 +204,9 @@ def main() -> None:
     print("# latents: smooth random fields (coarse N(0,1) grid at side/8, bicubic up, +0.1 white noise, "
           "standardised per latent); vp space for 4 channels, flow space for 16; "
           f"train_guard's defaults{f' but {a.heads} heads' if a.heads is not None else ''}")
-    print("# 'worst band' = the stop check's margin: min of the accuracy in every required (memorisable) sigma band "
-          "and of the share right with p>=0.99 in the confident bands (vp sigma <= 0.3, flow <= 0.25); early stop at >= 0.99")
+    print("# 'worst band' = the stop check's margin: min of the accuracy in every required (memorisable) sigma "
+          "band and of the share right with p>=0.99 in the confident bands (vp sigma <= 0.3, flow <= 0.25); "
+          "early stop at >= 0.99")
     print("# peak memory: ru_maxrss of a fresh process per case; 'delta' = peak minus RSS just before "
           "training/guidance (torch import, latents and guard weights excluded from the delta)")
 
