@@ -75,7 +75,10 @@ def _model(copying: bool) -> list:
 
 
 def node_default(object_info: dict, node: str, name: str):
-    return object_info[node]["input"]["required"][name][1]["default"]
+    """An input's default as the node declares it (a list input without one: its first choice)."""
+    inputs = object_info[node]["input"]
+    spec = {**inputs["required"], **inputs.get("optional", {})}[name]
+    return spec[1]["default"] if len(spec) > 1 and "default" in spec[1] else spec[0][0]
 
 
 def train_calibrate_prompt(family: str, object_info: dict) -> dict:
@@ -124,14 +127,10 @@ def sample_prompt(family: str, prefix: str, copying: bool, protect: dict | None 
 
 
 def protect_defaults(object_info: dict) -> dict:
-    req = object_info["CPSampleProtectModel"]["input"]["required"]
-    opt = object_info["CPSampleProtectModel"]["input"].get("optional", {})
-    out = {}
-    for name, spec in {**req, **opt}.items():
-        if name in ("model", "guard"):
-            continue
-        out[name] = spec[1]["default"] if len(spec) > 1 and "default" in spec[1] else spec[0][0]
-    return out
+    inputs = object_info["CPSampleProtectModel"]["input"]
+    names = [*inputs["required"], *inputs.get("optional", {})]
+    return {name: node_default(object_info, "CPSampleProtectModel", name) for name in names
+            if name not in ("model", "guard")}
 
 
 def stats(lat: torch.Tensor) -> dict:
