@@ -79,8 +79,8 @@ class Calibration:
         if not self.reached:
             return ["no setting reached the target"]
         reasons = []
-        scale = float(self.settings.get("scale", DEFAULT_SCALE))
-        if scale > DEFAULT_SCALE and self.push_limit == "gradient":
+        if self.push_limit == "gradient":  # set only where a stronger push was chosen
+            scale = float(self.settings.get("scale", DEFAULT_SCALE))
             reasons.append(f"it needed {scale / DEFAULT_SCALE:g}x the standard push")
         if self.spoiled_rate > WEAK_SPOIL:
             reasons.append(f"even the chosen setting spoils {self.spoiled_rate:.1%} of the probes")

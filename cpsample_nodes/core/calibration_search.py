@@ -193,9 +193,9 @@ class Search:
         non-copies alone do not send the search wider. A stronger push is tried while nothing passed,
         or while the best, found at the push just tried, still spoils more than ``WEAK_SPOIL`` of the
         probes: with CFG 5 on the LoRA benchmark the standard push passed on Euler only by spoiling over
-        a tenth of the probes (guard 0: 66 %) (overshooting samples), where the doubled step cap passed spoiling at most a tenth
-        (docs/design-log.md, "A stronger push for a spoiling best"). A push that finds nothing better
-        ends the search."""
+        a tenth of the probes with overshooting samples (guard 0: 66 %), where the doubled step cap
+        passed spoiling at most a tenth (docs/design-log.md, "A stronger push for a spoiling best"). A
+        push that finds nothing better ends the search."""
         considered, per_scale = 0, len(self.seeds) * sum(len(w) for w in ladder(self.guard))
         for s_i, strength in enumerate(STRENGTHS):
             if s_i:
