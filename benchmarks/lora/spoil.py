@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from cpsample_nodes.core import calibrate
-from cpsample_nodes.core.calibration_probes import ProbeSampler
+from cpsample_nodes.core.calibration_probes import L2_K
 from cpsample_nodes.core.calibration_stats import Reference
-from cpsample_nodes.core.metrics import REPLICA_L2_RATIO
+from cpsample_nodes.core.metrics import REPLICA_L2_RATIO, calibrated_l2_ratio
 
 from . import pipeline as P
 from .comfy_sampling import make_sampler
@@ -34,9 +34,8 @@ def main() -> None:
     for scale in (5.0, 1.0):
         sample = make_sampler(model, TRIGGER, NULL, "euler", scale, cfg.sample_steps)
         cal = calibrate(guard, sample, sp.finetune, seeds=list(range(cfg.probes)))
-        ratios = ProbeSampler(guard, sample, sp.finetune, None, None, None, total=1).ratios
         base, chosen = cal.unguarded, cal.calibrated
-        rb, rc = ratios(base), ratios(chosen)
+        rb, rc = (calibrated_l2_ratio(x, sp.finetune, L2_K) for x in (base, chosen))  # calibration's own ratio
         ref = Reference.of(torch.cat([sp.finetune, base]), rb[rb >= REPLICA_L2_RATIO])
         s_base, s_chosen = Reference.stats(base), Reference.stats(chosen)
         out = (s_chosen < ref.lo) | (s_chosen > ref.hi)
