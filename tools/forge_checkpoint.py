@@ -63,9 +63,82 @@ def compare_keys(parts: dict, wanted: dict) -> dict:
     return report
 
 
-def unet_and_vae(forge: Path, repo_id: str, unet_config: dict, seed: int) -> dict:
+# The pass-through VAE: each signal channel shares its GroupNorm group with its negative and with large constants
+# of both signs, so the group's mean is exactly 0 and its spread all but fixed: the norm only scales by a known
+# factor. A bias of SILU_SHIFT keeps SiLU linear to 1e-6 over the signal's range; the next convolution removes it.
+CONSTANT, SILU_SHIFT = 1000.0, 40.0
+LATENT_GAIN = 15.0  # pixels in [-1, 1] → raw latents; ×0.13025 (SDXL's scale) gives about unit spread
+
+
+def _identity_conv(conv, pairs, gain: float = 1.0, taps=((1, 1),)) -> None:
+    """conv ← zero, then out[o] += gain · in[i] / len(taps) at each tap, for (o, i) in pairs."""
+    conv.weight.zero_()
+    if conv.bias is not None:
+        conv.bias.zero_()
+    for o, i in pairs:
+        for ty, tx in taps:
+            conv.weight[o, i, ty, tx] = gain / len(taps)
+
+
+def _signal_group(conv, norm, channels: list[int], gain: float, stride: int) -> None:
+    """``conv`` (zeroed) puts input ``channels[c]`` into channel ``stride·c``, its negative into the next and
+    ±CONSTANT into the rest of that ``norm`` group; the norm's affine undoes its own scaling (then × ``gain``)
+    and adds SILU_SHIFT. Channels outside these groups norm to SILU_SHIFT and are not read."""
+    import math
+
+    norm.weight.zero_()
+    norm.bias.fill_(SILU_SHIFT)
+    spread = CONSTANT * math.sqrt((stride - 2) / stride)  # the group's std, the signal's part aside
+    for c, src in enumerate(channels):
+        base = stride * c
+        conv.weight[base, src, 1, 1] = 1.0
+        conv.weight[base + 1, src, 1, 1] = -1.0
+        for k in range(2, stride):
+            conv.bias[base + k] = CONSTANT if k % 2 == 0 else -CONSTANT
+        norm.weight[base] = spread * gain
+
+
+def pass_through_vae(vae) -> None:
+    """Hand-set Forge's AutoencoderKL so it keeps pictures apart, as a trained VAE does (a random one maps small
+    pictures almost onto one latent): latent channels 0–2 are LATENT_GAIN × the picture's RGB averaged over each
+    8×8 block, channel 3 is 0, the posterior's spread is e^-15; decoding gives back those block averages. Every
+    residual branch is zeroed, the up- and downsamplers copy or average, the shortcuts keep the first channels."""
+    import torch
+
+    with torch.no_grad():
+        for m in vae.modules():
+            name = type(m).__name__
+            if name == "ResnetBlock":
+                m.conv2.weight.zero_()
+                m.conv2.bias.zero_()
+                if hasattr(m, "nin_shortcut"):
+                    n = min(m.in_channels, m.out_channels)
+                    _identity_conv(m.nin_shortcut, [(c, c) for c in range(n)], taps=((0, 0),))
+            elif name == "AttnBlock":
+                m.proj_out.weight.zero_()
+                m.proj_out.bias.zero_()
+            elif name == "Downsample":  # pads right and bottom; taps (0..1, 0..1) never reach the padding
+                _identity_conv(m.conv, [(c, c) for c in range(m.conv.in_channels)],
+                               taps=((0, 0), (0, 1), (1, 0), (1, 1)))
+            elif name == "Upsample":  # nearest ×2, then the centre tap
+                _identity_conv(m.conv, [(c, c) for c in range(m.conv.in_channels)])
+        # RGB channel c rides in channel stride·c through both halves (stride: the output norms' group width)
+        for half, gain, width in ((vae.encoder, LATENT_GAIN, 3), (vae.decoder, 1.0 / LATENT_GAIN, 3)):
+            stride = half.norm_out.num_channels // half.norm_out.num_groups
+            half.conv_in.weight.zero_()
+            half.conv_in.bias.zero_()
+            _signal_group(half.conv_in, half.norm_out, list(range(width)), gain, stride)
+            _identity_conv(half.conv_out, [(c, stride * c) for c in range(width)])
+            half.conv_out.bias[:width] = -SILU_SHIFT
+        vae.encoder.conv_out.bias[vae.encoder.conv_out.out_channels // 2:] = -30.0  # log-variance: a point posterior
+        for conv in (vae.quant_conv, vae.post_quant_conv):
+            _identity_conv(conv, [(c, c) for c in range(conv.in_channels)], taps=((0, 0),))
+
+
+def unet_and_vae(forge: Path, repo_id: str, unet_config: dict, seed: int, pass_through: bool = False) -> dict:
     """Seeded random weights of Forge's UNet (``unet_config``) and of the VAE of ``repo_id``'s fixed config, under
-    a checkpoint's keys; the text encoders come after, from the same random stream."""
+    a checkpoint's keys; the text encoders come after, from the same random stream. ``pass_through``: the VAE is
+    hand-set instead (pass_through_vae), after drawing its random weights so the stream stays the same."""
     import torch
     from backend.nn.unet import IntegratedUNet2DConditionModel
     from backend.nn.vae import IntegratedAutoencoderKL
@@ -82,6 +155,8 @@ def unet_and_vae(forge: Path, repo_id: str, unet_config: dict, seed: int) -> dic
         del unet
         vae_folder = forge / "backend" / "huggingface" / repo_id / "vae"
         vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(str(vae_folder)))
+        if pass_through:
+            pass_through_vae(vae)
         sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
     return sd
 

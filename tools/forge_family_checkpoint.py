@@ -8,7 +8,9 @@ The UNet has the layout tools/family_models.py gives ComfyUI (KOALA-700M's detec
 blocks, no middle block; 50 M parameters), built from Forge's own UNet class; huggingface_guess takes it
 for SDXL (KOALA_700M, a subclass Forge's SDXL engine matches). Forge builds the text encoders and the VAE
 from the SDXL repository's fixed configs, so those are full size: CLIP-L, CLIP-G (OpenCLIP key layout, as
-an SDXL checkpoint has it), the SDXL AutoencoderKL; random weights, fp16 (1.9 GB). `--vpred` adds the
+an SDXL checkpoint has it), random; the SDXL AutoencoderKL hand-set to pass pictures through (its latents are
+8×8 block averages of the pixels, forge_checkpoint.pass_through_vae), so pictures stay apart as with a trained
+VAE; fp16 (1.9 GB). `--vpred` adds the
 `v_pred` and `ztsnr` marker keys (zero-terminal-SNR v-prediction). After writing, Forge's own detection and
 key split must say SDXL with no missing or unexpected keys, and Forge's guess must read the markers back
 (model type V_PREDICTION and ztsnr with `--vpred`, EPS and no ztsnr without).
@@ -35,7 +37,7 @@ def build_state_dict(forge: Path, seed: int, vpred: bool) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     import huggingface_guess.model_list as ml
 
-    sd = unet_and_vae(forge, SDXL_REPO, UNET_CONFIG, seed)
+    sd = unet_and_vae(forge, SDXL_REPO, UNET_CONFIG, seed, pass_through=True)
     repo = forge / "backend" / "huggingface" / SDXL_REPO
     with torch.no_grad():
         clips = {}

@@ -7,6 +7,7 @@ One server gets its own `--data-dir` (Forge keeps config.json, extensions/, mode
 there), so guards and outputs belong to one test session and the cached Forge folder stays clean:
 
     data/extensions/CPSample -> this repository   (the extension, as a user's clone would sit)
+    data/extensions/<name>   -> test-only extensions the caller names (`extensions`)
     data/models/Stable-diffusion/<checkpoint>    -> the cached random SD1.5 checkpoint
     data/models/cpsample/                        guards
     data/outputs/                                what Forge saves
@@ -44,8 +45,9 @@ def _own_session_dying_with_parent() -> None:
             pass
 
 
-def make_data_dir(root: Path, checkpoint: Path, link: bool = True) -> dict:
-    """Lay out a Forge data directory under `root`; the extension is a symlink to this repo (or a copy)."""
+def make_data_dir(root: Path, checkpoint: Path, link: bool = True, extensions: dict[str, Path] | None = None) -> dict:
+    """Lay out a Forge data directory under `root`; the extension is a symlink to this repo (or a copy), each of
+    `extensions` ({name: folder}) a symlink beside it."""
     root = Path(root)
     data = root / "data"
     ext = data / "extensions" / EXTENSION_NAME
@@ -56,6 +58,9 @@ def make_data_dir(root: Path, checkpoint: Path, link: bool = True) -> dict:
         else:
             shutil.copytree(REPO, ext, ignore=shutil.ignore_patterns(".git", ".cache", ".venv", "__pycache__",
                                                                       ".pytest_cache", "*.egg-info"))
+    for name, folder in (extensions or {}).items():
+        if not (ext.parent / name).exists():
+            (ext.parent / name).symlink_to(Path(folder).resolve(), target_is_directory=True)
     ckpt_dir = data / "models" / "Stable-diffusion"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / checkpoint.name

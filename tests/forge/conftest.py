@@ -5,6 +5,8 @@ time, instant after). One server per test session, on a free port, with its own 
 (tools/forge_harness.py):
 
     data/extensions/CPSample -> this repository    (the extension, as users install it)
+    data/extensions/cpsample-test-copying-model    (test-only: POST /cpsample-test/copying-model makes the
+                                                    loaded checkpoint copy a folder's images; test_families_forge)
     data/models/Stable-diffusion/sd15-random.safetensors, data/models/cpsample/ (guards)
     data/outputs/, input/demo/ (8 small PNGs), forge.log
 
@@ -66,7 +68,8 @@ def pytest_runtest_teardown(item, nextitem):
 @pytest.fixture(scope="session")
 def forge(forge_env, tmp_path_factory):
     root = tmp_path_factory.mktemp("forge")
-    layout = FH.make_data_dir(root, Path(forge_env["checkpoint"]))
+    copying = Path(__file__).parent / "copying_model_extension"  # test-only, see its script
+    layout = FH.make_data_dir(root, Path(forge_env["checkpoint"]), extensions={"cpsample-test-copying-model": copying})
     threads = int(os.environ.get("CPSAMPLE_FORGE_THREADS", "1"))  # 0 = torch's default
     server = FH.ForgeServer(layout, forge_env["python"], forge_env["forge_dir"],
                             webui=not os.environ.get("CPSAMPLE_FORGE_NOWEBUI"), threads=threads or None)

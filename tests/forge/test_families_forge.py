@@ -1,12 +1,14 @@
-"""SDXL in a real Forge, EPS and zero-terminal-SNR v-prediction, and guards that cross between Forge and
-ComfyUI on both.
+"""SDXL in a real Forge, EPS and zero-terminal-SNR v-prediction: guards that memorise, calibrate and cut copies
+there, and cross between Forge and ComfyUI on both.
 
 Forge dfdcbab6 runs SDXL, SD3 and Flux, but only SDXL fits a test: huggingface_guess fixes Flux's depth at
 19 double and 38 single blocks (the full 12 B DiT, whatever the file holds), and Forge's SD3 and Flux
 engines both load a full T5-XXL (4.8 B parameters). The SDXL checkpoints here (tools/forge_family_checkpoint.py,
 cached under .cache/forge/models/families/) have the smallest UNet Forge's detector takes for SDXL (50 M
-parameters, the layout ComfyUI's family tests use) and full-size random CLIP-L, CLIP-G and VAE, which Forge
-always builds at the SDXL repository's size; the v-prediction one also has the `v_pred` and `ztsnr` marker keys.
+parameters, the layout ComfyUI's family tests use), full-size random CLIP-L and CLIP-G, and the full-size SDXL
+VAE hand-set to pass pictures through (its latents are block averages of the pixels; a random VAE puts the demo
+pictures too close together for any guard to tell apart), as Forge always builds the text encoders and VAE at
+the SDXL repository's size; the v-prediction one also has the `v_pred` and `ztsnr` marker keys.
 
 What Forge does with the markers: huggingface_guess reads `v_pred` as model type V_PREDICTION, and the loader
 sets the scheduler's prediction type (the predictor's `v_prediction`) from it; the loader also sets
@@ -14,21 +16,28 @@ sets the scheduler's prediction type (the predictor's `v_prediction`) from it; t
 SNR (σ_max 14.6 becomes about 4,500) for each sampling call only, putting them back after, and writes a
 "Noise Schedule" entry into the infotext (its value is the "Noise schedule for sampling" option, "Default").
 
-Checked, for each kind: Forge detects the file as SDXL with that prediction (the tool's check at build time;
-the guard's sampling name here) and samples with its schedule (the infotext's "Noise Schedule" exactly for
-ztsnr); the extension's Train and Calibrate routes run on it and the guard names Forge, SDXL, and
-ModelSamplingDiscrete+EPS or +V_PREDICTION with the noise space Forge samples in (σ_max 14.5 at the 0.1 %
-point, or the zero-terminal-SNR one, over 1,000); a guard trained in ComfyUI on its SDXL-family copying
-model of the same kind (tests/integration/test_models_pack) protects Forge's SDXL txt2img (the image changes
-with the gate wide open, its pixels' spread stays within 3× of unprotected; scale 0 is the same bytes); Forge's SDXL guard protects
-ComfyUI's SDXL of the same kind (the samples change, stay finite; scale 0 bit-identical), and both files
-describe the same noise space. Forge's random VAE does not keep the pictures apart, so copies cut are
-measured on the ComfyUI side only (tests/integration/test_families.py).
+Checked, for each kind: Forge detects the file as SDXL with that prediction (the tool's check at build time)
+and samples with its schedule (the infotext's "Noise Schedule" exactly for ztsnr). The extension's Train route,
+with its defaults, memorises the demo pictures' random labels and names Forge, SDXL, ModelSamplingDiscrete+EPS
+or +V_PREDICTION and the noise space Forge samples in (σ_max 14.5 at the 0.1 % point, or the zero-terminal-SNR
+one, over 1,000). Then the test extension (copying_model_extension/) makes the checkpoint copy the demo
+pictures: Forge's processing, samplers, CFG and VAE stay real, only the UNet's output is the closed-form
+denoiser of the demo latents. There the Calibrate route finds the copies and chooses a setting, and txt2img
+with the accordion's defaults (the calibration) and with the gate wide open cuts the copies in a batch of eight
+seeds (counted by the extension's own check route) without wrecking the images (spread within 3× of
+unprotected, seeds stay distinct). Across hosts: a guard trained in ComfyUI on its SDXL-family copying model of
+the same kind (tests/integration/test_models_pack) protects Forge's SDXL txt2img (the image changes with the
+gate wide open, its pixels' spread stays within 3× of unprotected; scale 0 is the same bytes); Forge's SDXL
+guard protects ComfyUI's SDXL of the same kind (the samples change, stay finite; scale 0 bit-identical), and
+both files describe the same noise space.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,8 +47,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cpsample_nodes.core import load_guard
+from cpsample_nodes.webui.train import TrainRequest
 from cross_host import assert_same_family, comfy_run, comfy_sample, comfy_server, forge_txt2img, guard_family
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +63,8 @@ CACHE = REPO / ".cache" / "forge" / "models" / "families"
 # kind -> (its sampling in both hosts' names, zero terminal SNR); the Forge checkpoint is cpsample-sdxl-<kind>
 # and ComfyUI's diffusion model sdxl-<kind> (tools/family_models.py)
 KINDS = {"eps": ("ModelSamplingDiscrete+EPS", False), "vpred": ("ModelSamplingDiscrete+V_PREDICTION", True)}
+STEPS = 6
+BATCH = 8
 
 
 def _stamp(kind: str) -> str:
@@ -138,15 +151,62 @@ def _comfy_sample(server, layout, kind: str, prefix: str, guard: str | None, sca
                         scale=scale, batch=2)
 
 
-@pytest.fixture(scope="module")
-def forge_guard(forge_sdxl, kind):
-    t0 = time.time()
-    status, body = forge_sdxl.post("/cpsample/train", {"folder": str(forge_sdxl.input_dir / "demo"),
-                                                       "name": f"forge_sdxl_{kind}", "max_steps": 40,
-                                                       "batch_size": 8, "overwrite": True}, timeout=900)
+def _batch(forge, accordion: dict | None) -> list[str]:
+    """A batch of eight seeds (11…18) at 64×64, Euler a, 6 steps, CFG 5, as base64 PNGs; CPSample's accordion by
+    name when given."""
+    payload = {"prompt": "a photo", "negative_prompt": "", "seed": 11, "width": 64, "height": 64, "steps": STEPS,
+               "cfg_scale": 5.0, "sampler_name": "Euler a", "scheduler": "Automatic", "batch_size": BATCH,
+               "n_iter": 1, "send_images": True, "save_images": False, "do_not_save_grid": True}
+    if accordion is not None:
+        payload["alwayson_scripts"] = {"CPSample": {"args": [accordion]}}
+    return forge.txt2img(payload)["images"][-BATCH:]
+
+
+def _measure(forge, images: list[str]) -> dict:
+    """Copies by the extension's own check (the settings of ComfyUI's family tests), and the batch's pixels."""
+    status, body = forge.post("/cpsample/check", {"images": images, "folder": str(forge.input_dir / "demo"), "k": 5,
+                                                  "ratio_threshold": 0.333, "ssim_threshold": 1.0})
     assert status == 200, body
-    print(f"\nForge SDXL {kind} guard trained in {time.time() - t0:.0f} s")
-    return Path(body["path"])
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in images])
+    flat = pixels.reshape(len(images), -1).astype(float)
+    distinct = sum(1 for i in range(len(flat)) if all(np.abs(flat[i] - flat[j]).max() > 0 for j in range(i)))
+    return {"flagged": body["flagged"], "spread": float(pixels.std()), "distinct": distinct}
+
+
+@pytest.fixture(scope="module")
+def forge_family(forge_sdxl, kind):
+    """On the kind's SDXL: Train (the route's defaults) on the demo pictures; then, with the checkpoint made a
+    model that copies them (the test extension), Calibrate and a batch of eight seeds unprotected, with the
+    accordion's defaults (the calibration) and with the gate wide open (α 0.5, manual). → the measurements."""
+    forge, t0 = forge_sdxl, time.time()
+    demo = str(forge.input_dir / "demo")
+    status, trained = forge.post("/cpsample/train", {"folder": demo, "name": f"forge_sdxl_{kind}", "overwrite": True},
+                                 timeout=900)
+    assert status == 200, trained
+    t_train = time.time() - t0
+    status, body = forge.post("/cpsample-test/copying-model", {"folder": demo, "bandwidth": 0.1})
+    assert status == 200 and body["latents"] == 8, body
+    try:
+        status, calibrated = forge.post("/cpsample/calibrate", {
+            "guard": trained["name"], "folder": demo, "prompt": "a photo", "sampler_name": "Euler a",
+            "scheduler": "Automatic", "steps": STEPS, "cfg_scale": 5, "probes": 8}, timeout=900)
+        assert status == 200, calibrated
+        t_cal = time.time() - t0 - t_train
+        base = {"enabled": True, "guard": trained["name"]}
+        runs = {label: _measure(forge, _batch(forge, accordion))
+                for label, accordion in (("plain", None), ("defaults", base),
+                                         ("open", {**base, "alpha": 0.5, "use_calibration": False}))}
+    finally:
+        status, body = forge.post("/cpsample-test/copying-model", {"folder": ""})
+        assert status == 200, body
+    print(f"\nForge SDXL {kind}: train {t_train:.0f} s, calibrate {t_cal:.0f} s, samples "
+          f"{time.time() - t0 - t_train - t_cal:.0f} s; {runs}")
+    return {"train": trained, "calibrate": calibrated, "runs": runs, "path": Path(trained["path"])}
+
+
+@pytest.fixture(scope="module")
+def forge_guard(forge_family) -> Path:
+    return forge_family["path"]
 
 
 @pytest.fixture(scope="module")
@@ -165,24 +225,41 @@ def comfy_guard(comfy, kind):
     return Path(layout["guards"]) / f"comfy_sdxl_{kind}.safetensors"
 
 
-def test_forge_trains_an_sdxl_guard(forge_guard, kind):
+def test_forge_trains_an_sdxl_guard_that_memorises(forge_family, kind):
     sampling, ztsnr = KINDS[kind]
-    info = load_guard(forge_guard).info
+    info = load_guard(forge_family["path"]).info
     assert info["host"].startswith("Forge"), info["host"]
     assert info["latent_format"] == "SDXL" and info["model_sampling"] == sampling, info
     # σ_max is the schedule's σ at its 0.1 % point: 14.5 on SDXL's own schedule, over 1,000 rescaled to zero
     # terminal SNR (Forge samples in it from σ ≈ 4,500, while the loaded predictor keeps the plain one)
-    space = guard_family(forge_guard)["noise_space"]
+    space = guard_family(forge_family["path"])["noise_space"]
     assert space["kind"] == "vp" and (space["sigma_max"] > 1000 if ztsnr else 14 < space["sigma_max"] < 15), space
+    # the route's defaults stop once every image's random labels are memorised, before the step cap; the
+    # pass-through VAE keeps the pictures apart (a random SDXL VAE puts them too close for that)
+    report = forge_family["train"]["report"]
+    assert info["memorised"] is True and info["steps"] < TrainRequest.max_steps, report
+    assert info["required_bands"] and all(info["accuracy"][b] >= 0.99 for b in info["required_bands"]), report
 
 
-def test_forge_calibrates_on_sdxl(forge_sdxl, forge_guard):
-    status, body = forge_sdxl.post("/cpsample/calibrate", {
-        "guard": forge_guard.name, "folder": str(forge_sdxl.input_dir / "demo"), "prompt": "a red house",
-        "sampler_name": "Euler a", "scheduler": "Automatic", "steps": 3, "cfg_scale": 5, "probes": 8}, timeout=900)
-    assert status == 200, body
-    assert "calibration on 8 probe seeds" in body["report"] and "SDXL model" in body["report"], body["report"]
-    assert load_guard(forge_guard).info["calibration"], "no calibration written"
+def test_forge_calibrates_on_the_copying_sdxl(forge_family):
+    report = forge_family["calibrate"]["report"]
+    m = re.search(r"unguarded: (\d+) of 8 probes copy", report)
+    assert m and int(m.group(1)) >= 4 and "SDXL model" in report, report
+    cal = load_guard(forge_family["path"]).info["calibration"]
+    assert not cal["no_copies"] and "chosen:" in report, report
+    assert cal["calibrated_rate"] < cal["unguarded_rate"], cal
+
+
+@pytest.mark.parametrize("label", ["defaults", "open"])
+def test_forge_protect_cuts_copies_without_wrecking(forge_family, label):
+    runs = forge_family["runs"]
+    plain, guarded = runs["plain"], runs[label]
+    assert plain["flagged"] >= BATCH // 2, runs  # the model copies
+    assert guarded["flagged"] < plain["flagged"], runs
+    if label == "open":
+        assert guarded["flagged"] <= plain["flagged"] // 2, runs
+    assert plain["spread"] / 3 < guarded["spread"] < plain["spread"] * 3, runs
+    assert guarded["distinct"] >= plain["distinct"] - 1, runs
 
 
 def test_comfyui_guard_protects_forge_sdxl(forge_sdxl, kind, comfy_guard, small_txt2img):

@@ -15,8 +15,8 @@ TAESD-shaped VAEs keep the demo pictures apart (as the SD1.5 tiny checkpoint's).
 * on the random network itself (its real forward pass): Protect Model runs, and at scale 0 the latents
   are bit-identical to unprotected.
 
-Guard files crossing to Forge and back: tests/forge/test_families_forge.py (SDXL, EPS and zero-terminal-SNR
-v-prediction; SD3 and Flux cannot run in a Forge test, see docs/webui.md).
+The same in Forge, and guard files crossing to Forge and back: tests/forge/test_families_forge.py (SDXL, EPS
+and zero-terminal-SNR v-prediction; SD3 and Flux cannot run in a Forge test, see docs/webui.md).
 """
 from __future__ import annotations
 
