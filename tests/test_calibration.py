@@ -438,8 +438,10 @@ class _ScriptedGuard:
         return denoised if sigma_max is not None and float(sigma[0]) > sigma_max else torch.full_like(denoised, alpha)
 
     def guide_traced(self, denoised, x, sigma, **settings):
+        # its step is the gate α itself (the mark), not a push the gate lets through: no gate's path stands
+        # for another's, so the p it reports is unknown (NaN), which calibration never reuses
         out = self.guide(denoised, x, sigma, **settings)
-        return out, None if out is denoised else torch.zeros(denoised.shape[0])
+        return out, None if out is denoised else torch.full((denoised.shape[0],), float("nan"))
 
     def probability(self, x, sigma):
         return torch.zeros(x.shape[0])  # sure everywhere: its gates open wherever their window lets them
@@ -579,27 +581,35 @@ def _decisions(cal):
 
 
 class _NoGateLooksShut:
-    """The guard as calibration uses it, but reporting p = 0 along every path it traces: no gate ever
-    looks shut, so every seed of every setting is sampled (calibration without reuse)."""
+    """The guard as calibration uses it, but reporting p = 0 along every unguarded path and an unknown p
+    (NaN) along every guided one: no gate ever looks shut and no two gates look alike, so every seed of
+    every setting is sampled (calibration without reuse). ``guided=True``: the guided paths report the
+    real p, so only paths under another gate are reused."""
 
-    def __init__(self, guard):
+    def __init__(self, guard, guided: bool = False):
         self.guard, self.space, self.latent_channels, self.info = guard, guard.space, guard.latent_channels, {}
+        self.guided = guided
 
     def probability(self, x, sigma):
         return torch.zeros(x.shape[0])
 
     def guide_traced(self, denoised, x, sigma, **settings):
         out, p = self.guard.guide_traced(denoised, x, sigma, **settings)
-        return out, None if p is None else torch.zeros_like(p)
+        return out, p if p is None or self.guided else torch.full_like(p, float("nan"))
 
 
-def test_reusing_unguarded_paths_decides_as_sampling_every_seed(copying):
-    # A gate that stays shut along a seed's unguarded path leaves the seed unguarded: reusing that
-    # sample changes nothing calibration decides, only the model calls it makes.
+def test_reusing_paths_decides_as_sampling_every_seed(copying):
+    # A gate that stays shut along a seed's unguarded path leaves the seed unguarded, and a gate that opens
+    # with the same heads wherever another gate opened along that gate's path takes the same path: reusing
+    # those samples changes nothing calibration decides, only the model calls it makes.
     guard, train, sample, cal, _ = copying
     every = calibrate(_NoGateLooksShut(guard), sample, train, seeds=range(500, 532))
     assert every.calls_saved == 0 and every.reused == 0
     assert cal.settings == every.settings and _decisions(cal) == _decisions(every), (cal.report(), every.report())
+    # paths under another gate alone, and both kinds together, each save calls here
+    guided = calibrate(_NoGateLooksShut(guard, guided=True), sample, train, seeds=range(500, 532))
+    assert guided.settings == every.settings and _decisions(guided) == _decisions(every)
+    assert 0 < guided.reused < cal.reused, (guided.reused, cal.reused)
     assert torch.equal(cal.calibrated_copied, every.calibrated_copied) and cal.confirm_copies == every.confirm_copies
     assert torch.allclose(cal.calibrated, every.calibrated, atol=1e-4)  # batching rounds differently, no more
     # every reused sample would have cost its model calls: the two add up to sampling every seed
@@ -640,6 +650,28 @@ def test_a_path_is_reused_only_where_the_gate_stays_shut_by_a_margin():
     trace.add(x[:1], x[:1], x[:1], torch.tensor(1.0), None)
     assert trace.paths([7, 8, 9, 10, 11], torch.zeros(5, 1, 1, 1)) == {}
 
+
+def test_a_path_under_another_gate_is_reused_only_where_the_same_heads_open():
+    from cpsample_nodes.core.calibration_reuse import REUSE_MARGIN, GuidedPath, Trace, step_key
+
+    gate = {"scale": 1000.0, "alpha": 0.05, "max_step": 1.0, "sigma_max": 4.0}
+    # two heads, sampled under α 0.05; at σ 14, outside the window, the guard did not run
+    path = GuidedPath([14.0, 3.0, 0.5], [None, [0.02, 0.5], [0.001, 0.3]], 0.05, step_key(gate), torch.zeros(1))
+    assert path.same_steps({**gate, "alpha": 0.03})     # head 0 open and head 1 shut at both calls, as under 0.05
+    assert path.same_steps({**gate, "alpha": 0.25})     # 0.3 still lies inside [0.25, 0.75]
+    assert not path.same_steps({**gate, "alpha": 0.35})  # head 1 would open at σ 0.5
+    assert not path.same_steps({**gate, "alpha": 0.01})  # head 0 would stay shut at σ 3
+    assert not path.same_steps({**gate, "alpha": 0.02 + REUSE_MARGIN / 2})  # too close to head 0's p
+    for other in ({"sigma_max": None}, {"scale": 3000.0}, {"max_step": 2.0}, {"guard_input": "noisy"}):
+        assert not path.same_steps({**gate, "alpha": 0.03, **other}), other  # another push or window
+    unknown = GuidedPath([3.0], [[float("nan")]], 0.05, step_key(gate), torch.zeros(1))
+    assert not unknown.same_steps({**gate, "alpha": 0.03}) and not unknown.same_steps(gate)
+    # a trace keeps every head's p of every seed, guided or not
+    trace, x = Trace(), torch.zeros(2, 1, 1, 1)
+    trace.add(x, x + 1, x, torch.tensor(1.0), torch.tensor([[0.25, 0.625], [0.5, 0.5]]))
+    found = trace.guided([7, 8], torch.arange(2.0).view(2, 1, 1, 1), gate)
+    assert found[7].heads == [[0.25, 0.625]] and found[8].alpha == 0.05 and float(found[8].sample) == 1.0
+    assert trace.paths([7, 8], x) == {}  # both were guided: neither is an unguarded path
 
 def test_a_decoder_counts_copies_on_pixels_too(small_guard):
     """With a decoder a sample copies when its latents or its pixels sit on a training image. Here the

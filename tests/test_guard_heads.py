@@ -88,6 +88,7 @@ def test_each_head_pushes_only_where_its_own_gate_is_open():
     assert torch.allclose(_heads([50.0, 0.5]).guide(x, x, sigma, **kw) - x, sure - x, rtol=0, atol=tol)
     # a second head as sure pushes as much again
     assert torch.allclose(_heads([50.0, 50.0]).guide(x, x, sigma, **kw) - x, 2 * (sure - x), rtol=1e-4, atol=1e-5)
-    # the gate of the whole guard opens where any head's does
-    _, p = _heads([0.5, 50.0]).guide_traced(x, x, sigma, **kw)
-    assert float(p.min(1 - p)) < alpha
+    # the gate of the whole guard opens where any head's does; the trace reports each head's p
+    _, q = _heads([0.5, 50.0]).guide_traced(x, x, sigma, **kw)
+    margin = torch.minimum(q, 1 - q)
+    assert q.shape == (1, 2) and float(margin[0, 1]) < alpha < float(margin[0, 0])

@@ -1,6 +1,6 @@
 """Sampling the probes for calibration: the caller's sampler run under one setting on a chunk of seeds,
-its model calls counted, its progress reported, unguarded paths recorded and reused, and copies measured
-as Replication Check measures them."""
+its model calls counted, its progress reported, paths recorded and reused (calibration_reuse), and copies
+measured as Replication Check measures them."""
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
@@ -42,8 +42,9 @@ class ProbeSampler:
         self.total = total
 
     def _guide(self, settings: dict[str, Any] | None, trace: Trace) -> GuideFn:
-        """The guide handed to the sampler: counts the model calls and traces the guard's p. The
-        unguarded run gets one that returns denoised unchanged, so its calls count the same way."""
+        """The guide handed to the sampler: counts the model calls and traces the guard's p (each head's,
+        where it guides). The unguarded run gets one that returns denoised unchanged, so its calls count
+        the same way."""
         guard = self.guard
 
         def guide(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
@@ -51,7 +52,7 @@ class ProbeSampler:
             if settings is None:
                 out, p = denoised, guard.probability(denoised.detach().float(), guard.space.sigma_min)
             else:
-                out, p = guard.guide_traced(denoised, x, sigma, **settings)
+                out, p = guard.guide_traced(denoised, x, sigma, **settings)  # p: [B, heads]
             trace.add(denoised, out, x, sigma, p)
             return out
         return guide
@@ -66,27 +67,30 @@ class ProbeSampler:
             self.progress(self.total, self.total, {"setting": "done", "model_calls": self.calls})
 
     def run(self, settings: dict[str, Any] | None, chunk: list[int], what: str) -> Tensor:
-        """Sample ``chunk`` under ``settings`` (None: unguarded), recording the paths the guide left alone."""
+        """Sample ``chunk`` under ``settings`` (None: unguarded), recording the paths."""
         if self.should_stop is not None and self.should_stop():
             raise CalibrationStopped(f"calibration stopped while sampling {what}")
         trace = Trace()
         out = checked_samples(self.sample_fn(self._guide(settings, trace), list(chunk)), chunk, self.train)
         self.paths.add(trace.paths(chunk, out))
+        if settings is not None:
+            self.paths.add_guided(trace.guided(chunk, out, settings))
         self.advance(len(chunk), what)
         return out
 
     def sample(self, settings: dict[str, Any], chunk: list[int], what: str) -> tuple[Tensor, int]:
-        """The samples of ``chunk`` under ``settings``: sampled, or the unguarded sample of a seed whose
-        gate stays shut all along its path. Also returns how many were reused."""
-        shut = {s: p for s in chunk if (p := self.paths.shut(s, settings)) is not None}
-        todo = [s for s in chunk if s not in shut]
+        """The samples of ``chunk`` under ``settings``: sampled, or reused where the seed's path under
+        ``settings`` is one already sampled (the unguarded one where the gate stays shut all along it, or
+        another gate's that opened exactly where this one would). Also returns how many were reused."""
+        known = {s: p for s in chunk if (p := self.paths.reusable(s, settings)) is not None}
+        todo = [s for s in chunk if s not in known]
         got = dict(zip(todo, self.run(settings, todo, what))) if todo else {}
-        for s, path in shut.items():
+        for s, path in known.items():
             got[s] = path.sample
             self.calls_saved += len(path.sigmas)
-        if shut:
-            self.advance(len(shut), what)
-        return torch.stack([got[s] for s in chunk]), len(shut)
+        if known:
+            self.advance(len(known), what)
+        return torch.stack([got[s] for s in chunk]), len(known)
 
     def ratios(self, x: Tensor) -> Tensor:
         """Calibrated ℓ2 ratio per sample (with a decoder: the smaller of latents and pixels)."""

@@ -52,7 +52,7 @@ class Calibration:
     confirm_seeds: list[int] = field(default_factory=list)
     confirm_copies: int | None = None  # the chosen setting's copies on confirm_seeds (None: not confirmed)
     confirm_allowed: int = 0           # copies allowed over probes and confirmation seeds together
-    reused: int = 0       # samples reused from unguarded paths a gate never touched, not sampled again
+    reused: int = 0       # samples reused from paths already sampled (calibration_reuse), not sampled again
     calls_saved: int = 0  # the model calls sampling them again would have taken
     # why the chosen setting needed more than the standard push (calibration.push_limit): "gradient"
     # (the guard is weak) or "cap" (the model pulls hard); None when the standard push was enough
@@ -124,8 +124,9 @@ class Calibration:
         else:
             lines += self._rules(u) + _table(self.rows) + self._verdict()
         lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s" + (
-            f"; {self.calls_saved} more saved by reusing {self.reused} unguarded samples where the gate "
-            f"stayed shut" if self.calls_saved else ""))
+            f"; {self.calls_saved} more saved by reusing {self.reused} samples whose path was already "
+            f"sampled (unguarded where the gate stayed shut, or under a gate that opened alike)"
+            if self.calls_saved else ""))
         return "\n".join(lines)
 
     def _rules(self, u: int) -> list[str]:

@@ -38,7 +38,7 @@ class Row:
     change: dict[int, float] = field(default_factory=dict)
     samples: dict[int, Tensor] = field(default_factory=dict)
     model_calls: int = 0
-    reused: int = 0  # samples taken from an unguarded path the gate never touched, not sampled again
+    reused: int = 0  # samples taken from a path already sampled (calibration_reuse), not sampled again
     seconds: float = 0.0
     abandoned: str = ""  # why it stopped early ("" = measured on every probe it was given)
     set_aside: bool = False  # abandoned because a passing setting cost less (resumed if that one fails)

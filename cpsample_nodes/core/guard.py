@@ -171,8 +171,9 @@ class Guard(nn.Module):
     def guide_traced(self, denoised: Tensor, x: Tensor, sigma: Tensor | float, scale: float = DEFAULT_SCALE,
                      alpha: float = DEFAULT_ALPHA, objective: str = "uncertainty", max_step: float | None = 1.0,
                      guard_input: str = "denoised", sigma_max: float | None = None) -> tuple[Tensor, Tensor | None]:
-        """``guide``, also returning the p it gated on: float32 [B] on the guard's device, or None
-        where the guard did not run (scale 0, no item inside the σ window)."""
+        """``guide``, also returning what it gated on: each head's p, float32 [B, heads] on the guard's
+        device (the gate is open where some head's p lies outside [α, 1−α], and pushes with those heads),
+        or None where the guard did not run (scale 0, no item inside the σ window)."""
         if scale == 0:
             return denoised, None
         if sigma_max is not None and not (isinstance(sigma_max, (int, float)) and sigma_max > 0):
@@ -207,6 +208,7 @@ class Guard(nn.Module):
                 obj = obj * ((q < alpha) | (q > 1 - alpha))
             (grad,) = torch.autograd.grad(obj.sum(), xg)
         with torch.no_grad():
+            q = torch.sigmoid(heads.detach()).float()
             p = torch.sigmoid(most_confident(heads.detach()))
             confident = (p < alpha) | (p > 1 - alpha)
             finite = torch.isfinite(grad).flatten(1).all(1) & torch.isfinite(heads.detach()).all(1)
@@ -214,7 +216,7 @@ class Guard(nn.Module):
             if inside is not None:
                 active = active & inside
             if not bool(active.any()):
-                return denoised, p
+                return denoised, q
             view = (-1,) + (1,) * (x.dim() - 1)
             grad = torch.where(active.view(view), grad, torch.zeros((), device=dev))
             step = scale * self.space.weight(sig).view(view) * grad
@@ -225,4 +227,4 @@ class Guard(nn.Module):
                 cap = max_step * self.space.push_bound(sig)
                 step = step * (cap / rms.clamp_min(1e-12)).clamp(max=1.0).view(view)
             step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
-            return denoised + step.to(denoised.device, denoised.dtype), p
+            return denoised + step.to(denoised.device, denoised.dtype), q
