@@ -70,14 +70,14 @@ CONSTANT, SILU_SHIFT = 1000.0, 40.0
 LATENT_GAIN = 15.0  # pixels in [-1, 1] → raw latents; ×0.13025 (SDXL's scale) gives about unit spread
 
 
-def _identity_conv(conv, pairs, gain: float = 1.0, taps=((1, 1),)) -> None:
-    """conv ← zero, then out[o] += gain · in[i] / len(taps) at each tap, for (o, i) in pairs."""
+def _identity_conv(conv, pairs, taps=((1, 1),)) -> None:
+    """conv ← zero, then out[o] = the mean of in[i] over ``taps``, for (o, i) in pairs."""
     conv.weight.zero_()
     if conv.bias is not None:
         conv.bias.zero_()
     for o, i in pairs:
         for ty, tx in taps:
-            conv.weight[o, i, ty, tx] = gain / len(taps)
+            conv.weight[o, i, ty, tx] = 1.0 / len(taps)
 
 
 def _signal_group(conv, norm, channels: list[int], gain: float, stride: int) -> None:
