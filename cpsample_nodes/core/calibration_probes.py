@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .guard import Guard
-from .calibration_reuse import Trace, UnguardedPaths
+from .calibration_reuse import Trace, KnownPaths
 from .metrics import calibrated_l2_ratio
 from .training import TrainingStopped
 
@@ -37,7 +37,7 @@ class ProbeSampler:
         self.train = latents.detach().float().cpu()
         self.train_px = decoded(decode, self.train) if decode is not None else None
         self.k = max(1, min(L2_K, self.train.shape[0] - 1))
-        self.paths = UnguardedPaths()
+        self.paths = KnownPaths()
         self.calls = self.calls_saved = self.done = 0
         self.total = total
 

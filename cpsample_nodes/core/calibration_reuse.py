@@ -132,7 +132,7 @@ class Trace:
                 for j, calls in self._groups(chunk)}
 
 
-class UnguardedPaths:
+class KnownPaths:
     """Every seed's unguarded path seen so far, and its paths under the settings of the current step key
     (scale, step cap, σ window, …: the gates α of one window). A seed whose runs disagree is never reused."""
 
