@@ -76,8 +76,12 @@ def forge_txt2img(forge, payload: dict, args: list | None = None) -> tuple[np.nd
     if args is not None:
         payload = {**payload, "alwayson_scripts": {"CPSample": {"args": args}}}
     body = forge.txt2img(payload)
-    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).convert("RGB"))
-    return pixels, json.loads(body["info"])
+    return png_pixels(body["images"][0]), json.loads(body["info"])
+
+
+def png_pixels(b64: str) -> np.ndarray:
+    """A base64 PNG as the API returns it (a data: prefix allowed) → RGB pixels [H, W, 3]."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64.split(",", 1)[-1]))).convert("RGB"))
 
 
 def forge_pixels(forge, payload: dict, args: list | None = None) -> np.ndarray:

@@ -33,9 +33,7 @@ both files describe the same noise space.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -47,11 +45,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cpsample_nodes.core import load_guard
 from cpsample_nodes.webui.train import TrainRequest
-from cross_host import assert_same_family, comfy_run, comfy_sample, comfy_server, forge_txt2img, guard_family
+from cross_host import (assert_same_family, comfy_run, comfy_sample, comfy_server, forge_txt2img, guard_family,
+                        png_pixels)
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
@@ -167,7 +165,7 @@ def _measure(forge, images: list[str]) -> dict:
     status, body = forge.post("/cpsample/check", {"images": images, "folder": str(forge.input_dir / "demo"), "k": 5,
                                                   "ratio_threshold": 0.333, "ssim_threshold": 1.0})
     assert status == 200, body
-    pixels = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")) for b in images])
+    pixels = np.stack([png_pixels(b) for b in images])
     flat = pixels.reshape(len(images), -1).astype(float)
     distinct = sum(1 for i in range(len(flat)) if all(np.abs(flat[i] - flat[j]).max() > 0 for j in range(i)))
     return {"flagged": body["flagged"], "spread": float(pixels.std()), "distinct": distinct}

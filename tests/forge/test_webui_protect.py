@@ -9,17 +9,16 @@ server goes on generating (protected, too) afterwards.
 from __future__ import annotations
 
 import base64
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cpsample_nodes.core import Guard, GuardNet, NoiseSpace, save_guard
 from cpsample_nodes.core.network import GuardConfig
 from cpsample_nodes.webui.settings import INFOTEXT, Settings
+from cross_host import png_pixels
 
 pytestmark = pytest.mark.forge
 TITLE = "CPSample"  # alwayson_scripts key: the script's title
@@ -30,15 +29,11 @@ def guard_name(train_demo_guard) -> str:
     return train_demo_guard("protect")["name"]
 
 
-def _pixels(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64.split(",", 1)[-1]))).convert("RGB"))
-
-
 def _run(forge, payload: dict, args: list | None = None) -> tuple[np.ndarray, dict, str]:
     if args is not None:
         payload = {**payload, "alwayson_scripts": {TITLE: {"args": args}}}
     body = forge.txt2img(payload)
-    return _pixels(body["images"][0]), json.loads(body["info"]), body["images"][0]
+    return png_pixels(body["images"][0]), json.loads(body["info"]), body["images"][0]
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])  # a k-diffusion and a timestep sampler
@@ -119,7 +114,7 @@ def test_img2img_is_protected_too(forge, small_txt2img, guard_name):
             p["alwayson_scripts"] = {TITLE: {"args": args}}
         status, body = forge.post("/sdapi/v1/img2img", p)
         assert status == 200, body
-        results[label] = _pixels(body["images"][0])
+        results[label] = png_pixels(body["images"][0])
     assert not np.array_equal(results["plain"], results["on"])
 
 
@@ -141,7 +136,7 @@ def test_xyz_plot_scale_axis(forge, small_txt2img, guard_name):
         "alwayson_scripts": {TITLE: {"args": [False, guard_name, 1000.0, 0.5]}},
     })
     body = forge.txt2img(payload)
-    cells = [_pixels(b) for b in body["images"][-2:]]  # after the grid(s): one image per cell
+    cells = [png_pixels(b) for b in body["images"][-2:]]  # after the grid(s): one image per cell
     infotexts = json.loads(body["info"])["infotexts"][-2:]
     assert "CPSample scale: 0" in infotexts[0] and "CPSample scale: 5000" in infotexts[1], infotexts
     assert np.array_equal(cells[0], plain)

@@ -7,8 +7,8 @@ The UNet patcher of the loaded model gets, as its model function wrapper, the ex
 on the folder's latents (the ComfyUI test pack's KernelDenoiser; latents from CPSample's own webui encoder, so
 exactly what a guard trained on the folder sees). Forge's processing, its samplers and CFG, the VAE and every
 extension hook stay real, and every generation uses it, the extension's calibration probes included, until it
-is turned off or another checkpoint loads. Forge does not load the network of a CPU test model any faster for
-this: only the output is replaced. tests/forge/conftest.py links this folder into the test server's extensions.
+is turned off or another checkpoint loads. tests/forge/conftest.py links this folder into the test server's
+extensions.
 """
 from __future__ import annotations
 
