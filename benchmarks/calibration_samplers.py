@@ -1,7 +1,8 @@
 """Seeded samplers of the closed-form mixture in the form ``calibrate`` takes: ``sample(guide, seeds)``.
 
 Each seed draws its own start noise and ancestral noise, so a seed's sample does not depend on
-which other seeds share the batch (calibration samples seeds in chunks). vp: x = x0 + σε, as
+which other seeds share the batch (calibration samples seeds in chunks). They take calibration's replay
+of a path's unguarded start (``replays``; cpsample_nodes/core/calibration_probes.Replay), as ComfyUI's does. vp: x = x0 + σε, as
 benchmarks/mixture.py; flow: x = (1−σ)x0 + σε with ComfyUI's Euler / Euler-ancestral-RF steps.
 """
 from __future__ import annotations
@@ -59,9 +60,14 @@ def seeded_sampler(den_fn: Callable[[torch.Tensor, float], torch.Tensor], kind: 
     def sample(guide: GuideFn | None, seeds: Sequence[int]) -> torch.Tensor:
         noise = seed_noise(seeds, steps, shape)
         x = noise[0] * start
+        replay = getattr(guide, "replay", None)  # calibration's recorded start of these paths
+        if replay is not None:
+            replay.begin(seeds)
         for i in range(steps):
             s, s_next = sigmas[i], sigmas[i + 1]
-            den = den_fn(x, s)
+            den = replay.next() if replay is not None else None
+            if den is None:
+                den = den_fn(x, s)
             if guide is not None:
                 den = guide(den, x, torch.full((x.shape[0],), s))
             if sampler == "euler" or s_next == 0:
@@ -79,4 +85,5 @@ def seeded_sampler(den_fn: Callable[[torch.Tensor, float], torch.Tensor], kind: 
                 x = (a_next / a_down) * x + noise[i + 1] * renoise
         return x
 
+    sample.replays = True  # type: ignore[attr-defined]
     return sample

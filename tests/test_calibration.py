@@ -56,7 +56,7 @@ def test_copying_model_gets_settings_that_remove_its_copies(copying):
     # early abandonment: a setting that fails stops before all 32 probes
     assert any(r["outcome"].startswith("abandoned") and r["evaluated"] < 32 for r in tried), cal.report()
     assert cal.model_calls == sum(r["model_calls"] for r in cal.rows) > 0
-    assert cal.model_calls % STEPS == 0
+    assert (cal.model_calls + cal.calls_replayed) % STEPS == 0  # replayed calls are whole steps too
     assert seen and seen[-1][0] == seen[-1][1]
     report = cal.report()
     assert "unguarded" in report and "chosen" in report and "model calls" in report
@@ -344,7 +344,8 @@ def test_a_guard_that_needs_a_stronger_push_is_called_weak(small_guard, copying)
     # each window's strongest gate is measured first; where even it cannot pass, the window is skipped
     standard = [r for r in cal.rows[1:] if r["settings"]["scale"] == 1000.0]
     assert [r["label"] for r in standard] == ["α 0.5, σ ≤ 1", "α 0.5, σ ≤ 2", "α 0.5, σ ≤ 4", "α 0.5, all steps"]
-    assert all(r["outcome"] == "abandoned: too many copies" and r["evaluated"] == 8 for r in standard)
+    # every probe copies there, so each is abandoned after the fewest probes that can show it fails
+    assert all(r["outcome"] == "abandoned: too many copies" and r["evaluated"] == cal.allowed + 1 for r in standard)
     assert cal.weak_guard and "this guard is weak on this model: it needed 3x the standard push" in cal.report()
     assert "another seed" in calibration_summary(cal)
     # the trained guard on the copying mixture protects at the default scale: no push is named as a reason
@@ -479,7 +480,7 @@ def _gates_spoil(train, spoils: dict[float, int], copy_on_confirmation: set[floa
 def test_a_window_is_confirmed_once_least_costly_first(small_guard, fails, chosen, confirmations):
     _, train = small_guard
     if fails:   # α 0.001 spoils least; 0.003 and 0.01 cost more, and are set aside until it fails
-        spoils = {0.001: 2, 0.003: 4, 0.01: 3, 0.05: 6, 0.1: 6, 0.2: 6, 0.3: 6, 0.4: 6, 0.5: 5}
+        spoils = {0.001: 1, 0.003: 3, 0.01: 2, 0.05: 3, 0.1: 3, 0.2: 3, 0.3: 3, 0.4: 3, 0.5: 3}
     else:
         spoils = {a: 9 - i for i, a in enumerate((0.001, 0.003, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5))}
     sample = _gates_spoil(train, spoils, fails, first_new=532)
@@ -497,7 +498,7 @@ def test_a_window_is_confirmed_once_least_costly_first(small_guard, fails, chose
     if fails:
         assert rows[0.001]["outcome"].startswith("failed confirmation") and rows[0.003]["complete"], cal.report()
         assert rows[0.05]["outcome"].startswith("abandoned: spoils or moves more than α 0.01"), cal.report()
-    # the wider windows are tried only while the best spoils more than one probe (α 0.01 spoils 3;
+    # the wider windows are tried only while the best spoils more than one probe (α 0.01 spoils 2;
     # there, too, α 0.001 spoils least and fails confirmation, and the rest cost more than α 0.01)
     windows = {r["settings"]["sigma_max"] for r in cal.rows if r["settings"]}
     assert windows == ({1.0, 2.0, 4.0, None} if fails else {1.0}), cal.report()
@@ -515,7 +516,8 @@ class _CapScriptedGuard(_ScriptedGuard):
 @pytest.mark.parametrize("spoiled_at_cap, chosen_cap, pushes_tried", [
     ({1.0: 8, 2.0: 0}, 2.0, 2),   # the standard push passes only by spoiling 8 of 32: the next one is cleaner
     ({1.0: 3, 2.0: 0}, 1.0, 1),   # 3 of 32 is within a tenth: the standard push is kept, nothing stronger tried
-    ({1.0: 8, 2.0: 8}, 1.0, 2)])  # the next push finds nothing better: the search ends there
+    ({1.0: 8, 2.0: 8}, 1.0, 2),   # the next push finds nothing better: the search ends there
+    ({1.0: 8, 2.0: 5}, 2.0, 3)])  # it finds a better one that still spoils: the one after finds nothing better
 def test_a_stronger_push_is_tried_while_the_best_spoils_more_than_a_tenth(small_guard, spoiled_at_cap, chosen_cap,
                                                                           pushes_tried):
     _, train = small_guard
@@ -525,6 +527,28 @@ def test_a_stronger_push_is_tried_while_the_best_spoils_more_than_a_tenth(small_
     assert cal.spoiled_rate == spoiled_at_cap[chosen_cap] / 32, cal.report()
     pushes = {(r["settings"]["scale"], r["settings"]["max_step"]) for r in cal.rows if r["settings"]}
     assert len(pushes) == pushes_tried, cal.report()
+
+
+@pytest.mark.parametrize("spoiled_at_cap", [{1.0: 8, 2.0: 0}, {1.0: 8, 2.0: 8}, {1.0: 8, 2.0: 5}])
+def test_weak_settings_set_aside_decide_as_measured_to_the_end(small_guard, copying, monkeypatch, spoiled_at_cap):
+    # A setting that spoils over a tenth of the probes is set aside and measured on only where it might
+    # still be chosen: the choice, and how far the search goes, are those of measuring it to the end.
+    from cpsample_nodes.core.calibration_search import Search
+
+    _, train = small_guard
+    guard, _, sample, cal, _ = copying
+    scripted = _gates_spoil(train, spoiled_at_cap, set(), first_new=532)
+    aside = [calibrate(_CapScriptedGuard(train.shape[1]), scripted, train, seeds=range(500, 532), confirm_seeds=[]),
+             cal]
+    monkeypatch.setattr(Search, "set_aside_limit", lambda self: float("inf"))
+    to_end = [calibrate(_CapScriptedGuard(train.shape[1]), scripted, train, seeds=range(500, 532), confirm_seeds=[]),
+              calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532))]
+    for a, b in zip(aside, to_end):
+        assert a.settings == b.settings and a.spoiled_rate == b.spoiled_rate, (a.report(), b.report())
+        assert [r["label"] for r in a.rows] == [r["label"] for r in b.rows]  # the same settings tried
+        assert a.model_calls <= b.model_calls
+    assert any(r["outcome"] == "abandoned: spoils over a tenth of the probes" for r in aside[1].rows), cal.report()
+    assert aside[1].model_calls < to_end[1].model_calls
 
 
 def _one_copy_left_or_moved(train):
@@ -559,7 +583,8 @@ def test_a_copy_the_target_allows_is_not_counted_as_spoiled(small_guard):
     cal = calibrate(_ScriptedGuard(train.shape[1]), _one_copy_left_or_moved(train), train, seeds=range(500, 564))
     assert cal.allowed >= 1 and cal.reached, cal.report()
     assert cal.settings["alpha"] == 0.001 and cal.settings["sigma_max"] == 1.0, cal.report()
-    rows = {r["settings"]["alpha"]: r for r in cal.rows if r["settings"] and r["settings"]["sigma_max"] == 1.0}
+    rows = {r["settings"]["alpha"]: r for r in cal.rows
+            if r["settings"] and r["settings"]["sigma_max"] == 1.0 and r["settings"]["scale"] == 1000.0}
     gentle, next_ = rows[0.001], rows[0.003]
     assert gentle["copies"] == 1 and next_["copies"] == 0, cal.report()
     assert gentle["spoiled"] == next_["spoiled"], cal.report()  # the copy left is not spoiled as well
@@ -580,6 +605,26 @@ def _decisions(cal):
     return [{k: r.get(k) for k in keep} for r in cal.rows]
 
 
+def test_small_batches_of_the_troubled_probes_first_decide_as_batches_of_eight_in_order(copying, monkeypatch):
+    # A setting's copies and cost only grow as probes are added, so the order the probes are measured in
+    # and the batch sizes change how soon a failing setting is abandoned, not what is chosen.
+    from cpsample_nodes.core.calibration_search import CHUNK, Search
+
+    guard, train, sample, cal, _ = copying
+    monkeypatch.setattr(Search, "troubled_first", lambda self, todo: todo)
+    monkeypatch.setattr(Search, "fewest_to_settle", lambda self, row, ahead: CHUNK)
+    in_order = calibrate(guard, sample, train, seeds=range(500, 532))
+    assert cal.settings == in_order.settings and cal.confirm_copies == in_order.confirm_copies
+    assert torch.equal(cal.calibrated_copied, in_order.calibrated_copied)
+    # the same settings were tried; those measured to the end in both measured the same
+    assert [r["label"] for r in cal.rows] == [r["label"] for r in in_order.rows]
+    both = [(a, b) for a, b in zip(cal.rows, in_order.rows) if a.get("complete") and b.get("complete")]
+    assert len(both) >= 2 and all(a["copies"] == b["copies"] and a["spoiled"] == b["spoiled"] for a, b in both)
+    # and the settings abandoned early cost fewer probes
+    assert cal.model_calls < in_order.model_calls, (cal.model_calls, in_order.model_calls)
+    assert sum(r["evaluated"] for r in cal.rows) < sum(r["evaluated"] for r in in_order.rows)
+
+
 class _NoGateLooksShut:
     """The guard as calibration uses it, but reporting p = 0 along every unguarded path and an unknown p
     (NaN) along every guided one: no gate ever looks shut and no two gates look alike, so every seed of
@@ -598,11 +643,34 @@ class _NoGateLooksShut:
         return out, p if p is None or self.guided else torch.full_like(p, float("nan"))
 
 
+def _without_replay(sample):
+    """The same sampler as a host that cannot replay a path's start: every call of every path runs the model."""
+    return lambda guide, seeds: sample(guide, seeds)
+
+
+def test_replaying_the_unguarded_start_of_a_path_decides_as_running_the_model(copying):
+    # Up to the first call where a seed's gate can open (outside the σ window it never does) its guided
+    # path is its unguarded one: a sampler that takes those calls' x0 predictions from the unguarded path
+    # samples the same probes, with fewer model calls.
+    guard, train, sample, cal, _ = copying
+    plain = calibrate(guard.with_space(guard.space), _without_replay(sample), train, seeds=range(500, 532))
+    assert plain.calls_replayed == 0 and cal.calls_replayed > 0, cal.report()
+    assert cal.settings == plain.settings and _decisions(cal) == _decisions(plain), (cal.report(), plain.report())
+    assert torch.equal(cal.calibrated_copied, plain.calibrated_copied) and cal.confirm_copies == plain.confirm_copies
+    assert torch.allclose(cal.calibrated, plain.calibrated, atol=1e-4)  # batching rounds differently, no more
+    assert cal.reused == plain.reused and cal.calls_saved == plain.calls_saved
+    assert cal.model_calls + cal.calls_replayed == plain.model_calls
+    assert cal.summary()["model_calls_replayed"] == cal.calls_replayed
+    assert "taken from the unguarded paths" in cal.report()
+
+
 def test_reusing_paths_decides_as_sampling_every_seed(copying):
     # A gate that stays shut along a seed's unguarded path leaves the seed unguarded, and a gate that opens
     # with the same heads wherever another gate opened along that gate's path takes the same path: reusing
     # those samples changes nothing calibration decides, only the model calls it makes.
-    guard, train, sample, cal, _ = copying
+    guard, train, sample, _, _ = copying
+    sample = _without_replay(sample)  # reuse alone: every call of a path that is sampled runs the model
+    cal = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532))
     every = calibrate(_NoGateLooksShut(guard), sample, train, seeds=range(500, 532))
     assert every.calls_saved == 0 and every.reused == 0
     assert cal.settings == every.settings and _decisions(cal) == _decisions(every), (cal.report(), every.report())

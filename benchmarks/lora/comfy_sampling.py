@@ -104,8 +104,14 @@ def make_sampler(model, prompt: int | torch.Tensor, null: int, sampler: str, cfg
         uncond = torch.full((b,), null, dtype=torch.long)
         state: dict = {}
         opts = {"sampler_post_cfg_function": [lambda a: guide(a["denoised"], a["input"], a["sigma"])]} if guide else {}
+        replay = getattr(guide, "replay", None)  # calibration's recorded start of these paths
+        if replay is not None:
+            replay.begin(seeds)
 
         def denoise(x, sigma, **_):
+            recorded = replay.next() if replay is not None else None
+            if recorded is not None:  # the model is not run: CFG of two equal predictions is that prediction
+                return cs.cfg_function(None, recorded, recorded, cfg, x, sigma, model_options=opts)
             c = model(x, sigma, cond)
             counter.forward += b
             need_uncond = (policy.needs_uncond(sigma) if policy is not None  # type: ignore[attr-defined]
@@ -129,6 +135,7 @@ def make_sampler(model, prompt: int | torch.Tensor, null: int, sampler: str, cfg
 
     sample.sigmas = sigmas
     sample.counter = counter
+    sample.replays = policy is None  # a CFG policy keeps per-step state the replayed calls would skip
     return sample
 
 

@@ -101,19 +101,49 @@ class ProbeSampler:
                                          callback=self._callback, disable_pbar=True, seed=int(seeds[0]))
         return self.latent_format.process_in(out.to("cpu", torch.float32))
 
+    @property
+    def replays(self) -> bool:
+        """Can calibration's Replay stand in for model calls? Only where the CFG result is the plain
+        combination of the conditional and unconditional predictions and the guard's is the only post-CFG
+        function: another one would be applied to the replayed result a second time."""
+        options = self.model.model_options
+        return not any(options.get(k) for k in ("sampler_cfg_function", "sampler_pre_cfg_function",
+                                                 "sampler_post_cfg_function", "sampler_calc_cond_batch_function"))
+
     def __call__(self, guide: Guide | None, seeds: Iterable[int]) -> torch.Tensor:
         seeds = [int(s) for s in seeds]
         if not seeds:
             return torch.zeros((0,) + self.latent_shape)
         model = self.model
+        replay = getattr(guide, "replay", None)
         if guide is not None:  # on a clone, as Protect Model does: the input MODEL is never changed
             model = self.model.clone()
             model.set_model_sampler_post_cfg_function(PostCFGGuide(guide))
+            if replay is not None:
+                model.set_model_sampler_calc_cond_batch_function(_replayed(replay))
         outs = []
         for i in range(0, len(seeds), self.batch):
+            if replay is not None:
+                replay.begin(seeds[i:i + self.batch])
             outs.append(self._batch(model, seeds[i:i + self.batch]))
             self.images += len(seeds[i:i + self.batch])
         return torch.cat(outs)
+
+
+def _replayed(replay) -> Callable[[dict], list]:
+    """ComfyUI's cond-batch step, served from calibration's Replay while it has the calls recorded: both
+    predictions are the recorded CFG result, so CFG returns it unchanged and the model does not run."""
+    import comfy.samplers
+
+    def calc_cond_batch(args: dict) -> list:
+        recorded = replay.next()
+        if recorded is None:
+            return comfy.samplers.calc_cond_batch(args["model"], args["conds"], args["input"], args["sigma"],
+                                                  args["model_options"])
+        recorded = recorded.to(args["input"].device, args["input"].dtype)
+        return [recorded for _ in args["conds"]]
+
+    return calc_cond_batch
 
 
 def check_unprotected(model) -> None:

@@ -11,13 +11,16 @@ since a guard should leave alone what the model draws on its own; a probe that s
 to the target. A wider window is tried only while the best so far spoils more than one probe (moved
 non-copies alone do not widen it). Where nothing passes at the default push, or the best spoils more
 than a tenth of the probes, the same ladder is tried at stronger ones (a larger scale and a doubled
-step cap), while each finds a better setting. A setting becomes the choice only
+step cap), while each finds a better setting; a setting that spoils more than a tenth is measured on
+only where it might still be chosen. Settings are measured on the probes that earlier settings failed
+on first, in batches of the fewest probes that could end them. A setting becomes the choice only
 after it passes again on as many confirmation seeds: the best of many settings measured on the same
 probes looks better on them than it is. Confirmation waits for the end of a window and starts with
 the setting that costs least, so a window whose gates keep improving on each other costs one
 confirmation run, not one per improvement.
 A gate that stays shut all along a seed's unguarded path leaves that path unguarded: calibration
-reuses the unguarded sample instead of sampling the seed again (the same samples, fewer calls).
+reuses the unguarded sample instead of sampling the seed again (the same samples, fewer calls); where it
+stays shut only for the path's first calls, a sampler that replays takes them from the unguarded path.
 
 The pieces: ``calibration_ladder`` (the settings tried), ``calibration_probes`` (sampling and counting
 copies), ``calibration_reuse`` (unguarded paths), ``calibration_stats`` (the copy target's margin and
@@ -101,7 +104,8 @@ def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[i
                           reached=reached, no_copies=False, allowed=allowed, model_calls=probes.calls,
                           seconds=time.monotonic() - started, confirm_seeds=list(confirm), confirm_allowed=pooled,
                           confirm_copies=sum(chosen.confirm_copies.values()) if chosen.confirmed else None,
-                          reused=sum(r.reused for r in search.rows), calls_saved=probes.calls_saved)
+                          reused=sum(r.reused for r in search.rows), calls_saved=probes.calls_saved,
+                          calls_replayed=probes.calls_replayed)
     guard.info = {**guard.info, "calibration": cal.summary()}
     probes.finish()
     return cal

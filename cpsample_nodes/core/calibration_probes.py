@@ -25,10 +25,34 @@ class CalibrationStopped(TrainingStopped):
     """``should_stop()`` asked calibration to end (a cancel, not a failure)."""
 
 
+class Replay:
+    """The start of a batch's paths served from the seeds' unguarded paths: for its first ``calls`` model
+    calls every seed's gate stays shut (outside the σ window, or p inside it), so guided and unguarded
+    paths are one path up to there and the model need not run. A sampler that sets ``replays = True``
+    finds this as ``guide.replay`` (None when nothing can be replayed): it calls ``begin(seeds)`` before
+    each batch it runs and ``next()`` before every model call; where ``next()`` returns the x0
+    predictions [B, ...], it uses them as that call's CFG result instead of running the model, and still
+    hands them to the guide."""
+
+    def __init__(self, prefixes: dict[int, list[Tensor]], calls: int) -> None:
+        self.prefixes, self.calls = prefixes, calls
+        self.rows: list[list[Tensor]] = []
+        self.i, self.served_last = 0, False
+
+    def begin(self, seeds: Sequence[int]) -> None:
+        self.rows, self.i, self.served_last = [self.prefixes[int(s)] for s in seeds], 0, False
+
+    def next(self) -> Tensor | None:
+        i, self.i = self.i, self.i + 1
+        self.served_last = i < self.calls
+        return torch.stack([r[i] for r in self.rows]) if self.served_last else None
+
+
 class ProbeSampler:
     """The caller's ``sample(guide, seeds)`` as calibration runs it. ``calls``: model calls so far (one
-    per image and step); ``calls_saved``: the calls reused samples would have cost; ``total``: the
-    images the progress bar expects (the search raises it when it needs more)."""
+    per image and step); ``calls_saved``: the calls reused samples would have cost; ``calls_replayed``:
+    the calls served by ``Replay``; ``total``: the images the progress bar expects (the search raises it
+    when it needs more)."""
 
     def __init__(self, guard: Guard, sample: SampleFn, latents: Tensor, decode: DecodeFn | None,
                  progress: ProgressFn | None, should_stop: Callable[[], bool] | None, total: int) -> None:
@@ -38,23 +62,28 @@ class ProbeSampler:
         self.train_px = decoded(decode, self.train) if decode is not None else None
         self.k = max(1, min(L2_K, self.train.shape[0] - 1))
         self.paths = KnownPaths()
-        self.calls = self.calls_saved = self.done = 0
+        self.replays = bool(getattr(sample, "replays", False))  # the sampler can take a Replay
+        self.calls = self.calls_saved = self.calls_replayed = self.done = 0
         self.total = total
 
-    def _guide(self, settings: dict[str, Any] | None, trace: Trace) -> GuideFn:
-        """The guide handed to the sampler: counts the model calls and traces the guard's p (each head's,
-        where it guides). The unguarded run gets one that returns denoised unchanged, so its calls count
-        the same way."""
+    def _guide(self, settings: dict[str, Any] | None, trace: Trace, replay: Replay | None) -> GuideFn:
+        """The guide handed to the sampler: counts the model calls (those ``replay`` served apart) and
+        traces the guard's p (each head's, where it guides). The unguarded run gets one that returns
+        denoised unchanged, so its calls count the same way."""
         guard = self.guard
 
         def guide(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-            self.calls += int(denoised.shape[0])
+            if replay is not None and replay.served_last:
+                self.calls_replayed += int(denoised.shape[0])
+            else:
+                self.calls += int(denoised.shape[0])
             if settings is None:
                 out, p = denoised, guard.probability(denoised.detach().float(), guard.space.sigma_min)
             else:
                 out, p = guard.guide_traced(denoised, x, sigma, **settings)  # p: [B, heads]
             trace.add(denoised, out, x, sigma, p)
             return out
+        guide.replay = replay  # type: ignore[attr-defined]
         return guide
 
     def advance(self, count: int, what: str) -> None:
@@ -70,13 +99,23 @@ class ProbeSampler:
         """Sample ``chunk`` under ``settings`` (None: unguarded), recording the paths."""
         if self.should_stop is not None and self.should_stop():
             raise CalibrationStopped(f"calibration stopped while sampling {what}")
-        trace = Trace()
-        out = checked_samples(self.sample_fn(self._guide(settings, trace), list(chunk)), chunk, self.train)
+        # the unguarded run keeps each call's x0 prediction where the sampler can replay them
+        trace = Trace(keep_denoised=self.replays and settings is None)
+        replay = self._replay(settings, chunk) if settings is not None else None
+        out = checked_samples(self.sample_fn(self._guide(settings, trace, replay), list(chunk)), chunk, self.train)
         self.paths.add(trace.paths(chunk, out))
         if settings is not None:
             self.paths.add_guided(trace.guided(chunk, out, settings))
         self.advance(len(chunk), what)
         return out
+
+    def _replay(self, settings: dict[str, Any], chunk: list[int]) -> Replay | None:
+        """The calls every seed of ``chunk`` can take from its unguarded path under ``settings``."""
+        if not self.replays:
+            return None
+        starts = {s: self.paths.unguarded_start(s, settings) for s in chunk}
+        calls = min(len(start) for start in starts.values())
+        return Replay(starts, calls) if calls > 0 else None
 
     def sample(self, settings: dict[str, Any], chunk: list[int], what: str) -> tuple[Tensor, int]:
         """The samples of ``chunk`` under ``settings``: sampled, or reused where the seed's path under

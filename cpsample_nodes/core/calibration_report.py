@@ -54,6 +54,7 @@ class Calibration:
     confirm_allowed: int = 0           # copies allowed over probes and confirmation seeds together
     reused: int = 0       # samples reused from paths already sampled (calibration_reuse), not sampled again
     calls_saved: int = 0  # the model calls sampling them again would have taken
+    calls_replayed: int = 0  # model calls served from unguarded paths' starts (calibration_probes.Replay)
     # why the chosen setting needed more than the standard push (calibration.push_limit): "gradient"
     # (the guard is weak) or "cap" (the model pulls hard); None when the standard push was enough
     push_limit: str | None = None
@@ -107,6 +108,7 @@ class Calibration:
             "sampler": self.sampler,
             "model_calls": self.model_calls,
             "model_calls_saved": self.calls_saved,
+            "model_calls_replayed": self.calls_replayed,
             "push_limit": self.push_limit,
             "seconds": round(self.seconds, 2),
             "tried": [{"settings": r["settings"], "copies": r["copies"], "evaluated": r["evaluated"],
@@ -126,7 +128,9 @@ class Calibration:
         lines.append(f"{self.model_calls} model calls, {self.seconds:.1f} s" + (
             f"; {self.calls_saved} more saved by reusing {self.reused} samples whose path was already "
             f"sampled (unguarded where the gate stayed shut, or under a gate that opened alike)"
-            if self.calls_saved else ""))
+            if self.calls_saved else "") + (
+            f"; {self.calls_replayed} taken from the unguarded paths where the gate stayed shut at the start"
+            if self.calls_replayed else ""))
         return "\n".join(lines)
 
     def _rules(self, u: int) -> list[str]:

@@ -1,7 +1,9 @@
 """Reusing paths: a gate that stays shut all along a seed's unguarded path leaves that seed unguarded, and a
 gate α that opens exactly where a gate α' opened, with the same heads, along the path α' took, steps exactly
 as α' did. Calibration records the guard's p along each path it samples and reuses the sample instead of
-sampling the seed again (the same samples, fewer model calls)."""
+sampling the seed again (the same samples, fewer model calls). Where the gate stays shut only for a
+path's first calls, a sampler that replays (calibration_probes.Replay) takes those calls' x0 predictions
+from the unguarded path instead of running the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +27,20 @@ class UnguardedPath:
     sigmas: list[float]
     margins: list[float | None]
     sample: Tensor
+    denoised: list[Tensor] | None = None  # the x0 prediction at every call (kept where the sampler replays)
+
+    def shut_calls(self, settings: dict[str, Any]) -> int:
+        """How many calls from the start the gate of ``settings`` stays shut along this path: up to there
+        the guided path is this one."""
+        if settings.get("guard_input", "denoised") != "denoised":
+            return 0
+        alpha, top = float(settings["alpha"]), settings.get("sigma_max")
+        for i, (sigma, margin) in enumerate(zip(self.sigmas, self.margins)):
+            if top is not None and sigma > top * (1 + 1e-6):
+                continue  # outside the σ window the guard does not run
+            if margin is None or margin < alpha + REUSE_MARGIN:
+                return i
+        return len(self.sigmas)
 
     def shut(self, settings: dict[str, Any]) -> bool:
         """Does the gate of ``settings`` stay shut all along this path? Then guiding never changes
@@ -91,8 +107,10 @@ class Trace:
     """The model calls of one sampler call, in order: σ, each head's p (None where the guard did not run)
     and which items the guide left unchanged."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_denoised: bool = False) -> None:
         self.calls: list[tuple[list[float], list[list[float]] | None, list[bool]]] = []
+        self.keep = keep_denoised
+        self.denoised: list[Tensor] = []  # each call's x0 predictions [B, ...], where kept
 
     def add(self, denoised: Tensor, out: Tensor, x: Tensor, sigma: Tensor | float, p: Tensor | None) -> None:
         """``p``: the guard's p per item [B] or per item and head [B, heads]."""
@@ -100,6 +118,8 @@ class Trace:
         same = [True] * b if out is denoised else (out == denoised).flatten(1).all(1).tolist()
         heads = None if p is None else p.float().reshape(b, -1).tolist()
         self.calls.append((as_sigma(sigma, b, x).float().tolist(), heads, same))
+        if self.keep:
+            self.denoised.append(denoised.detach().float().cpu().clone())
 
     def _groups(self, chunk: Sequence[int]):
         """(index in chunk, its calls) per seed. A host may split the seeds into batches run one after
@@ -110,10 +130,12 @@ class Trace:
         k, found, start, i = total // n, [], 0, 0
         while i < len(self.calls):
             group = self.calls[i:i + k]
+            dens = self.denoised[i:i + k] if self.keep else [None] * len(group)
             b = len(group[0][0])
             if len(group) < k or any(len(c[0]) != b for c in group) or start + b > n:
                 return []
-            found += [(start + q, [(c[0][q], None if c[1] is None else c[1][q], c[2][q]) for c in group])
+            found += [(start + q, [(c[0][q], None if c[1] is None else c[1][q], c[2][q],
+                                    None if d is None else d[q]) for c, d in zip(group, dens)])
                       for q in range(b)]
             start, i = start + b, i + k
         return found if start == n else []
@@ -122,7 +144,7 @@ class Trace:
         """The path of every seed the guide never changed."""
         return {chunk[j]: UnguardedPath([c[0] for c in calls],
                                         [None if c[1] is None else min(min(q, 1.0 - q) for q in c[1]) for c in calls],
-                                        out[j])
+                                        out[j], [c[3] for c in calls] if self.keep else None)
                 for j, calls in self._groups(chunk) if all(c[2] for c in calls)}
 
     def guided(self, chunk: Sequence[int], out: Tensor, settings: dict[str, Any]) -> dict[int, GuidedPath]:
@@ -162,6 +184,14 @@ class KnownPaths:
         """The seed's path where the gate of ``settings`` stays shut all along it, else None."""
         path = self.by_seed.get(seed)
         return path if path is not None and path.shut(settings) else None
+
+    def unguarded_start(self, seed: int, settings: dict[str, Any]) -> list[Tensor]:
+        """The x0 predictions of the seed's unguarded path for as long as the gate of ``settings`` stays
+        shut along it (empty where none were kept)."""
+        path = None if seed in self.untrusted else self.by_seed.get(seed)
+        if path is None or path.denoised is None:
+            return []
+        return path.denoised[:path.shut_calls(settings)]
 
     def reusable(self, seed: int, settings: dict[str, Any]) -> UnguardedPath | GuidedPath | None:
         """A path ``settings`` would take for this seed: its unguarded one where the gate stays shut, or

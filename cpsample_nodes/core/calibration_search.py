@@ -2,6 +2,7 @@
 probes, early abandonment, and confirmation on new seeds."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from .metrics import REPLICA_L2_RATIO
 
 Tensor = torch.Tensor
 
-CHUNK = 8  # seeds per sampler call: the unit of early abandonment
+CHUNK = 8  # the most seeds per sampler call while a setting is measured (or confirmed)
 # Once the best passing setting spoils at most this many probes, no wider σ window is tried: a wider
 # window can still do better on quality (DreamBooth-style digits: every step guided drew better-formed
 # digits than σ ≤ 2, which spoiled 2 of 64 probes).
@@ -42,6 +43,7 @@ class Row:
     seconds: float = 0.0
     abandoned: str = ""  # why it stopped early ("" = measured on every probe it was given)
     set_aside: bool = False  # abandoned because a passing setting cost less (resumed if that one fails)
+    weak: bool = False  # set aside for spoiling over WEAK_SPOIL of the probes (Search.resolve_weak)
     confirm_copies: dict[int, bool] = field(default_factory=dict)  # on the confirmation seeds
     confirmed: bool | None = None  # None: never put to the confirmation seeds
 
@@ -85,6 +87,7 @@ class Search:
         self.rows: list[Row] = []
         self.best: Row | None = None
         self.pending: list[Row] = []
+        self.weak_limit = float("inf")  # spoiled probes past which a setting is set aside as weak
 
     def bar(self) -> Row | None:
         """The setting to beat: the least costly of the confirmed best and the pending ones."""
@@ -98,22 +101,45 @@ class Search:
         row.seconds += time.monotonic() - t0
         return x, self.probes.ratios(x)
 
+    def troubled_first(self, todo: list[int]) -> list[int]:
+        """The probes in the order to measure them: those the settings measured so far failed on (still a
+        copy, or spoiled) most often first, so a setting that fails too is abandoned after fewer. Any
+        order gives the same verdicts: copies and cost only grow as probes are added."""
+        failed = {i: sum(r.copies.get(i, False) or r.spoiled.get(i, False) for r in self.rows) for i in todo}
+        return sorted(todo, key=lambda i: -failed[i])  # stable: copy seeds first among equals
+
+    def fewest_to_settle(self, row: Row, ahead: Row | None) -> int:
+        """The next batch's size: the fewest probes that could end the row (each adds at most one copy,
+        one spoiled probe, and 1 to its cost), at most ``CHUNK``. A larger batch would sample probes a setting
+        abandoned after the first few of them never needed."""
+        need = self.allowed + 1 - row.n_copies()
+        if self.weak_limit < len(self.seeds):
+            need = min(need, math.floor(self.weak_limit) + 1 - row.n_spoiled())
+        if ahead is not None:
+            need = min(need, math.ceil(ahead.cost() - row.cost()))
+        return min(CHUNK, max(1, need))
+
     def evaluate(self, row: Row, full: bool = False) -> bool:
         """Sample the probes this row still lacks; stop once it can no longer reach the copy target or
         beat the best passing setting so far (unless ``full``). True when every probe was measured."""
-        todo = [i for i in self.order if i not in row.copies]
-        for j in range(0, len(todo), CHUNK):
+        todo = self.troubled_first([i for i in self.order if i not in row.copies])
+        while todo:
             if not full and row.n_copies() > self.allowed:
                 row.abandoned = "too many copies"
                 return False
             ahead = self.bar()
             if not full and ahead is not None and ahead.beats(row):
-                row.abandoned, row.set_aside = f"spoils or moves more than {describe(ahead.settings)}", True
+                row.abandoned = f"spoils or moves more than {describe(ahead.settings)}"
+                row.set_aside, row.weak = True, False
                 return False
-            idx = todo[j:j + CHUNK]
+            if not full and row.n_spoiled() > self.weak_limit:
+                row.abandoned, row.set_aside, row.weak = "spoils over a tenth of the probes", False, True
+                return False
+            k = CHUNK if full else self.fewest_to_settle(row, ahead)
+            idx, todo = todo[:k], todo[k:]
             x, ratio = self.measure(row, [self.seeds[i] for i in idx], describe(row.settings))
             self._record(row, idx, x, ratio)
-        row.abandoned, row.set_aside = "", False
+        row.abandoned, row.set_aside, row.weak = "", False, False
         return True
 
     def _record(self, row: Row, idx: list[int], x: Tensor, ratio: Tensor) -> None:
@@ -135,8 +161,11 @@ class Search:
             if any(r.confirmed is not None for r in self.rows):
                 self.probes.total += m  # the first confirmation was counted in the total from the start
             row.confirmed = True
-            for j in range(0, m, CHUNK):
-                chunk = self.confirm[j:j + CHUNK]
+            todo = list(self.confirm)
+            while todo:
+                # the fewest new seeds that could fail it, as for the probes
+                k = min(CHUNK, max(1, self.pooled + 1 - row.n_copies() - sum(row.confirm_copies.values())))
+                chunk, todo = todo[:k], todo[k:]
                 _, ratio = self.measure(row, chunk, "confirming " + describe(row.settings))
                 for seed, flag in zip(chunk, (ratio < REPLICA_L2_RATIO).tolist()):
                     row.confirm_copies[seed] = bool(flag)
@@ -186,27 +215,58 @@ class Search:
         self.consider(strongest)
         self.settle()
 
+    def set_aside_limit(self) -> float:
+        """Spoiled probes past which a setting is set aside as weak: past them it can be chosen only where
+        no stronger push does better (``run``)."""
+        return WEAK_SPOIL * len(self.seeds)
+
+    def resolve_weak(self, everything: bool = False) -> None:
+        """Measure on the weak settings set aside that might still beat the best (``everything``: all of
+        them, where there is no best), as the ladder would have measured them: the best is then the one
+        measuring every setting to the end would give."""
+        rows = [r for r in self.rows if r.weak and (everything or self.best is None or r.beats(self.best))]
+        if not rows or (self.best is None and not everything):
+            return
+        limit, self.weak_limit = self.weak_limit, float("inf")
+        for row in rows:
+            if self.evaluate(row):
+                self.consider(row)
+        self.settle()
+        self.weak_limit = limit
+
     def run(self) -> Row | None:
         """The ladder, push by push (``STRENGTHS``); None when no setting reached the target. A wider
         window is tried only while the best setting still spoils more than ``SPOIL_STOP`` probes:
         relative change compares the gates of one window better than it compares windows, so moved
         non-copies alone do not send the search wider. A stronger push is tried while nothing passed,
         or while the best, found at the push just tried, still spoils more than ``WEAK_SPOIL`` of the
-        probes: with CFG 5 on the LoRA benchmark the standard push passed on Euler only by spoiling over
-        a tenth of the probes with overshooting samples (guard 0: 66 %), where the doubled step cap
+        probes: with CFG 5 on the LoRA benchmark the standard push passed on Euler only by spoiling
+        over a tenth of the probes with overshooting samples (guard 0: 66 %), where the doubled step cap
         passed spoiling at most a tenth (docs/design-log.md, "A stronger push for a spoiling best"). A
-        push that finds nothing better ends the search."""
+        push that finds nothing better ends the search. A setting that spoils more than a tenth is set
+        aside once it does (weak), and measured on only where it might still beat the best, or where a
+        push passed nothing else after one that did the same: the same choice, fewer calls."""
         considered, per_scale = 0, len(self.seeds) * sum(len(w) for w in ladder(self.guard))
+        self.weak_limit = self.set_aside_limit()
+        deferred = False  # weak settings of the push before, not measured on: it passed nothing else
         for s_i, strength in enumerate(STRENGTHS):
             if s_i:
                 self.probes.total += per_scale  # the gentler push passed nothing, or only by spoiling
-            before = self.best
+            first = considered
             for window in ladder(self.guard, strength):
                 self.try_window(window, considered)
                 considered += len(window)
+                self.resolve_weak()
                 if self.best is not None and self.best.n_spoiled() <= SPOIL_STOP:
                     break
-            if self.best is not None and (self.best is before
+            if self.best is None and any(r.weak for r in self.rows):
+                if deferred or s_i + 1 == len(STRENGTHS):
+                    self.resolve_weak(everything=True)  # whether this push found a better one decides
+                else:
+                    deferred = True  # a stronger push is tried whatever the weak ones would measure
+                    continue
+            deferred = False
+            if self.best is not None and (self.best.order < first
                                           or self.best.n_spoiled() <= WEAK_SPOIL * len(self.seeds)):
                 break
         return self.best
