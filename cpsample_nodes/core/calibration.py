@@ -49,7 +49,8 @@ Tensor = torch.Tensor
 MIN_PROBES = 8  # fewer seeds cannot tell a 10x cut from chance
 # What the hosts tell users a probe costs: images sampled per probe over a whole calibration, as a
 # multiple of the probes' own run: 3.5-8.5 on the digits, 11.8-27.2 on the mixture (as-shipped table's
-# calibrations, calibration/reuse/) and 6.0-23.8 on the prompted LoRA benchmark (docs/protection.md).
+# calibrations, calibration/reuse/; since 5f0f3a2 the vp ones 5-6 and flow guard 1 with Euler a 15,
+# calibration/search/) and 3.5-9.1 on the prompted LoRA benchmark (docs/protection.md).
 PROBE_COST_NOTE = ("Each probe costs about 3-27 images of sampling over the whole calibration (measured on "
                    "the benchmarks), so 32 probes take about 110-870 images at your steps.")
 
