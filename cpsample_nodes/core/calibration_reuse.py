@@ -33,7 +33,7 @@ class UnguardedPath:
         """How many calls from the start the gate of ``settings`` stays shut along this path: up to there
         the guided path is this one."""
         if settings.get("guard_input", "denoised") != "denoised":
-            return 0
+            return 0  # the path recorded p on the x0 prediction
         alpha, top = float(settings["alpha"]), settings.get("sigma_max")
         for i, (sigma, margin) in enumerate(zip(self.sigmas, self.margins)):
             if top is not None and sigma > top * (1 + 1e-6):
@@ -45,15 +45,8 @@ class UnguardedPath:
     def shut(self, settings: dict[str, Any]) -> bool:
         """Does the gate of ``settings`` stay shut all along this path? Then guiding never changes
         the seed's x0 prediction, and its sample is this one."""
-        if settings.get("guard_input", "denoised") != "denoised":
-            return False  # the path recorded p on the x0 prediction
-        alpha, top = float(settings["alpha"]), settings.get("sigma_max")
-        for sigma, margin in zip(self.sigmas, self.margins):
-            if top is not None and sigma > top * (1 + 1e-6):
-                continue  # outside the σ window the guard does not run
-            if margin is None or margin < alpha + REUSE_MARGIN:
-                return False
-        return True
+        return (settings.get("guard_input", "denoised") == "denoised"
+                and self.shut_calls(settings) == len(self.sigmas))
 
     def merge(self, other: "UnguardedPath") -> bool:
         """Add what another unguarded run saw of the same path; False when the two disagree on the

@@ -224,8 +224,10 @@ class Search:
         """Measure on the weak settings set aside that might still beat the best (``everything``: all of
         them, where there is no best), as the ladder would have measured them: the best is then the one
         measuring every setting to the end would give."""
-        rows = [r for r in self.rows if r.weak and (everything or self.best is None or r.beats(self.best))]
-        if not rows or (self.best is None and not everything):
+        if self.best is None and not everything:
+            return
+        rows = [r for r in self.rows if r.weak and (everything or r.beats(self.best))]
+        if not rows:
             return
         limit, self.weak_limit = self.weak_limit, float("inf")
         for row in rows:
