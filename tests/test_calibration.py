@@ -648,10 +648,12 @@ def _without_replay(sample):
     return lambda guide, seeds: sample(guide, seeds)
 
 
-def test_replaying_the_unguarded_start_of_a_path_decides_as_running_the_model(copying):
-    # Up to the first call where a seed's gate can open (outside the σ window it never does) its guided
-    # path is its unguarded one: a sampler that takes those calls' x0 predictions from the unguarded path
-    # samples the same probes, with fewer model calls.
+def test_replaying_the_start_of_known_paths_decides_as_running_the_model(copying, monkeypatch):
+    # Up to the first call where a setting pushes otherwise than a path already sampled (outside its σ
+    # window it never pushes; the unguarded path never does), the model sees the x it saw there: a sampler
+    # that takes those calls' x0 predictions from the path samples the same probes, with fewer model calls.
+    from cpsample_nodes.core.calibration_reuse import GuidedPath
+
     guard, train, sample, cal, _ = copying
     plain = calibrate(guard.with_space(guard.space), _without_replay(sample), train, seeds=range(500, 532))
     assert plain.calls_replayed == 0 and cal.calls_replayed > 0, cal.report()
@@ -661,7 +663,13 @@ def test_replaying_the_unguarded_start_of_a_path_decides_as_running_the_model(co
     assert cal.reused == plain.reused and cal.calls_saved == plain.calls_saved
     assert cal.model_calls + cal.calls_replayed == plain.model_calls
     assert cal.summary()["model_calls_replayed"] == cal.calls_replayed
-    assert "taken from the unguarded paths" in cal.report()
+    assert "taken from paths already sampled" in cal.report()
+    # replaying the unguarded paths alone decides the same too; the guided paths serve more calls
+    monkeypatch.setattr(GuidedPath, "alike_calls", lambda self, settings, unguarded: -1)
+    unguarded_only = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532))
+    assert unguarded_only.settings == cal.settings and _decisions(unguarded_only) == _decisions(cal)
+    assert 0 < unguarded_only.calls_replayed < cal.calls_replayed, (unguarded_only.calls_replayed, cal.calls_replayed)
+    assert unguarded_only.model_calls + unguarded_only.calls_replayed == plain.model_calls
 
 
 def test_reusing_paths_decides_as_sampling_every_seed(copying):
@@ -740,6 +748,47 @@ def test_a_path_under_another_gate_is_reused_only_where_the_same_heads_open():
     found = trace.guided([7, 8], torch.arange(2.0).view(2, 1, 1, 1), gate)
     assert found[7].heads == [[0.25, 0.625]] and found[8].alpha == 0.05 and float(found[8].sample) == 1.0
     assert trace.paths([7, 8], x) == {}  # both were guided: neither is an unguarded path
+
+def test_a_path_is_replayed_up_to_the_first_call_where_a_setting_pushes_otherwise():
+    from cpsample_nodes.core.calibration_reuse import GuidedPath, KnownPaths, UnguardedPath, step_key
+
+    gate = {"scale": 1000.0, "alpha": 0.05, "max_step": 1.0, "sigma_max": 4.0}
+    sigmas = [14.0, 6.0, 3.0, 1.0, 0.5]
+    x0 = [torch.full((1,), float(i)) for i in range(5)]
+    unguarded = UnguardedPath(sigmas, [0.3, 0.3, 0.02, 0.01, 0.001], torch.zeros(1), x0)
+    # sampled under α 0.05, σ ≤ 4, two heads: head 0 open at every call inside the window, head 1 never
+    heads = [None, None, [0.02, 0.5], [0.01, 0.3], [0.001, 0.4]]
+    path = GuidedPath(sigmas, heads, 0.05, step_key(gate), torch.zeros(1), [t + 10 for t in x0])
+    assert path.alike_calls({**gate, "alpha": 0.03}, unguarded) == 5     # the same heads open at every call
+    assert path.alike_calls({**gate, "alpha": 0.35}, unguarded) == 3     # head 1 opens at σ 1 (p 0.3 < 0.35)
+    assert path.alike_calls({**gate, "alpha": 0.015}, unguarded) == 2    # head 0 stays shut at σ 3 (p 0.02)
+    assert path.alike_calls({**gate, "alpha": 0.03, "scale": 3000.0}, unguarded) == 2  # opens alike, pushes harder
+    assert path.alike_calls({**gate, "sigma_max": 2.0}, unguarded) == 2  # does not guide at σ 3, where it pushed
+    # a wider window: before the recorded setting's first push its path is the unguarded one, whose p says
+    # whether the new gate stays shut there
+    assert path.alike_calls({**gate, "sigma_max": None}, unguarded) == 5  # p 0.3 at σ 14 and 6: shut
+    assert path.alike_calls({**gate, "sigma_max": None}, None) == 0       # unknown without the unguarded path
+    opened = UnguardedPath(sigmas, [0.3, 0.04, 0.02, 0.01, 0.001], torch.zeros(1), x0)
+    assert path.alike_calls({**gate, "sigma_max": None}, opened) == 1     # p 0.04 at σ 6: the gate opens there
+    # the start served: the calls before the first that parts, and that one (the model sees the same x)
+    known = KnownPaths()
+    known.add({7: unguarded})
+    assert known.known_start(7, gate) == x0[:3]                 # shut at σ 14 and 6 (outside), opens at σ 3
+    known.add_guided({7: path})
+    assert known.known_start(7, {**gate, "alpha": 0.35}) == [t + 10 for t in x0[:4]]  # the guided path's
+    assert known.known_start(7, {**gate, "alpha": 0.015}) == x0[:4]  # the unguarded path's: shut up to σ 1
+    # two guided paths per seed keep their x0 predictions: the latest and the window's strongest gate's
+    key = step_key(gate)
+    strong, weak, mid = (GuidedPath(sigmas, heads, a, key, torch.zeros(1), list(x0)) for a in (0.5, 0.01, 0.1))
+    for p in (strong, weak, mid):
+        known.add_guided({7: p})
+    assert known.latest[7] is mid and known.strongest[7] is strong
+    assert path.denoised is None and weak.denoised is None and mid.denoised is not None
+    assert known.reusable(7, {**gate, "alpha": 0.03}) is path  # a sample is still reused without them
+    wider = GuidedPath(sigmas, heads, 0.01, step_key({**gate, "sigma_max": None}), torch.zeros(1), list(x0))
+    known.add_guided({7: wider})  # a new window: its strongest so far is the only gate it measured
+    assert known.latest[7] is wider and known.strongest[7] is wider and strong.denoised is None
+
 
 def test_a_decoder_counts_copies_on_pixels_too(small_guard):
     """With a decoder a sample copies when its latents or its pixels sit on a training image. Here the

@@ -26,9 +26,10 @@ class CalibrationStopped(TrainingStopped):
 
 
 class Replay:
-    """The start of a batch's paths served from the seeds' unguarded paths: for its first ``calls`` model
-    calls every seed's gate stays shut (outside the σ window, or p inside it), so guided and unguarded
-    paths are one path up to there and the model need not run. A sampler that sets ``replays = True``
+    """The start of a batch's paths served from paths already sampled (calibration_reuse): for its first
+    ``calls`` model calls every seed's x is the one a known path of it had (up to there the setting pushes
+    as that path's did: not at all, outside its σ window or with p inside its gate, or with the same
+    heads), so the model's x0 predictions are that path's and the model need not run. A sampler that sets ``replays = True``
     finds this as ``guide.replay`` (None when nothing can be replayed): it calls ``begin(seeds)`` before
     each batch it runs and ``next()`` before every model call; where ``next()`` returns the x0
     predictions [B, ...], it uses them as that call's CFG result instead of running the model, and still
@@ -45,7 +46,11 @@ class Replay:
     def next(self) -> Tensor | None:
         i, self.i = self.i, self.i + 1
         self.served_last = i < self.calls
-        return torch.stack([r[i] for r in self.rows]) if self.served_last else None
+        return torch.stack(self.last()) if self.served_last else None
+
+    def last(self) -> list[Tensor]:
+        """The per-seed x0 predictions the last ``next()`` served."""
+        return [r[self.i - 1] for r in self.rows]
 
 
 class ProbeSampler:
@@ -73,7 +78,8 @@ class ProbeSampler:
         guard = self.guard
 
         def guide(denoised: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-            if replay is not None and replay.served_last:
+            served = replay is not None and replay.served_last
+            if served:
                 self.calls_replayed += int(denoised.shape[0])
             else:
                 self.calls += int(denoised.shape[0])
@@ -81,7 +87,7 @@ class ProbeSampler:
                 out, p = denoised, guard.probability(denoised.detach().float(), guard.space.sigma_min)
             else:
                 out, p = guard.guide_traced(denoised, x, sigma, **settings)  # p: [B, heads]
-            trace.add(denoised, out, x, sigma, p)
+            trace.add(denoised, out, x, sigma, p, replay.last() if served else None)
             return out
         guide.replay = replay  # type: ignore[attr-defined]
         return guide
@@ -99,8 +105,8 @@ class ProbeSampler:
         """Sample ``chunk`` under ``settings`` (None: unguarded), recording the paths."""
         if self.should_stop is not None and self.should_stop():
             raise CalibrationStopped(f"calibration stopped while sampling {what}")
-        # the unguarded run keeps each call's x0 prediction where the sampler can replay them
-        trace = Trace(keep_denoised=self.replays and settings is None)
+        # each run keeps its calls' x0 predictions where the sampler can replay them
+        trace = Trace(keep_denoised=self.replays)
         replay = self._replay(settings, chunk) if settings is not None else None
         out = checked_samples(self.sample_fn(self._guide(settings, trace, replay), list(chunk)), chunk, self.train)
         self.paths.add(trace.paths(chunk, out))
@@ -110,10 +116,10 @@ class ProbeSampler:
         return out
 
     def _replay(self, settings: dict[str, Any], chunk: list[int]) -> Replay | None:
-        """The calls every seed of ``chunk`` can take from its unguarded path under ``settings``."""
+        """The calls every seed of ``chunk`` can take from a path already sampled under ``settings``."""
         if not self.replays:
             return None
-        starts = {s: self.paths.unguarded_start(s, settings) for s in chunk}
+        starts = {s: self.paths.known_start(s, settings) for s in chunk}
         calls = min(len(start) for start in starts.values())
         return Replay(starts, calls) if calls > 0 else None
 

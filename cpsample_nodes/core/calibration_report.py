@@ -54,7 +54,7 @@ class Calibration:
     confirm_allowed: int = 0           # copies allowed over probes and confirmation seeds together
     reused: int = 0       # samples reused from paths already sampled (calibration_reuse), not sampled again
     calls_saved: int = 0  # the model calls sampling them again would have taken
-    calls_replayed: int = 0  # model calls served from unguarded paths' starts (calibration_probes.Replay)
+    calls_replayed: int = 0  # model calls served from the starts of paths already sampled (calibration_probes.Replay)
     # why the chosen setting needed more than the standard push (calibration.push_limit): "gradient"
     # (the guard is weak) or "cap" (the model pulls hard); None when the standard push was enough
     push_limit: str | None = None
@@ -129,7 +129,7 @@ class Calibration:
             f"; {self.calls_saved} more saved by reusing {self.reused} samples whose path was already "
             f"sampled (unguarded where the gate stayed shut, or under a gate that opened alike)"
             if self.calls_saved else "") + (
-            f"; {self.calls_replayed} taken from the unguarded paths where the gate stayed shut at the start"
+            f"; {self.calls_replayed} taken from paths already sampled, up to where a setting pushed otherwise"
             if self.calls_replayed else ""))
         return "\n".join(lines)
 

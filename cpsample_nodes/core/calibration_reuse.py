@@ -1,9 +1,10 @@
 """Reusing paths: a gate that stays shut all along a seed's unguarded path leaves that seed unguarded, and a
 gate α that opens exactly where a gate α' opened, with the same heads, along the path α' took, steps exactly
 as α' did. Calibration records the guard's p along each path it samples and reuses the sample instead of
-sampling the seed again (the same samples, fewer model calls). Where the gate stays shut only for a
-path's first calls, a sampler that replays (calibration_probes.Replay) takes those calls' x0 predictions
-from the unguarded path instead of running the model."""
+sampling the seed again (the same samples, fewer model calls). Where two settings push alike only for a
+path's first calls, a sampler that replays (calibration_probes.Replay) takes the model's x0 predictions of
+those calls, and of the first call where they part (the model sees the same x there), from the path already
+sampled instead of running the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,15 +33,16 @@ class UnguardedPath:
     def shut_calls(self, settings: dict[str, Any]) -> int:
         """How many calls from the start the gate of ``settings`` stays shut along this path: up to there
         the guided path is this one."""
+        return next((i for i in range(len(self.sigmas)) if not self.shut_at(i, settings)), len(self.sigmas))
+
+    def shut_at(self, i: int, settings: dict[str, Any]) -> bool:
+        """Does the gate of ``settings`` stay shut at call ``i`` of this path (by REUSE_MARGIN)?"""
+        if not inside(self.sigmas[i], settings.get("sigma_max")):
+            return True  # outside the σ window the guard does not run
         if settings.get("guard_input", "denoised") != "denoised":
-            return 0  # the path recorded p on the x0 prediction
-        alpha, top = float(settings["alpha"]), settings.get("sigma_max")
-        for i, (sigma, margin) in enumerate(zip(self.sigmas, self.margins)):
-            if top is not None and sigma > top * (1 + 1e-6):
-                continue  # outside the σ window the guard does not run
-            if margin is None or margin < alpha + REUSE_MARGIN:
-                return i
-        return len(self.sigmas)
+            return False  # the path recorded p on the x0 prediction
+        margin = self.margins[i]
+        return margin is not None and margin >= float(settings["alpha"]) + REUSE_MARGIN
 
     def shut(self, settings: dict[str, Any]) -> bool:
         """Does the gate of ``settings`` stay shut all along this path? Then guiding never changes
@@ -58,12 +60,28 @@ class UnguardedPath:
         return True
 
 
-# What must match for one setting's path to be another's: everything of the guide but the gate α.
-STEP_KEYS = ("scale", "max_step", "sigma_max", "objective", "guard_input")
+# How a setting pushes where its gate opens; with the σ window, everything of the guide but the gate α:
+# what must match for one setting's path to be another's.
+PUSH_KEYS = ("scale", "max_step", "objective", "guard_input")
+STEP_KEYS = PUSH_KEYS + ("sigma_max",)
 
 
 def step_key(settings: dict[str, Any]) -> tuple:
     return tuple(settings.get(k) for k in STEP_KEYS)
+
+
+def inside(sigma: float, top: float | None) -> bool:
+    """Is ``sigma`` inside the σ window ``σ ≤ top`` (None: every step)?"""
+    return top is None or sigma <= top * (1 + 1e-6)
+
+
+def opens(q: float, alpha: float) -> bool:
+    return q < alpha or q > 1 - alpha
+
+
+def clear_of(q: float, alpha: float) -> bool:
+    """Is the head's p far enough from the gate's bounds that batching cannot move it across?"""
+    return abs(q - alpha) >= REUSE_MARGIN and abs(q - (1 - alpha)) >= REUSE_MARGIN
 
 
 @dataclass
@@ -75,6 +93,7 @@ class GuidedPath:
     alpha: float
     key: tuple
     sample: Tensor
+    denoised: list[Tensor] | None = None  # the x0 prediction at every call (kept where the sampler replays)
 
     def same_steps(self, settings: dict[str, Any]) -> bool:
         """Would ``settings`` have taken this path? Yes when it differs from the recorded setting in α alone
@@ -84,16 +103,43 @@ class GuidedPath:
             return False
         alpha, top = float(settings["alpha"]), settings.get("sigma_max")
         for sigma, heads in zip(self.sigmas, self.heads):
-            if top is not None and sigma > top * (1 + 1e-6):
+            if not inside(sigma, top):
                 continue  # outside the σ window neither setting guides
             if heads is None:
                 return False
             for q in heads:
-                if not (abs(q - alpha) >= REUSE_MARGIN and abs(q - (1 - alpha)) >= REUSE_MARGIN):
-                    return False
-                if (q < alpha or q > 1 - alpha) != (q < self.alpha or q > 1 - self.alpha):
+                if not clear_of(q, alpha) or opens(q, alpha) != opens(q, self.alpha):
                     return False
         return True
+
+    def alike_calls(self, settings: dict[str, Any], unguarded: UnguardedPath | None) -> int:
+        """How many calls from the start ``settings`` pushes exactly as this path's setting did (not at all,
+        or with the same heads and the same push): up to there the two paths are one. Before this path's
+        first push it is still ``unguarded`` (the seed's unguarded path, None if unknown), whose p tells
+        where ``settings`` stays shut."""
+        alpha, top = float(settings["alpha"]), settings.get("sigma_max")
+        pushes_alike = tuple(settings.get(k) for k in PUSH_KEYS) == self.key[:len(PUSH_KEYS)]
+        pushed = False  # has this path been pushed yet?
+        for i, (sigma, heads) in enumerate(zip(self.sigmas, self.heads)):
+            if not inside(sigma, self.key[-1]):  # the recorded setting did not guide here
+                if inside(sigma, top) and (pushed or unguarded is None or len(unguarded.sigmas) != len(self.sigmas)
+                                           or not unguarded.shut_at(i, settings)):
+                    return i
+                continue
+            if heads is None:
+                return i
+            was_open = [opens(q, self.alpha) for q in heads]
+            if not inside(sigma, top):
+                if any(was_open):
+                    return i
+                continue
+            if any(not clear_of(q, alpha) or opens(q, alpha) != o for q, o in zip(heads, was_open)):
+                return i
+            if any(was_open):
+                if not pushes_alike:
+                    return i
+                pushed = True
+        return len(self.sigmas)
 
 
 class Trace:
@@ -103,16 +149,18 @@ class Trace:
     def __init__(self, keep_denoised: bool = False) -> None:
         self.calls: list[tuple[list[float], list[list[float]] | None, list[bool]]] = []
         self.keep = keep_denoised
-        self.denoised: list[Tensor] = []  # each call's x0 predictions [B, ...], where kept
+        self.denoised: list[Tensor | list[Tensor]] = []  # each call's x0 predictions [B, ...], where kept
 
-    def add(self, denoised: Tensor, out: Tensor, x: Tensor, sigma: Tensor | float, p: Tensor | None) -> None:
-        """``p``: the guard's p per item [B] or per item and head [B, heads]."""
+    def add(self, denoised: Tensor, out: Tensor, x: Tensor, sigma: Tensor | float, p: Tensor | None,
+            replayed: list[Tensor] | None = None) -> None:
+        """``p``: the guard's p per item [B] or per item and head [B, heads]; ``replayed``: the per-item
+        tensors ``denoised`` was served from (kept as they are, not copied)."""
         b = int(denoised.shape[0])
         same = [True] * b if out is denoised else (out == denoised).flatten(1).all(1).tolist()
         heads = None if p is None else p.float().reshape(b, -1).tolist()
         self.calls.append((as_sigma(sigma, b, x).float().tolist(), heads, same))
         if self.keep:
-            self.denoised.append(denoised.detach().float().cpu().clone())
+            self.denoised.append(replayed if replayed is not None else denoised.detach().float().cpu().clone())
 
     def _groups(self, chunk: Sequence[int]):
         """(index in chunk, its calls) per seed. A host may split the seeds into batches run one after
@@ -143,19 +191,25 @@ class Trace:
     def guided(self, chunk: Sequence[int], out: Tensor, settings: dict[str, Any]) -> dict[int, GuidedPath]:
         """The path of every seed under ``settings``."""
         alpha, key = float(settings["alpha"]), step_key(settings)
-        return {chunk[j]: GuidedPath([c[0] for c in calls], [c[1] for c in calls], alpha, key, out[j])
+        return {chunk[j]: GuidedPath([c[0] for c in calls], [c[1] for c in calls], alpha, key, out[j],
+                                     [c[3] for c in calls] if self.keep else None)
                 for j, calls in self._groups(chunk)}
 
 
 class KnownPaths:
-    """Every seed's unguarded path seen so far, and its paths under the settings of the current step key
-    (scale, step cap, σ window, …: the gates α of one window). A seed whose runs disagree is never reused."""
+    """Every seed's unguarded path seen so far, its paths under the settings of the current step key
+    (scale, step cap, σ window, …: the gates α of one window), and two of those with their x0 predictions
+    kept, to replay from: the latest (the nearest gentler gate: a window's gates are measured from gentle
+    to strong, after the strongest) and the one under the window's strongest gate. A seed whose unguarded
+    runs disagree is never reused."""
 
     def __init__(self) -> None:
         self.by_seed: dict[int, UnguardedPath] = {}
         self.untrusted: set[int] = set()
         self.guided: dict[int, list[GuidedPath]] = {}
         self.key: tuple | None = None
+        self.latest: dict[int, GuidedPath] = {}
+        self.strongest: dict[int, GuidedPath] = {}
 
     def add(self, found: dict[int, UnguardedPath]) -> None:
         for seed, path in found.items():
@@ -172,19 +226,39 @@ class KnownPaths:
             if path.key != self.key:  # a new window or push: the old one's paths can serve no setting of it
                 self.guided, self.key = {}, path.key
             self.guided.setdefault(seed, []).append(path)
+            if path.denoised is not None:
+                self._keep_to_replay(seed, path)
+
+    def _keep_to_replay(self, seed: int, path: GuidedPath) -> None:
+        before = (self.latest.get(seed), self.strongest.get(seed))
+        self.latest[seed] = path
+        top = before[1]
+        if top is None or top.key != path.key or path.alpha >= top.alpha:
+            self.strongest[seed] = path
+        for old in before:
+            if old is not None and old is not path and old is not self.strongest[seed]:
+                old.denoised = None  # its sample can still be reused; its calls are no longer replayed
 
     def shut(self, seed: int, settings: dict[str, Any]) -> UnguardedPath | None:
         """The seed's path where the gate of ``settings`` stays shut all along it, else None."""
         path = self.by_seed.get(seed)
         return path if path is not None and path.shut(settings) else None
 
-    def unguarded_start(self, seed: int, settings: dict[str, Any]) -> list[Tensor]:
-        """The x0 predictions of the seed's unguarded path for as long as the gate of ``settings`` stays
-        shut along it (empty where none were kept)."""
-        path = None if seed in self.untrusted else self.by_seed.get(seed)
-        if path is None or path.denoised is None:
+    def known_start(self, seed: int, settings: dict[str, Any]) -> list[Tensor]:
+        """The x0 predictions ``settings`` would get from the model at the first calls of the seed's path,
+        taken from the kept path that it follows longest (the unguarded one or a guided one): every call up
+        to and including the first where it pushes otherwise (the model sees the same x there). Empty where
+        no x0 predictions were kept."""
+        if seed in self.untrusted:
             return []
-        return path.denoised[:path.shut_calls(settings)]
+        unguarded, start = self.by_seed.get(seed), []
+        if unguarded is not None and unguarded.denoised is not None:
+            start = unguarded.denoised[:unguarded.shut_calls(settings) + 1]
+        for guided in (self.latest.get(seed), self.strongest.get(seed)):
+            if guided is not None and guided.denoised is not None:
+                longer = guided.denoised[:guided.alike_calls(settings, unguarded) + 1]
+                start = longer if len(longer) > len(start) else start
+        return start
 
     def reusable(self, seed: int, settings: dict[str, Any]) -> UnguardedPath | GuidedPath | None:
         """A path ``settings`` would take for this seed: its unguarded one where the gate stays shut, or
