@@ -19,8 +19,9 @@ probes looks better on them than it is. Confirmation waits for the end of a wind
 the setting that costs least, so a window whose gates keep improving on each other costs one
 confirmation run, not one per improvement.
 A gate that stays shut all along a seed's unguarded path leaves that path unguarded: calibration
-reuses the unguarded sample instead of sampling the seed again (the same samples, fewer calls); where it
-stays shut only for the path's first calls, a sampler that replays takes them from the unguarded path.
+reuses the unguarded sample instead of sampling the seed again (the same samples, fewer calls); where a
+setting pushes as a path already sampled did only for its first calls (not at all, or with the same
+heads), a sampler that replays takes those calls from that path.
 
 The pieces: ``calibration_ladder`` (the settings tried), ``calibration_probes`` (sampling and counting
 copies), ``calibration_reuse`` (unguarded paths), ``calibration_stats`` (the copy target's margin and

@@ -29,11 +29,11 @@ class Replay:
     """The start of a batch's paths served from paths already sampled (calibration_reuse): for its first
     ``calls`` model calls every seed's x is the one a known path of it had (up to there the setting pushes
     as that path's did: not at all, outside its σ window or with p inside its gate, or with the same
-    heads), so the model's x0 predictions are that path's and the model need not run. A sampler that sets ``replays = True``
-    finds this as ``guide.replay`` (None when nothing can be replayed): it calls ``begin(seeds)`` before
-    each batch it runs and ``next()`` before every model call; where ``next()`` returns the x0
-    predictions [B, ...], it uses them as that call's CFG result instead of running the model, and still
-    hands them to the guide."""
+    heads), so the model's x0 predictions are that path's and the model need not run. A sampler that sets
+    ``replays = True`` finds this as ``guide.replay`` (None when nothing can be replayed): it calls
+    ``begin(seeds)`` before each batch it runs and ``next()`` before every model call; where ``next()``
+    returns the x0 predictions [B, ...], it uses them as that call's CFG result instead of running the
+    model, and still hands them to the guide."""
 
     def __init__(self, prefixes: dict[int, list[Tensor]], calls: int) -> None:
         self.prefixes, self.calls = prefixes, calls

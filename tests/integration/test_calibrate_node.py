@@ -334,7 +334,7 @@ def test_calibration_on_a_copying_model(comfy, comfy_layout, run_prompt):
     assert cal["model_calls_saved"] > 0 and "more saved by reusing" in report, report
     # and where a gate stayed shut only at the start of a path (above its σ window, say), ComfyUI's
     # cond-batch step took those calls' predictions from the unguarded path instead of running the model
-    assert cal["model_calls_replayed"] > 0 and "taken from the unguarded paths" in report, report
+    assert cal["model_calls_replayed"] > 0 and "taken from paths already sampled" in report, report
     assert len(H.output_images(entry, comfy_layout, "9")) == 1
     # Every probe that copied is listed with its seed; one the calibration freed must be a copy with
     # KSampler at that seed, and not with Protect Model applying the calibration.
