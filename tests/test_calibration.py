@@ -652,6 +652,7 @@ def test_replaying_the_start_of_known_paths_decides_as_running_the_model(copying
     # Up to the first call where a setting pushes otherwise than a path already sampled (outside its σ
     # window it never pushes; the unguarded path never does), the model sees the x it saw there: a sampler
     # that takes those calls' x0 predictions from the path samples the same probes, with fewer model calls.
+    from cpsample_nodes.core import calibration_probes
     from cpsample_nodes.core.calibration_reuse import GuidedPath
 
     guard, train, sample, cal, _ = copying
@@ -664,12 +665,18 @@ def test_replaying_the_start_of_known_paths_decides_as_running_the_model(copying
     assert cal.model_calls + cal.calls_replayed == plain.model_calls
     assert cal.summary()["model_calls_replayed"] == cal.calls_replayed
     assert "taken from paths already sampled" in cal.report()
-    # replaying the unguarded paths alone decides the same too; the guided paths serve more calls
-    monkeypatch.setattr(GuidedPath, "alike_calls", lambda self, settings, unguarded: -1)
+    # with no memory left for guided paths' x0 predictions, only the unguarded paths are replayed: the same
+    # decisions, fewer calls replayed
+    monkeypatch.setattr(calibration_probes, "REPLAY_MEMORY", 0)
     unguarded_only = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532))
     assert unguarded_only.settings == cal.settings and _decisions(unguarded_only) == _decisions(cal)
     assert 0 < unguarded_only.calls_replayed < cal.calls_replayed, (unguarded_only.calls_replayed, cal.calls_replayed)
     assert unguarded_only.model_calls + unguarded_only.calls_replayed == plain.model_calls
+    # which is what replaying the unguarded paths alone gives
+    monkeypatch.setattr(calibration_probes, "REPLAY_MEMORY", 2**62)
+    monkeypatch.setattr(GuidedPath, "alike_calls", lambda self, settings, unguarded: -1)
+    alike_never = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532))
+    assert alike_never.calls_replayed == unguarded_only.calls_replayed and _decisions(alike_never) == _decisions(cal)
 
 
 def test_reusing_paths_decides_as_sampling_every_seed(copying):
@@ -788,6 +795,7 @@ def test_a_path_is_replayed_up_to_the_first_call_where_a_setting_pushes_otherwis
     wider = GuidedPath(sigmas, heads, 0.01, step_key({**gate, "sigma_max": None}), torch.zeros(1), list(x0))
     known.add_guided({7: wider})  # a new window: its strongest so far is the only gate it measured
     assert known.latest[7] is wider and known.strongest[7] is wider and strong.denoised is None
+    assert known.kept_bytes() == 5 * 4  # one float per call, shared by the paths kept: counted once
 
 
 def test_a_decoder_counts_copies_on_pixels_too(small_guard):

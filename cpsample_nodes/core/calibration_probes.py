@@ -19,6 +19,9 @@ DecodeFn = Callable[[Tensor], Tensor]
 ProgressFn = Callable[[int, int, dict], None]
 
 L2_K = 5  # calibrated ℓ2: nearest vs mean of the next 5 (clipped to N − 1), as Replication Check
+# Guided runs keep their x0 predictions to replay from while all those kept hold less than this (CPU,
+# float32): 32 SDXL probes at 30 steps need about 1 GB, 32 Flux probes at 1024 px about 4 GB.
+REPLAY_MEMORY = 2 * 1024**3
 
 
 class CalibrationStopped(TrainingStopped):
@@ -105,8 +108,10 @@ class ProbeSampler:
         """Sample ``chunk`` under ``settings`` (None: unguarded), recording the paths."""
         if self.should_stop is not None and self.should_stop():
             raise CalibrationStopped(f"calibration stopped while sampling {what}")
-        # each run keeps its calls' x0 predictions where the sampler can replay them
-        trace = Trace(keep_denoised=self.replays)
+        # runs keep their calls' x0 predictions where the sampler can replay them: the unguarded one always,
+        # guided ones within REPLAY_MEMORY
+        keep = self.replays and (settings is None or self.paths.kept_bytes() < REPLAY_MEMORY)
+        trace = Trace(keep_denoised=keep)
         replay = self._replay(settings, chunk) if settings is not None else None
         out = checked_samples(self.sample_fn(self._guide(settings, trace, replay), list(chunk)), chunk, self.train)
         self.paths.add(trace.paths(chunk, out))

@@ -239,6 +239,17 @@ class KnownPaths:
             if old is not None and old is not path and old is not self.strongest[seed]:
                 old.denoised = None  # its sample can still be reused; its calls are no longer replayed
 
+    def kept_bytes(self) -> int:
+        """The memory the kept x0 predictions hold (a batch's tensor counts whole while a seed keeps a view of it)."""
+        seen, total = set(), 0
+        for path in (*self.by_seed.values(), *self.latest.values(), *self.strongest.values()):
+            for t in path.denoised or ():
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+        return total
+
     def shut(self, seed: int, settings: dict[str, Any]) -> UnguardedPath | None:
         """The seed's path where the gate of ``settings`` stays shut all along it, else None."""
         path = self.by_seed.get(seed)
