@@ -49,10 +49,10 @@ Tensor = torch.Tensor
 
 MIN_PROBES = 8  # fewer seeds cannot tell a 10x cut from chance
 # What the hosts tell users a probe costs: images sampled per probe over a whole calibration, as a
-# multiple of the probes' own run: 3.2-7.7 on the digits and 5.1-14.8 on the mixture (23 of the as-shipped
-# table's 24 calibrations, calibration/search/) and 3.5-9.1 on the prompted LoRA benchmark (docs/protection.md).
-PROBE_COST_NOTE = ("Each probe costs about 3-15 images of sampling over the whole calibration (measured on "
-                   "the benchmarks), so 32 probes take about 100-480 images at your steps.")
+# multiple of the probes' own run: 3.2-7.7 on the digits and 4.8-13.0 on the mixture (the as-shipped
+# table's 24 calibrations, calibration/search/) and 3.1-7.8 on the prompted LoRA benchmark (docs/protection.md).
+PROBE_COST_NOTE = ("Each probe costs about 3-13 images of sampling over the whole calibration (measured on "
+                   "the benchmarks), so 32 probes take about 100-420 images at your steps.")
 
 
 def calibrate(guard: Guard, sample: SampleFn, latents: Tensor, seeds: Iterable[int] = range(64), *,
