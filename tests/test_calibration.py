@@ -653,7 +653,7 @@ def test_replaying_the_start_of_known_paths_decides_as_running_the_model(copying
     # window it never pushes; the unguarded path never does), the model sees the x it saw there: a sampler
     # that takes those calls' x0 predictions from the path samples the same probes, with fewer model calls.
     from cpsample_nodes.core import calibration_probes
-    from cpsample_nodes.core.calibration_reuse import GuidedPath
+    from cpsample_nodes.core.calibration_reuse import KnownPaths
 
     guard, train, sample, cal, _ = copying
     plain = calibrate(guard.with_space(guard.space), _without_replay(sample), train, seeds=range(500, 532))
@@ -674,9 +674,9 @@ def test_replaying_the_start_of_known_paths_decides_as_running_the_model(copying
     assert unguarded_only.model_calls + unguarded_only.calls_replayed == plain.model_calls
     # which is what replaying the unguarded paths alone gives
     monkeypatch.setattr(calibration_probes, "REPLAY_MEMORY", 2**62)
-    monkeypatch.setattr(GuidedPath, "alike_calls", lambda self, settings, unguarded: -1)
-    alike_never = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532))
-    assert alike_never.calls_replayed == unguarded_only.calls_replayed and _decisions(alike_never) == _decisions(cal)
+    monkeypatch.setattr(KnownPaths, "_keep_to_replay", lambda self, seed, path: None)
+    kept_none = calibrate(guard.with_space(guard.space), sample, train, seeds=range(500, 532))
+    assert kept_none.calls_replayed == unguarded_only.calls_replayed and _decisions(kept_none) == _decisions(cal)
 
 
 def test_reusing_paths_decides_as_sampling_every_seed(copying):

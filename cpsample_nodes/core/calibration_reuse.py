@@ -99,18 +99,7 @@ class GuidedPath:
         """Would ``settings`` have taken this path? Yes when it differs from the recorded setting in α alone
         and, at every call inside the σ window, opens the gate of exactly the heads the recorded α opened,
         each head's p at least REUSE_MARGIN from the new α's bounds: the same pushes, so the same next x."""
-        if step_key(settings) != self.key:
-            return False
-        alpha, top = float(settings["alpha"]), settings.get("sigma_max")
-        for sigma, heads in zip(self.sigmas, self.heads):
-            if not inside(sigma, top):
-                continue  # outside the σ window neither setting guides
-            if heads is None:
-                return False
-            for q in heads:
-                if not clear_of(q, alpha) or opens(q, alpha) != opens(q, self.alpha):
-                    return False
-        return True
+        return step_key(settings) == self.key and self.alike_calls(settings, None) == len(self.sigmas)
 
     def alike_calls(self, settings: dict[str, Any], unguarded: UnguardedPath | None) -> int:
         """How many calls from the start ``settings`` pushes exactly as this path's setting did (not at all,
@@ -119,11 +108,12 @@ class GuidedPath:
         where ``settings`` stays shut."""
         alpha, top = float(settings["alpha"]), settings.get("sigma_max")
         pushes_alike = tuple(settings.get(k) for k in PUSH_KEYS) == self.key[:len(PUSH_KEYS)]
+        if unguarded is not None and len(unguarded.sigmas) != len(self.sigmas):
+            unguarded = None  # not this path's start
         pushed = False  # has this path been pushed yet?
         for i, (sigma, heads) in enumerate(zip(self.sigmas, self.heads)):
             if not inside(sigma, self.key[-1]):  # the recorded setting did not guide here
-                if inside(sigma, top) and (pushed or unguarded is None or len(unguarded.sigmas) != len(self.sigmas)
-                                           or not unguarded.shut_at(i, settings)):
+                if inside(sigma, top) and (pushed or unguarded is None or not unguarded.shut_at(i, settings)):
                     return i
                 continue
             if heads is None:
@@ -232,8 +222,8 @@ class KnownPaths:
     def _keep_to_replay(self, seed: int, path: GuidedPath) -> None:
         before = (self.latest.get(seed), self.strongest.get(seed))
         self.latest[seed] = path
-        top = before[1]
-        if top is None or top.key != path.key or path.alpha >= top.alpha:
+        strongest = before[1]
+        if strongest is None or strongest.key != path.key or path.alpha >= strongest.alpha:
             self.strongest[seed] = path
         for old in before:
             if old is not None and old is not path and old is not self.strongest[seed]:
